@@ -1,0 +1,1 @@
+"""Checkpoint files -> modules: safetensors reading, key layouts, strict checks. No ComfyUI imports."""

@@ -1,0 +1,294 @@
+"""The pack's only door to ComfyUI.
+
+Every other module reaches the host through these functions: devices, managed models, progress and
+Cancel, model/output folders and previews. When ComfyUI is absent (tests, the command line) each
+function falls back to plain PyTorch behaviour, configured with :func:`configure_standalone`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+try:  # pragma: no cover - exercised only inside a real ComfyUI
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+
+    IN_COMFY = True
+except ImportError:
+    _mm = _patcher = _comfy_utils = _folder_paths = None
+    IN_COMFY = False
+
+MODEL_EXTENSIONS = {".safetensors", ".sft"}
+
+# Folder names this pack reads, as ComfyUI names them.
+DIFFUSION_MODELS = "diffusion_models"
+TEXT_ENCODERS = "text_encoders"
+VAE = "vae"
+
+
+class Interrupted(Exception):
+    """Raised outside ComfyUI when :func:`request_interrupt` was called (ComfyUI raises its own)."""
+
+
+@dataclass
+class _Standalone:
+    """Settings used when ComfyUI is absent."""
+
+    models_dir: Path | None = None
+    output_dir: Path | None = None
+    device: torch.device | None = None
+    interrupt_requested: bool = False
+    progress_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+
+
+_standalone = _Standalone()
+
+
+def configure_standalone(
+    models_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> None:
+    """Set the model folder root (``<root>/diffusion_models``, ``<root>/vae``...), output folder and
+    device used when the pack runs without ComfyUI."""
+    if models_dir is not None:
+        _standalone.models_dir = Path(models_dir)
+    if output_dir is not None:
+        _standalone.output_dir = Path(output_dir)
+    if device is not None:
+        _standalone.device = torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+
+def torch_device() -> torch.device:
+    """The device heavy work runs on."""
+    if IN_COMFY:
+        return _mm.get_torch_device()
+    if _standalone.device is not None:
+        return _standalone.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle weights are kept."""
+    if IN_COMFY:
+        return _mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where values handed between nodes (IMAGE frames, latents) live."""
+    if IN_COMFY:
+        return _mm.intermediate_device()
+    return torch.device("cpu")
+
+
+def free_device_memory(device: torch.device | None = None) -> int:
+    """Free memory on ``device`` in bytes (system RAM for the CPU)."""
+    device = device or torch_device()
+    if IN_COMFY:
+        return int(_mm.get_free_memory(device))
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        return int(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def empty_cache() -> None:
+    """Give cached allocator blocks back after large temporary work."""
+    if IN_COMFY:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------- managed models
+
+
+class StandaloneModel:
+    """The stand-in for ComfyUI's ModelPatcher outside ComfyUI: holds a module and its devices."""
+
+    def __init__(self, model: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+        self.model = model
+        self.load_device = load_device
+        self.offload_device = offload_device
+
+    def load(self) -> None:
+        self.model.to(self.load_device)
+
+    def offload(self) -> None:
+        self.model.to(self.offload_device)
+
+
+def manage_model(model: torch.nn.Module, load_device: torch.device | None = None) -> Any:
+    """Wrap ``model`` so the host's memory manager can move it (a ModelPatcher inside ComfyUI)."""
+    load_device = load_device or torch_device()
+    if IN_COMFY:
+        return _patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device())
+    return StandaloneModel(model, load_device, offload_device())
+
+
+def load_models(managed: Iterable[Any], memory_required: int = 0) -> None:
+    """Bring managed models onto their device, letting the host evict others to make room."""
+    managed = list(managed)
+    if IN_COMFY:
+        _mm.load_models_gpu(managed, memory_required=memory_required)
+        return
+    for handle in managed:
+        handle.load()
+
+
+def unwrap_model(managed: Any) -> torch.nn.Module:
+    """The ``nn.Module`` inside a managed model."""
+    return managed.model
+
+
+# ------------------------------------------------------------------------------ progress and cancel
+
+
+def request_interrupt(value: bool = True) -> None:
+    """Outside ComfyUI: ask running work to stop at its next check (ComfyUI has its own Cancel)."""
+    _standalone.interrupt_requested = value
+
+
+def check_interrupt() -> None:
+    """Raise if the user pressed Cancel (ComfyUI) or :func:`request_interrupt` was called."""
+    if IN_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+    elif _standalone.interrupt_requested:
+        _standalone.interrupt_requested = False
+        raise Interrupted("Processing interrupted")
+
+
+def add_progress_listener(listener: Callable[[int, int], None]) -> Callable[[], None]:
+    """Outside ComfyUI: call ``listener(value, total)`` on every progress update; returns a remover."""
+    _standalone.progress_listeners.append(listener)
+    return lambda: _standalone.progress_listeners.remove(listener)
+
+
+class Progress:
+    """A progress bar: ComfyUI's ProgressBar inside ComfyUI (which also checks Cancel), else listeners."""
+
+    def __init__(self, total: int):
+        self.total = int(total)
+        self.value = 0
+        self._bar = _comfy_utils.ProgressBar(self.total) if IN_COMFY else None
+
+    def update(self, steps: int = 1, preview: Any = None) -> None:
+        """Advance by ``steps``; ``preview`` is a PIL image shown on the node when previews are on."""
+        self.value = min(self.total, self.value + steps)
+        if self._bar is not None:
+            image = ("JPEG", preview, 512) if preview is not None else None
+            self._bar.update_absolute(self.value, self.total, image)
+        else:
+            for listener in list(_standalone.progress_listeners):
+                listener(self.value, self.total)
+            check_interrupt()
+
+
+def previews_enabled() -> bool:
+    """Whether the user turned latent previews on (``--preview-method`` other than none)."""
+    if not IN_COMFY:
+        return False
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+
+        return args.preview_method != LatentPreviewMethod.NoPreviews
+    except (ImportError, AttributeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------- folders
+
+
+def register_folders() -> None:
+    """Make sure ComfyUI lists ``.safetensors``/``.sft`` files in the folders this pack reads."""
+    if not IN_COMFY:
+        return
+    for name in (DIFFUSION_MODELS, TEXT_ENCODERS, VAE):
+        if name in _folder_paths.folder_names_and_paths:
+            paths, extensions = _folder_paths.folder_names_and_paths[name]
+            extensions = set(extensions) | MODEL_EXTENSIONS if extensions else extensions
+            _folder_paths.folder_names_and_paths[name] = (paths, extensions)
+
+
+def _standalone_folder(folder: str) -> Path:
+    if _standalone.models_dir is None:
+        raise RuntimeError(
+            "No model folder configured: outside ComfyUI call host.configure_standalone(models_dir=...)"
+        )
+    return _standalone.models_dir / folder
+
+
+def folder_paths(folder: str) -> list[Path]:
+    """The directories of a model folder (all of them, for folders ComfyUI spreads over several)."""
+    if IN_COMFY:
+        return [Path(p) for p in _folder_paths.get_folder_paths(folder)]
+    return [_standalone_folder(folder)]
+
+
+def list_files(folder: str, extensions: Iterable[str] = MODEL_EXTENSIONS, directories: bool = False) -> list[str]:
+    """Names (relative, ``/``-separated) of files in a model folder; with ``directories`` also the
+    immediate sub-folders (Hugging Face model folders)."""
+    extensions = {e.lower() for e in extensions}
+    names: set[str] = set()
+    if IN_COMFY:
+        names.update(n for n in _folder_paths.get_filename_list(folder) if Path(n).suffix.lower() in extensions)
+    for root in folder_paths(folder):
+        if not root.is_dir():
+            continue
+        if not IN_COMFY:
+            for path in root.rglob("*"):
+                if path.is_file() and path.suffix.lower() in extensions:
+                    names.add(path.relative_to(root).as_posix())
+        if directories:
+            names.update(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(names)
+
+
+def resolve_file(folder: str, name: str) -> Path:
+    """The full path of ``name`` in a model folder, or a FileNotFoundError that says where we looked."""
+    if IN_COMFY:
+        found = _folder_paths.get_full_path(folder, name)
+        if found:
+            return Path(found)
+    roots = folder_paths(folder)
+    for root in roots:
+        candidate = (root / name).resolve()
+        if root.resolve() not in candidate.parents:
+            continue  # refuse names that walk out of the model folder
+        if candidate.exists():
+            return candidate
+    looked = ", ".join(str(r) for r in roots) or "(no folders)"
+    raise FileNotFoundError(f"'{name}' is not in the '{folder}' model folder (looked in: {looked}).")
+
+
+def output_directory() -> Path:
+    """ComfyUI's output folder (or the configured one outside ComfyUI)."""
+    if IN_COMFY:
+        return Path(_folder_paths.get_output_directory())
+    if _standalone.output_dir is None:
+        raise RuntimeError("No output folder configured: call host.configure_standalone(output_dir=...)")
+    return _standalone.output_dir
+
+
+def comfy_module(name: str) -> Any:
+    """Import a ComfyUI module by name inside ComfyUI; ``None`` outside it (for optional features)."""
+    if not IN_COMFY:
+        return None
+    from importlib import import_module
+
+    return import_module(name)

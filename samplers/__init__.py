@@ -1,0 +1,1 @@
+"""Schedules, noise, packing, denoisers and image conditions. Plain PyTorch, no ComfyUI imports."""

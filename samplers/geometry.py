@@ -1,0 +1,255 @@
+"""Video geometry: autoencoder kinds, the frame-count rule, the size table and latent shapes.
+
+This module is the single home of these concepts; every node, sampler and decoder calls it.
+Facts: docs/opensora_spec.md §2.3 (size table), §2.4 (frames), §3.1 (latent shape).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------------- autoencoders
+
+
+@dataclass(frozen=True)
+class AutoencoderKind:
+    """What the diffusion model needs to know about an autoencoder's latent space."""
+
+    name: str
+    display_name: str
+    latent_channels: int
+    temporal_compression: int
+    spatial_compression: int
+    patch_size: int
+    causal: bool  # causal: frames = 4k+1 ; non-causal: frames = 4k
+
+    @property
+    def size_divisor(self) -> int:
+        """Pixel sizes are rounded to multiples of this (the reference's ``AE_SPATIAL_COMPRESSION``)."""
+        return self.spatial_compression * self.patch_size
+
+    @property
+    def model_in_channels(self) -> int:
+        """Features per packed token: ``latent_channels * patch_size**2`` (64 or 128)."""
+        return self.latent_channels * self.patch_size**2
+
+
+HUNYUAN_VAE = AutoencoderKind(
+    name="hunyuan_vae",
+    display_name="HunyuanVideo causal VAE (16 ch, 4x8x8)",
+    latent_channels=16,
+    temporal_compression=4,
+    spatial_compression=8,
+    patch_size=2,
+    causal=True,
+)
+VIDEO_DC_AE = AutoencoderKind(
+    name="dc_ae",
+    display_name="Video DC-AE f32t4c128 (128 ch, 4x32x32)",
+    latent_channels=128,
+    temporal_compression=4,
+    spatial_compression=32,
+    patch_size=1,
+    causal=False,
+)
+AUTOENCODERS: dict[str, AutoencoderKind] = {k.name: k for k in (HUNYUAN_VAE, VIDEO_DC_AE)}
+
+
+def autoencoder_kind(name: str) -> AutoencoderKind:
+    """Look up an autoencoder kind by name, with an error listing the known ones."""
+    try:
+        return AUTOENCODERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown autoencoder kind '{name}'; expected one of {sorted(AUTOENCODERS)}") from None
+
+
+# ---------------------------------------------------------------------------------- frame counts
+
+
+def is_valid_num_frames(num_frames: int, kind: AutoencoderKind) -> bool:
+    """Whether the autoencoder decodes exactly ``num_frames`` frames (1 = a single image)."""
+    if num_frames == 1:
+        return True
+    if num_frames < 1:
+        return False
+    t = kind.temporal_compression
+    return (num_frames - 1) % t == 0 if kind.causal else num_frames % t == 0
+
+
+def nearest_valid_num_frames(num_frames: int, kind: AutoencoderKind) -> tuple[int, int]:
+    """The valid frame counts just below and just above ``num_frames`` (equal when it is valid)."""
+    below = max(1, num_frames)
+    while not is_valid_num_frames(below, kind):
+        below -= 1
+    above = max(1, num_frames)
+    while not is_valid_num_frames(above, kind):
+        above += 1
+    return below, above
+
+
+def check_num_frames(num_frames: int, kind: AutoencoderKind) -> None:
+    """Raise a ValueError that names the nearest valid counts if ``num_frames`` is not decodable."""
+    if is_valid_num_frames(num_frames, kind):
+        return
+    below, above = nearest_valid_num_frames(num_frames, kind)
+    rule = (
+        f"{kind.temporal_compression}k+1" if kind.causal else f"a multiple of {kind.temporal_compression}"
+    )
+    raise ValueError(
+        f"num_frames={num_frames} cannot be produced by the {kind.display_name}: it needs {rule} frames "
+        f"(or 1 for an image). Nearest valid counts: {below} or {above}."
+    )
+
+
+def latent_num_frames(num_frames: int, kind: AutoencoderKind) -> int:
+    """Latent frames T for ``num_frames`` pixel frames (reference ``api_fn``; 129 -> 33, 128 -> 32).
+
+    The reference config of the DC-AE model keeps the causal formula; for counts that are multiples of 4
+    it gives the same T as ``num_frames // 4``.
+    """
+    if num_frames == 1:
+        return 1
+    t = kind.temporal_compression
+    return (num_frames - 1) // t + 1 if kind.causal else num_frames // t
+
+
+def decoded_num_frames(latent_frames: int, kind: AutoencoderKind) -> int:
+    """Pixel frames an autoencoder decodes from ``latent_frames`` latents."""
+    if latent_frames == 1:
+        return 1
+    t = kind.temporal_compression
+    return t * (latent_frames - 1) + 1 if kind.causal else t * latent_frames
+
+
+# ------------------------------------------------------------------------------------ size table
+
+ASPECT_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "9:16", "5:8", "3:2", "4:3", "1:1")  # width:height
+RESOLUTIONS = ("256px", "768px")
+
+
+def _num_pixels(resolution: str) -> int:
+    name = resolution.split("_")[0]
+    if name.endswith("px"):
+        side = int(name[:-2])
+        return side * side
+    if name.endswith("p"):
+        side = int(name[:-1])
+        return int(side * side / 9 * 16)
+    raise ValueError(f"Invalid resolution '{resolution}': expected e.g. '256px', '768px' or '720p'")
+
+
+def aspect_ratio_table(resolution: str, training: bool = False, divisor: int = 16) -> dict[str, tuple[int, int]]:
+    """``{"w:h": (height, width)}`` as the reference builds it (``training=False`` for inference sizes).
+
+    Each landscape entry's transpose is added and the transposes override (the reference's order).
+    ``divisor`` is the reference's ``AE_SPATIAL_COMPRESSION`` (16, or 32 for the DC-AE model).
+    """
+    total = _num_pixels(resolution)
+    table: dict[str, tuple[int, int]] = {}
+    transposed: dict[str, tuple[int, int]] = {}
+    for ratio in ASPECT_RATIOS:
+        w_ratio, h_ratio = map(float, ratio.split(":"))
+        width = int(math.sqrt(total * (w_ratio / h_ratio)) // divisor) * divisor
+        height = int((total / width) // divisor) * divisor
+        if training:
+            diff = abs(height * width - total)
+            for h, w in (
+                (height - divisor, width),
+                (height + divisor, width),
+                (height, width - divisor),
+                (height, width + divisor),
+            ):
+                if abs(h * w - total) < diff:
+                    height, width, diff = h, w, abs(h * w - total)
+        if not training or (height, width) not in table.values():
+            table[ratio] = (height, width)
+            transposed[":".join(ratio.split(":")[::-1])] = (width, height)
+    table.update(transposed)
+    return table
+
+
+def all_aspect_ratios() -> list[str]:
+    """Every aspect-ratio name of the inference table, landscape first."""
+    names = list(ASPECT_RATIOS)
+    names += [":".join(r.split(":")[::-1]) for r in ASPECT_RATIOS if r != "1:1"]
+    return names
+
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def image_size(
+    resolution: str, aspect_ratio: str, kind: AutoencoderKind = HUNYUAN_VAE, training: bool = False
+) -> tuple[int, int]:
+    """Pixel ``(height, width)`` the reference samples for a preset (e.g. 256px 16:9 -> 192x336).
+
+    Inference sizes are then rounded up to multiples of 16 as the reference's sanitising does.
+    """
+    table = aspect_ratio_table(resolution, training=training, divisor=kind.size_divisor)
+    if aspect_ratio not in table:
+        raise ValueError(f"Aspect ratio '{aspect_ratio}' is not in the table; choose one of {sorted(table)}")
+    height, width = table[aspect_ratio]
+    return round_up(height, 16), round_up(width, 16)
+
+
+# ---------------------------------------------------------------------------------- latent shape
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """Pixel size, frame count and autoencoder kind of a video; everything else derives from it."""
+
+    height: int
+    width: int
+    num_frames: int
+    autoencoder: str = HUNYUAN_VAE.name
+
+    @property
+    def kind(self) -> AutoencoderKind:
+        return autoencoder_kind(self.autoencoder)
+
+    @property
+    def latent_frames(self) -> int:
+        return latent_num_frames(self.num_frames, self.kind)
+
+    @property
+    def latent_height(self) -> int:
+        k = self.kind
+        return k.patch_size * math.ceil(self.height / k.size_divisor)
+
+    @property
+    def latent_width(self) -> int:
+        k = self.kind
+        return k.patch_size * math.ceil(self.width / k.size_divisor)
+
+    def latent_shape(self, batch_size: int = 1) -> tuple[int, int, int, int, int]:
+        """``[B, C, T, H', W']`` of the reference's noise (§3.1)."""
+        return (
+            batch_size,
+            self.kind.latent_channels,
+            self.latent_frames,
+            self.latent_height,
+            self.latent_width,
+        )
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Image tokens per latent frame after patching (the schedule's ``S``)."""
+        p = self.kind.patch_size
+        return (self.latent_height // p) * (self.latent_width // p)
+
+    def validate(self) -> None:
+        """Raise a ValueError that says what to change if the autoencoder cannot produce this video."""
+        kind = self.kind
+        check_num_frames(self.num_frames, kind)
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value < kind.size_divisor:
+                raise ValueError(f"{name}={value} is too small: at least {kind.size_divisor} pixels are needed.")
+            if value % kind.size_divisor:
+                raise ValueError(
+                    f"{name}={value} is not a multiple of {kind.size_divisor}, which the "
+                    f"{kind.display_name} with patch size {kind.patch_size} needs; use "
+                    f"{value - value % kind.size_divisor} or {round_up(value, kind.size_divisor)}."
+                )

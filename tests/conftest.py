@@ -1,0 +1,50 @@
+"""Test setup: import the pack as the package ``comfyui_opensora`` without ComfyUI."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden_v1"
+PACKAGE = "comfyui_opensora"
+
+
+def _import_pack():
+    if PACKAGE in sys.modules:
+        return sys.modules[PACKAGE]
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_import_pack()
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    """The golden outputs of the official Open-Sora code (copied from shared/fixtures/golden_v1)."""
+    return GOLDEN
+
+
+@pytest.fixture
+def standalone_host(tmp_path):
+    """Point the host adapter at temporary model and output folders; restore afterwards."""
+    from comfyui_opensora.nodes import host
+
+    saved = (host._standalone.models_dir, host._standalone.output_dir, host._standalone.device)
+    models, output = tmp_path / "models", tmp_path / "output"
+    for folder in (host.DIFFUSION_MODELS, host.TEXT_ENCODERS, host.VAE):
+        (models / folder).mkdir(parents=True)
+    output.mkdir()
+    host.configure_standalone(models_dir=models, output_dir=output, device="cpu")
+    yield host
+    host._standalone.models_dir, host._standalone.output_dir, host._standalone.device = saved
+    host._standalone.interrupt_requested = False

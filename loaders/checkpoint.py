@@ -61,11 +61,14 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
         if len(prefix) < 8:
             raise CheckpointError(f"{path.name} is not a safetensors file (only {size} bytes).")
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len == 0 or header_len > min(size - 8, 100 << 20):
+        if header_len == 0 or header_len > 100 << 20 or f.read(1) != b"{":
             raise CheckpointError(
                 f"{path.name} is not a safetensors file (a .ckpt/.pt/.bin pickle or another format?). "
                 "This pack only reads .safetensors files."
             )
+        if header_len > size - 8:
+            raise CheckpointError(f"{path.name} is truncated (it ends inside its header). Download it again.")
+        f.seek(8)
         raw = f.read(header_len)
     try:
         header = json.loads(raw)

@@ -1,0 +1,171 @@
+"""What every video autoencoder of the pack offers: encode to the diffusion model's latent space,
+decode back to pixels (optionally in tiles, streamed chunk by chunk), and tiling plans.
+
+``models/`` does not import ``samplers/``: an autoencoder names its latent space with ``kind_name``,
+the key of ``samplers.geometry.AUTOENCODERS`` ("hunyuan_vae", "dc_ae"); loaders and nodes map it to
+the ``AutoencoderKind``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a decode (or encode) is split into overlapping tiles.
+
+    Sizes are in pixels / pixel frames of the decoded video (the reference's ``sample_size`` and
+    ``sample_tsize``); ``None`` turns that kind of tiling off. Tiles overlap by ``overlap`` of their size
+    and are blended linearly across the overlap, as the reference does.
+    """
+
+    spatial: int | None = None
+    temporal: int | None = None
+    overlap: float = 0.25
+
+    @property
+    def spatial_stride(self) -> int | None:
+        return None if self.spatial is None else int(self.spatial * (1 - self.overlap))
+
+    @property
+    def temporal_stride(self) -> int | None:
+        return None if self.temporal is None else int(self.temporal * (1 - self.overlap))
+
+
+NO_TILING = Tiling()
+
+
+class VideoAutoencoder(nn.Module):
+    """Base class of the pack's video autoencoders.
+
+    Subclasses set the class attributes below and implement :meth:`encode`, :meth:`decode_chunks`,
+    :meth:`reference_tiling` and :meth:`decode_bytes` (the memory estimate :meth:`plan_tiling` uses).
+
+    Conventions (the reference's ``model_ae.encode`` / ``decode``):
+    - pixels are ``[B, 3, F, H, W]`` in ``[-1, 1]``;
+    - latents are ``[B, C, T, H', W']`` in the diffusion model's space, i.e. already scaled (Hunyuan:
+      ``0.476986 * z``; DC-AE in the shipped inference config: unscaled); ``decode`` undoes the scaling;
+    - inputs are moved to the module's device and dtype; outputs stay on it, in its dtype.
+    """
+
+    kind_name: str = ""
+    latent_channels: int = 0
+    temporal_compression: int = 1
+    spatial_compression: int = 1
+    # Granularity of tile sizes that keep the tiled output exactly the untiled size.
+    spatial_tile_multiple: int = 32
+    temporal_tile_multiple: int = 16
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               tiling: Tiling | None = None) -> torch.Tensor:
+        """Pixels ``[B, 3, F, H, W]`` in [-1, 1] -> scaled latent ``[B, C, T, H', W']``.
+
+        ``sample=False`` returns the posterior mean (deterministic); ``sample=True`` draws from the
+        posterior with ``generator`` (seeded sampling). ``tiling=None`` uses :meth:`reference_tiling`.
+        """
+        raise NotImplementedError
+
+    def decode_chunks(self, z: torch.Tensor, tiling: Tiling | None = None) -> Iterator[torch.Tensor]:
+        """Decode a scaled latent, yielding consecutive runs of finished frames ``[B, 3, f, H, W]``.
+
+        Concatenating the chunks along dim 2 gives :meth:`decode`; callers that move each chunk off the
+        device as it arrives never hold the whole video there. ``tiling=None`` uses the reference tiling.
+        """
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+        """Scaled latent ``[B, C, T, H', W']`` -> pixels ``[B, 3, F, H, W]`` (about [-1, 1], not clamped)."""
+        return torch.cat(list(self.decode_chunks(z, tiling)), dim=2)
+
+    def reference_tiling(self, temporal: bool = False) -> Tiling:
+        """The reference's tile settings (spatial; with ``temporal`` also the temporal tiles of the
+        reference's stand-alone VAE config)."""
+        raise NotImplementedError
+
+    def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
+        """Estimated peak device bytes of decoding one batch element of ``latent_shape`` with ``tiling``."""
+        raise NotImplementedError
+
+    def decoded_frames(self, latent_frames: int) -> int:
+        """Pixel frames decoded from ``latent_frames`` latent frames."""
+        raise NotImplementedError
+
+    def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
+        """The least-tiled setting whose estimated decode fits ``budget_bytes``.
+
+        Tries no tiling, then spatial tiles from the full size down to the smallest multiple, then adds
+        temporal tiles from long to short; returns the smallest tiles if nothing fits.
+        """
+        _, _, t, h, w = latent_shape
+        s = self.spatial_compression
+        frames = self.decoded_frames(t)
+        side = max(h, w) * s
+        spatial = [None] + [p for p in _descending_multiples(side, self.spatial_tile_multiple, 4)]
+        temporal = [None] + [f for f in _descending_multiples(frames, self.temporal_tile_multiple, 2)]
+        last = Tiling()
+        for temporal_tile in temporal:
+            for spatial_tile in spatial:
+                last = Tiling(spatial=spatial_tile, temporal=temporal_tile)
+                if self.decode_bytes(latent_shape, last, self.dtype) <= budget_bytes:
+                    return last
+        return last
+
+
+def _descending_multiples(limit: int, multiple: int, smallest_factor: int) -> list[int]:
+    """Multiples of ``multiple`` below ``limit``, largest first, down to ``smallest_factor * multiple``."""
+    top = (limit - 1) // multiple
+    return [k * multiple for k in range(top, smallest_factor - 1, -1)]
+
+
+def to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] -> [0, 1] as the reference's saver computes it (clamp, then (x+1)/2,
+    in the decoder's dtype), returned as float32."""
+    return ((video.clamp(-1, 1) + 1) / 2).float()
+
+
+def decode_to_frames(
+    autoencoder: VideoAutoencoder,
+    samples: torch.Tensor,
+    num_frames: int,
+    height: int,
+    width: int,
+    tiling: Tiling | None,
+    out_device: torch.device,
+    on_chunk: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Decode every batch element and return frames ``[B*num_frames, height, width, 3]`` in [0, 1].
+
+    Batch elements are decoded one at a time and each chunk of finished frames moves to ``out_device``
+    as it arrives; frames beyond ``num_frames`` (and pixels beyond ``height``/``width``) are cut.
+    ``on_chunk`` is called after every chunk (progress, Cancel).
+    """
+    if samples.shape[0] == 0:
+        raise ValueError("The latent batch is empty: there is nothing to decode.")
+    frames: list[torch.Tensor] = []
+    for element in samples.split(1):
+        kept = 0
+        for chunk in autoencoder.decode_chunks(element, tiling):
+            take = min(chunk.shape[2], num_frames - kept)
+            if take > 0:
+                pixels = to_unit_range(chunk[0, :, :take, :height, :width].to(out_device))
+                frames.append(pixels.permute(1, 2, 3, 0))
+                kept += take
+            del chunk
+            if on_chunk is not None:
+                on_chunk()
+        if kept < num_frames:
+            raise ValueError(f"The latent decodes to {kept} frames but {num_frames} were requested.")
+    return torch.cat(frames, dim=0)

@@ -1,0 +1,82 @@
+"""Autoencoder files -> modules: detect which autoencoder a safetensors file holds, check its keys
+strictly, and build it without a second full copy of the weights in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..models.autoencoder import VideoAutoencoder
+from ..models.hunyuan_vae import HunyuanVideoVAE, config_from_shapes
+from .checkpoint import CheckpointError, assign_state_dict, check_keys, detect_kind, load_tensors, read_header
+
+HUNYUAN_NAME = "a HunyuanVideo causal VAE (hunyuan_vae.safetensors)"
+DC_AE_NAME = "a Video DC-AE (F32T4C128_AE.safetensors)"
+
+# Where files other than autoencoders belong, for error messages.
+_WHERE_INSTEAD = {
+    "opensora_mmdit": "put it in models/diffusion_models and load it with the Open-Sora model loader",
+    "flux_mmdit": "put it in models/diffusion_models and load it with the Open-Sora model loader",
+    "t5": "put it in models/text_encoders and load it with the Open-Sora text encoder loader",
+    "clip": "put it in models/text_encoders and load it with the Open-Sora text encoder loader",
+    "flux_ae": "this 2-D image autoencoder is not a video autoencoder; Open-Sora 2.0 videos need "
+               "hunyuan_vae.safetensors (or the Video DC-AE for the high-compression model)",
+}
+
+
+def autoencoder_kind_of(path: str | os.PathLike) -> str:
+    """``"hunyuan_vae"`` or ``"dc_ae"`` for an autoencoder file, else a CheckpointError saying what it is."""
+    header = read_header(path)
+    found = detect_kind(header)
+    if found is not None and found[0] in ("hunyuan_vae", "dc_ae"):
+        return found[0]
+    name = Path(path).name
+    if found is None:
+        raise CheckpointError(
+            f"{name} is not an autoencoder this pack knows: its keys match no model this pack knows "
+            f"(first keys: {', '.join(sorted(header)[:3])}). Expected {HUNYUAN_NAME} or {DC_AE_NAME}."
+        )
+    raise CheckpointError(
+        f"{name} is not an autoencoder: it looks like {found[1]}; {_WHERE_INSTEAD.get(found[0], '')}. "
+        f"Choose {HUNYUAN_NAME} or {DC_AE_NAME}."
+    )
+
+
+def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+                     device: str | torch.device = "cpu") -> VideoAutoencoder:
+    """Build the autoencoder stored in ``path`` with weights in ``dtype`` on ``device`` (eval mode, no grads).
+
+    The kind is detected from the keys; the architecture is read off the tensor shapes; keys and shapes
+    are checked strictly. The module is built on the meta device and the weights assigned as they are
+    read, so memory holds one copy.
+    """
+    kind = autoencoder_kind_of(path)
+    if kind == "hunyuan_vae":
+        module = _load_hunyuan(path, dtype, device)
+    else:
+        module = _load_dc_ae(path, dtype, device)
+    return module.eval().requires_grad_(False)
+
+
+def _load_hunyuan(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> HunyuanVideoVAE:
+    header = read_header(path)
+    shapes = {key: info.shape for key, info in header.items()}
+    try:
+        config = config_from_shapes(shapes)
+    except KeyError as missing:
+        raise CheckpointError(
+            f"{Path(path).name} is not {HUNYUAN_NAME}: it lacks the key {missing}."
+        ) from None
+    with torch.device("meta"):
+        module = HunyuanVideoVAE(config)
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    check_keys(expected, header, HUNYUAN_NAME, path)
+    return assign_state_dict(module, load_tensors(path, dtype, device), HUNYUAN_NAME, path)
+
+
+def _load_dc_ae(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> VideoAutoencoder:
+    raise CheckpointError(
+        f"{Path(path).name} is {DC_AE_NAME}; loading the Video DC-AE is not available in this version yet."
+    )

@@ -1,0 +1,219 @@
+"""HunyuanVideo causal 3-D VAE as Open-Sora 2.0 uses it.
+
+The network is diffusers' ``AutoencoderKLHunyuanVideo``, whose state dict has exactly the keys of the
+official ``hunyuan_vae.safetensors``. This module owns only the glue the reference adds around it
+(docs/opensora_spec.md §7.1): the latent scaling ``0.476986 * (z - 0)``, the reference's tile settings
+(spatial 256 px, temporal 64+1 frames, overlap 0.25), frame-chunked decoding, and the configuration
+read off a checkpoint's tensor shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo
+
+from .autoencoder import Tiling, VideoAutoencoder
+
+SCALE_FACTOR = 0.476986
+SHIFT_FACTOR = 0.0
+SPATIAL_COMPRESSION = 8
+TEMPORAL_COMPRESSION = 4
+# The reference's settings: sample_size 256 (32 latents), sample_tsize 64 (16 latents), overlap 0.25.
+REFERENCE_SPATIAL_TILE = 256
+REFERENCE_TEMPORAL_TILE = 64
+REFERENCE_OVERLAP = 0.25
+# Decoder activations alive at the peak, in channels per output pixel-frame (the last up blocks run at
+# full resolution with 256 -> 128 channels; measured with benchmarks/vae_decode_memory.py).
+_DECODE_CHANNELS_AT_PEAK = 1536
+
+
+@dataclass(frozen=True)
+class HunyuanVAEConfig:
+    """The shape-defining settings of the VAE (the reference's defaults are the released model's)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 16
+    in_channels: int = 3
+    out_channels: int = 3
+    norm_num_groups: int = 32
+
+
+def norm_groups_for(block_out_channels: tuple[int, ...]) -> int:
+    """GroupNorm groups: the checkpoint does not store them, so use the reference's 32 unless the
+    narrowest block is too narrow for it, then the largest power of two leaving >= 2 channels per group
+    (32 for the released 128-channel model, 4 for the 8-channel test models the golden files use)."""
+    narrowest = min(block_out_channels)
+    groups = 32
+    while groups > 1 and (narrowest % groups or narrowest // groups < 2):
+        groups //= 2
+    return groups
+
+
+def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> HunyuanVAEConfig:
+    """Read the configuration off the tensor shapes of a checkpoint in the official key layout.
+
+    Raises ``KeyError`` naming the first marker key the shapes lack (callers check keys afterwards).
+    """
+    block_ids = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
+    if not block_ids:
+        raise KeyError("encoder.down_blocks.0.resnets.0.conv1.conv.weight")
+    widths = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight"][0] for i in block_ids)
+    layers = len({m.group(1) for k in shapes if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))})
+    return HunyuanVAEConfig(
+        block_out_channels=widths,
+        layers_per_block=layers,
+        latent_channels=shapes["post_quant_conv.weight"][0],
+        in_channels=shapes["encoder.conv_in.conv.weight"][1],
+        out_channels=shapes["decoder.conv_out.conv.weight"][0],
+        norm_num_groups=norm_groups_for(widths),
+    )
+
+
+class HunyuanVideoVAE(VideoAutoencoder):
+    """The reference's ``model_ae``: scaled encode/decode with its tiling, on diffusers' network.
+
+    Submodules are registered under the official names (``encoder``, ``decoder``, ``quant_conv``,
+    ``post_quant_conv``), so the state dict is the official file's; the diffusers object sharing them
+    does the (tiled) forward passes.
+    """
+
+    kind_name = "hunyuan_vae"
+    temporal_compression = TEMPORAL_COMPRESSION
+    spatial_compression = SPATIAL_COMPRESSION
+    spatial_tile_multiple = 32  # tiles of 32k px: stride 24k px = 3k latents, blend 8k px
+    temporal_tile_multiple = 16  # tiles of 16k frames: stride 12k frames = 3k latents, blend 4k frames
+
+    def __init__(self, config: HunyuanVAEConfig = HunyuanVAEConfig()):
+        super().__init__()
+        self.config = config
+        self.latent_channels = config.latent_channels
+        core = AutoencoderKLHunyuanVideo(
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            latent_channels=config.latent_channels,
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups,
+            scaling_factor=SCALE_FACTOR,
+            spatial_compression_ratio=SPATIAL_COMPRESSION,
+            temporal_compression_ratio=TEMPORAL_COMPRESSION,
+            mid_block_add_attention=True,
+        )
+        self.encoder = core.encoder
+        self.decoder = core.decoder
+        self.quant_conv = core.quant_conv
+        self.post_quant_conv = core.post_quant_conv
+        object.__setattr__(self, "_core", core)  # not a submodule: its children are ours
+
+    # ------------------------------------------------------------------------------------ tiling
+
+    def reference_tiling(self, temporal: bool = False) -> Tiling:
+        return Tiling(
+            spatial=REFERENCE_SPATIAL_TILE,
+            temporal=REFERENCE_TEMPORAL_TILE if temporal else None,
+            overlap=REFERENCE_OVERLAP,
+        )
+
+    def _configure(self, tiling: Tiling) -> None:
+        """Set the diffusers object's tile attributes to ``tiling`` (temporal tiling is done here)."""
+        if tiling.spatial is not None and tiling.spatial % self.spatial_tile_multiple:
+            raise ValueError(
+                f"Spatial tile size {tiling.spatial} px is not a multiple of {self.spatial_tile_multiple}; "
+                "other sizes would change the decoded size."
+            )
+        if tiling.temporal is not None and tiling.temporal % self.temporal_tile_multiple:
+            raise ValueError(
+                f"Temporal tile size {tiling.temporal} frames is not a multiple of {self.temporal_tile_multiple}."
+            )
+        if tiling.overlap != REFERENCE_OVERLAP:
+            raise ValueError(f"Only the reference's tile overlap {REFERENCE_OVERLAP} is supported.")
+        core = self._core
+        core.use_slicing = False
+        core.use_framewise_decoding = False
+        core.use_tiling = tiling.spatial is not None
+        if tiling.spatial is not None:
+            core.tile_sample_min_height = core.tile_sample_min_width = tiling.spatial
+            core.tile_sample_stride_height = core.tile_sample_stride_width = tiling.spatial_stride
+        core.use_framewise_encoding = tiling.temporal is not None
+        if tiling.temporal is not None:
+            core.tile_sample_min_num_frames = tiling.temporal
+            core.tile_sample_stride_num_frames = tiling.temporal_stride
+
+    # ------------------------------------------------------------------------------- encode/decode
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               tiling: Tiling | None = None) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"Expected pixels [B, {self.config.in_channels}, F, H, W], got {tuple(x.shape)}.")
+        self._configure(self.reference_tiling() if tiling is None else tiling)
+        posterior = self._core.encode(x.to(self.device, self.dtype)).latent_dist
+        z = posterior.sample(generator=generator) if sample else posterior.mode()
+        return SCALE_FACTOR * (z - SHIFT_FACTOR)
+
+    @torch.no_grad()
+    def decode_chunks(self, z: torch.Tensor, tiling: Tiling | None = None) -> Iterator[torch.Tensor]:
+        if z.ndim != 5 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"Expected a latent [B, {self.latent_channels}, T, H, W], got {tuple(z.shape)}.")
+        tiling = self.reference_tiling() if tiling is None else tiling
+        self._configure(tiling)
+        z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
+        latent_frames = z.shape[2]
+        tile_latents = None if tiling.temporal is None else tiling.temporal // TEMPORAL_COMPRESSION
+        if tile_latents is None or latent_frames <= tile_latents:
+            yield self._core.decode(z, return_dict=False)[0]
+            return
+        yield from self._temporal_tiled_decode(z, tiling)
+
+    def _temporal_tiled_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
+        """The reference's temporal tiling, yielding each tile's finished frames as soon as the next
+        tile no longer needs them: tiles of ``T+1`` latents every ``stride`` latents, later tiles drop
+        their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail."""
+        tile_latents = tiling.temporal // TEMPORAL_COMPRESSION
+        stride_latents = tiling.temporal_stride // TEMPORAL_COMPRESSION
+        stride_frames = tiling.temporal_stride
+        blend = tiling.temporal - stride_frames
+        total = self.decoded_frames(z.shape[2])
+        emitted = 0
+        previous: torch.Tensor | None = None
+        for start in range(0, z.shape[2], stride_latents):
+            tile = self._core.decode(z[:, :, start:start + tile_latents + 1], return_dict=False)[0]
+            if previous is None:
+                keep = stride_frames + 1
+            else:
+                tile = self._core.blend_t(previous, tile[:, :, 1:], blend)
+                keep = stride_frames
+            previous = tile
+            chunk = tile[:, :, :min(keep, total - emitted)]
+            if chunk.shape[2] > 0:
+                emitted += chunk.shape[2]
+                yield chunk
+            if emitted >= total:
+                return
+
+    def decoded_frames(self, latent_frames: int) -> int:
+        return TEMPORAL_COMPRESSION * (latent_frames - 1) + 1
+
+    # ---------------------------------------------------------------------------- memory estimate
+
+    def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
+        """Peak device bytes of decoding one batch element: the decoder's full-resolution activations
+        for one tile, the mid-block attention mask over the tile's tokens, and the decoded frames of one
+        temporal chunk kept for blending."""
+        _, _, t, h, w = latent_shape
+        item = torch.empty((), dtype=dtype).element_size()
+        s = SPATIAL_COMPRESSION
+        tile_latents_t = t if tiling.temporal is None else min(t, tiling.temporal // TEMPORAL_COMPRESSION + 1)
+        tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
+        tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
+        tile_frames = self.decoded_frames(tile_latents_t)
+        activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
+        tokens = tile_latents_t * tile_h * tile_w
+        attention = tokens * tokens * (5 + item)  # bool compare + float32 where + cast mask
+        chunk_output = 3 * tile_frames * h * s * w * s * item * 3  # tiles, blended rows, concatenation
+        return activations + attention + chunk_output

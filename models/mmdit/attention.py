@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..attention_backends import attention as backend_attention
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Full (unmasked) softmax attention with scale ``1/sqrt(D)``.
 
-    ``q, k, v``: ``[B, H, L, D]`` (RoPE already applied). Returns ``[B, L, H*D]``.
+    ``q, k, v``: ``[B, H, L, D]`` (RoPE already applied). Returns ``[B, L, H*D]``. ``backend`` is a
+    concrete kernel of :mod:`models.attention_backends` (``sdpa``, ``flash_attn``, ``sageattention``).
     """
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = backend_attention(q, k, v, backend)
     batch, heads, length, head_dim = out.shape
     return out.transpose(1, 2).reshape(batch, length, heads * head_dim)

@@ -128,12 +128,14 @@ def _mlp(config: MMDiTConfig) -> nn.Sequential:
     )
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeTables) -> torch.Tensor:
-    return attention(apply_rope(q, rope), apply_rope(k, rope), v)
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeTables, backend: str) -> torch.Tensor:
+    return attention(apply_rope(q, rope), apply_rope(k, rope), v, backend)
 
 
 class DoubleStreamBlock(nn.Module):
     """Image and text streams with their own weights, joined in one attention over ``[txt, img]``."""
+
+    attention_backend = "sdpa"  # set per model by models.attention_backends.set_attention_backend
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -153,7 +155,7 @@ class DoubleStreamBlock(nn.Module):
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(_modulate(txt, txt_shift1, txt_scale1))
         joint = _attend(
             torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2),
-            rope,
+            rope, self.attention_backend,
         )
         txt_out, img_out = joint[:, : txt.shape[1]], joint[:, txt.shape[1]:]
 
@@ -166,6 +168,8 @@ class DoubleStreamBlock(nn.Module):
 
 class SingleStreamBlock(nn.Module):
     """One stream over ``[txt, img]`` with parallel attention and MLP (q/k/v_mlp split or fused ``linear1``)."""
+
+    attention_backend = "sdpa"  # set per model by models.attention_backends.set_attention_backend
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -193,7 +197,8 @@ class SingleStreamBlock(nn.Module):
             q, k = self.q_proj(x_mod), self.k_proj(x_mod)
             v, mlp = self.v_mlp(x_mod).split(self.split_sizes, dim=-1)
         q, k, v = _normed_heads(q, k, v, self.norm, self.num_heads)
-        out = self.linear2(torch.cat((_attend(q, k, v, rope), F.gelu(mlp, approximate="tanh")), dim=-1))
+        attended = _attend(q, k, v, rope, self.attention_backend)
+        out = self.linear2(torch.cat((attended, F.gelu(mlp, approximate="tanh")), dim=-1))
         return x + gate * out
 
 

@@ -292,3 +292,82 @@ def comfy_module(name: str) -> Any:
     from importlib import import_module
 
     return import_module(name)
+
+
+# ------------------------------------------------------------------------ saving outputs (issue 6)
+
+
+def check_filename_prefix(prefix: str) -> None:
+    """Refuse an output prefix that is empty, absolute or walks out of the output folder (``..``)."""
+    if not prefix or not prefix.strip():
+        raise ValueError("filename_prefix is empty: give a name such as 'OpenSora/video'.")
+    parts = prefix.replace("\\", "/").split("/")
+    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":"):
+        raise ValueError(
+            f"filename_prefix '{prefix}' is an absolute path; files are saved inside the output folder, "
+            "so give a relative prefix such as 'OpenSora/video'."
+        )
+    if ".." in parts:
+        raise ValueError(
+            f"filename_prefix '{prefix}' contains '..': saving outside the output folder is not allowed."
+        )
+
+
+def _standalone_prefix_vars(prefix: str, width: int, height: int) -> str:
+    import time
+
+    now = time.localtime()
+    for name, value in (
+        ("width", width),
+        ("height", height),
+        ("year", now.tm_year),
+        ("month", f"{now.tm_mon:02d}"),
+        ("day", f"{now.tm_mday:02d}"),
+        ("hour", f"{now.tm_hour:02d}"),
+        ("minute", f"{now.tm_min:02d}"),
+        ("second", f"{now.tm_sec:02d}"),
+    ):
+        prefix = prefix.replace(f"%{name}%", str(value))
+    return prefix
+
+
+def save_path(prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
+    """Where to save an output: ``(folder, filename, counter, subfolder)``.
+
+    Files are then named ``f"{filename}_{counter:05}_.{ext}"`` in ``folder`` (created if needed);
+    ``subfolder`` is ``folder`` relative to the output folder, as the UI wants it. Inside ComfyUI this
+    is ``folder_paths.get_save_image_path`` (``%width%``, ``%date%``-style variables, counter = one
+    past the highest existing number for that name); outside it the same rules are applied here.
+    """
+    check_filename_prefix(prefix)
+    if IN_COMFY:
+        folder, filename, counter, subfolder, _ = _folder_paths.get_save_image_path(
+            prefix, _folder_paths.get_output_directory(), width, height
+        )
+        return Path(folder), filename, int(counter), subfolder
+    prefix = os.path.normpath(_standalone_prefix_vars(prefix, width, height))
+    subfolder, filename = os.path.dirname(prefix), os.path.basename(prefix)
+    root = output_directory().resolve()
+    folder = (root / subfolder).resolve()
+    if folder != root and root not in folder.parents:
+        raise ValueError(f"filename_prefix '{prefix}' leads outside the output folder {root}.")
+    folder.mkdir(parents=True, exist_ok=True)
+    used = [0]
+    for entry in os.listdir(folder):
+        stem, sep, tail = entry[: len(filename)], entry[len(filename) : len(filename) + 1], entry[len(filename) + 1 :]
+        number = tail.split("_")[0]  # "<name>_00007_.mp4" -> "00007"
+        if os.path.normcase(stem) == os.path.normcase(filename) and sep == "_" and number.isdigit():
+            used.append(int(number))
+    return folder, filename, max(used) + 1, subfolder
+
+
+def metadata_disabled() -> bool:
+    """Whether ComfyUI runs with ``--disable-metadata`` (never outside ComfyUI)."""
+    if not IN_COMFY:
+        return False
+    try:
+        from comfy.cli_args import args
+
+        return bool(args.disable_metadata)
+    except (ImportError, AttributeError):
+        return False

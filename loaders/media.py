@@ -1,0 +1,260 @@
+"""Writing generated frames to disk: MP4 / WebM / GIF through ffmpeg, PNG through Pillow, text sidecars.
+
+Plain Python, no ComfyUI. Frames arrive as ComfyUI IMAGE tensors ``[F, H, W, 3]`` (float, 0..1) and are
+converted and streamed one at a time, so a long clip never exists as a whole uint8 video in memory.
+Every file is written under a hidden temporary name in its destination folder and renamed into place
+only when complete: a failed or interrupted save leaves nothing behind.
+
+Pixel conversion (docs/opensora_spec.md §7.4): the reference turns the decoder output ``x`` in [-1, 1]
+into ``trunc(clamp((x + 1) / 2 * 255 + 0.5, 0, 255))`` in bf16; our IMAGE already is ``(x + 1) / 2`` and
+we apply the same rounding in float32 (bf16 arithmetic can move a value by one level).
+
+Colour: the reference hands rgb24 frames to PyAV, whose swscale conversion uses the BT.601 matrix and
+writes no colour tags. We convert with the BT.709 matrix, TV range, and tag the stream as BT.709 so
+players that honour tags (browsers, ffmpeg, VLC) show the intended colours instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """An ffmpeg container + codec combination the save node offers."""
+
+    name: str
+    extension: str
+    muxer: str
+    codec: str
+    max_crf: int | None  # None: the codec has no quality setting (GIF)
+    metadata: bool  # whether the container keeps arbitrary key/value tags
+
+
+VIDEO_FORMATS: dict[str, VideoFormat] = {
+    f.name: f
+    for f in (
+        VideoFormat("mp4", "mp4", "mp4", "libx264", max_crf=51, metadata=True),
+        VideoFormat("webm", "webm", "webm", "libvpx-vp9", max_crf=63, metadata=True),
+        VideoFormat("gif", "gif", "gif", "gif", max_crf=None, metadata=False),
+    )
+}
+PIXEL_FORMATS = ("yuv420p", "yuv444p")
+
+# RGB -> YUV in BT.709, TV (limited) range, with the matching stream tags.
+_BT709_CONVERSION = "scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+accurate_rnd+full_chroma_int"
+_BT709_PARAMS = "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv"
+_BT709_TAGS = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
+# One palette per frame keeps GIF encoding streaming (a global palette would buffer the whole clip).
+_GIF_PALETTE = "split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1"
+
+
+class EncoderError(RuntimeError):
+    """ffmpeg refused the settings or failed while writing."""
+
+
+# ----------------------------------------------------------------------------------------- frames
+
+
+def check_frames(frames: object) -> None:
+    """Raise a ValueError saying what is wrong unless ``frames`` is an IMAGE batch ``[F, H, W, 3]``."""
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(f"Expected IMAGE frames (a torch.Tensor [frames, height, width, 3]), got {type(frames).__name__}.")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"Expected IMAGE frames shaped [frames, height, width, 3], got {list(frames.shape)}. "
+            "Connect an IMAGE output (e.g. the Open-Sora decoder), not a latent or a mask."
+        )
+    if not frames.is_floating_point():
+        raise ValueError(f"IMAGE frames must be floating point in 0..1, got dtype {frames.dtype}.")
+    if frames.shape[0] == 0:
+        raise ValueError("There are no frames to save (the IMAGE batch is empty).")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"Frames of size {frames.shape[2]}x{frames.shape[1]} cannot be saved.")
+
+
+def to_uint8(frame: torch.Tensor) -> np.ndarray:
+    """One IMAGE frame ``[H, W, 3]`` in 0..1 -> uint8 ``[H, W, 3]`` with the reference's rounding
+    ``trunc(clamp(v * 255 + 0.5, 0, 255))`` (computed in float32; NaN becomes 0)."""
+    values = torch.nan_to_num(frame.detach().to("cpu", torch.float32), nan=0.0)
+    return values.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).numpy()
+
+
+def even_size(height: int, width: int) -> tuple[int, int]:
+    """The size yuv420p needs: odd sides grow by one pixel."""
+    return height + height % 2, width + width % 2
+
+
+def pad_to(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Grow ``pixels [H, W, 3]`` to ``height x width`` by repeating the last row and column."""
+    pad_h, pad_w = height - pixels.shape[0], width - pixels.shape[1]
+    if pad_h == 0 and pad_w == 0:
+        return pixels
+    return np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+# ----------------------------------------------------------------------------------- atomic files
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path``; rename it to ``path`` if the block succeeds,
+    delete it if the block raises (including KeyboardInterrupt and ComfyUI's interrupt)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file (the prompt sidecar) atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_png(path: str | os.PathLike, frame: torch.Tensor, text: Mapping[str, str] | None = None) -> Path:
+    """Write one IMAGE frame ``[H, W, 3]`` as an 8-bit PNG, with ``text`` as tEXt chunks, atomically."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            Image.fromarray(to_uint8(frame)).save(handle, format="PNG", pnginfo=info, compress_level=4)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ video
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped with imageio-ffmpeg (or the one its IMAGEIO_FFMPEG_EXE names)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _escape_ffmetadata(text: str) -> str:
+    for char in ("\\", "=", ";", "#", "\n"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _ffmetadata(metadata: Mapping[str, str]) -> str:
+    """``metadata`` in ffmpeg's FFMETADATA1 format (keys and values escaped)."""
+    lines = [";FFMETADATA1"]
+    lines += [f"{_escape_ffmetadata(k)}={_escape_ffmetadata(v)}" for k, v in metadata.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _encoder_args(video_format: VideoFormat, crf: int, pix_fmt: str) -> list[str]:
+    if video_format.name == "gif":
+        return ["-vf", _GIF_PALETTE, "-c:v", "gif", "-loop", "0"]
+    args = ["-vf", f"{_BT709_CONVERSION},format={pix_fmt},{_BT709_PARAMS}", "-c:v", video_format.codec, "-crf", str(crf)]
+    if video_format.name == "mp4":
+        args += ["-preset", "medium", "-movflags", "+use_metadata_tags+faststart"]
+    else:  # VP9 constant quality needs a zero bitrate target
+        args += ["-b:v", "0", "-deadline", "good", "-cpu-used", "4", "-row-mt", "1"]
+    return args + ["-pix_fmt", pix_fmt] + _BT709_TAGS
+
+
+def check_video_settings(video_format: str, fps: float, crf: int, pix_fmt: str) -> VideoFormat:
+    """Validate the save settings; return the format. Errors say which values are allowed."""
+    if video_format not in VIDEO_FORMATS:
+        raise ValueError(f"Unknown video format '{video_format}'; choose one of {sorted(VIDEO_FORMATS)}.")
+    chosen = VIDEO_FORMATS[video_format]
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}.")
+    if chosen.max_crf is not None and not 0 <= crf <= chosen.max_crf:
+        raise ValueError(f"crf for {video_format} must be between 0 and {chosen.max_crf}, got {crf}.")
+    if pix_fmt not in PIXEL_FORMATS:
+        raise ValueError(f"Unknown pixel format '{pix_fmt}'; choose one of {list(PIXEL_FORMATS)}.")
+    return chosen
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: torch.Tensor,
+    fps: float = 24.0,
+    video_format: str = "mp4",
+    crf: int = 23,
+    pix_fmt: str = "yuv420p",
+    metadata: Mapping[str, str] | None = None,
+    before_frame: Callable[[int], None] | None = None,
+) -> Path:
+    """Encode IMAGE ``frames [F, H, W, 3]`` to ``path`` with ffmpeg, one frame at a time, atomically.
+
+    ``metadata`` becomes container tags (MP4 with ``use_metadata_tags``, WebM; GIF keeps none).
+    ``before_frame(i)`` runs before frame ``i`` is sent (progress, Cancel); if it raises, ffmpeg is
+    stopped and no file is left. yuv420p needs even sides: odd sizes are padded by one repeated
+    row/column. Raises ``EncoderError`` with ffmpeg's message if encoding fails.
+    """
+    check_frames(frames)
+    chosen = check_video_settings(video_format, fps, crf, pix_fmt)
+    height, width = frames.shape[1], frames.shape[2]
+    if chosen.name != "gif" and pix_fmt == "yuv420p":
+        height, width = even_size(height, width)
+    rate = Fraction(round(fps * 1000), 1000)
+
+    with tempfile.TemporaryDirectory(prefix="opensora-ffmpeg-") as work:
+        command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]
+        command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate), "-i", "-"]
+        tags = dict(metadata or {}) if chosen.metadata else {}
+        if tags:
+            metadata_file = Path(work) / "metadata.txt"
+            metadata_file.write_text(_ffmetadata(tags), encoding="utf-8")
+            command += ["-f", "ffmetadata", "-i", str(metadata_file), "-map_metadata", "1"]
+        command += ["-map", "0:v:0", "-an"] + _encoder_args(chosen, crf, pix_fmt) + ["-r", str(rate)]
+
+        with atomic_path(path) as temporary, open(Path(work) / "stderr.txt", "w+b") as stderr:
+            process = subprocess.Popen(
+                command + ["-f", chosen.muxer, str(temporary)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+            written = 0
+            try:
+                for index in range(frames.shape[0]):
+                    if before_frame is not None:
+                        before_frame(index)
+                    pixels = pad_to(to_uint8(frames[index]), height, width)
+                    try:
+                        process.stdin.write(np.ascontiguousarray(pixels).data)
+                    except OSError:  # ffmpeg quit early; its status and message are reported below
+                        break
+                    written += 1
+                try:
+                    process.stdin.close()
+                except OSError:
+                    pass
+                returncode = process.wait()
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            if returncode != 0 or written < frames.shape[0] or not temporary.exists():
+                stderr.seek(0)
+                message = stderr.read().decode("utf-8", "replace").strip()[-2000:]
+                raise EncoderError(
+                    f"ffmpeg could not write {Path(path).name} (exit status {returncode}, "
+                    f"{written} of {frames.shape[0]} frames sent): {message or 'no message'}"
+                )
+    return Path(path)

@@ -1,0 +1,167 @@
+"""OpenSoraSaveVideo: files, numbering, sidecar, metadata, preview dict, interrupts and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import imageio.v2 as iio2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_opensora import NODE_CLASS_MAPPINGS
+from comfyui_opensora.loaders import media
+from comfyui_opensora.nodes.save_video import OpenSoraSaveVideo
+from comfyui_opensora.samplers.conditioning import TextConditioning
+
+from test_media import ffmpeg_metadata, smooth_frames
+
+DEFAULTS = dict(fps=24.0, filename_prefix="OpenSora/video", format="mp4", crf=23, pix_fmt="yuv420p")
+PROMPT_GRAPH = {"7": {"class_type": "OpenSoraSaveVideo", "inputs": {"fps": 24.0}}}
+WORKFLOW = {"workflow": {"nodes": [{"id": 7, "type": "OpenSoraSaveVideo"}], "links": []}}
+
+
+def conditioning(*prompts: str) -> TextConditioning:
+    n = len(prompts)
+    return TextConditioning(
+        t5=torch.zeros(n, 2, 8), clip=torch.zeros(n, 4), neg_t5=torch.zeros(1, 2, 8), neg_clip=torch.zeros(1, 4),
+        prompts=prompts, negative_prompts=("",),
+    )
+
+
+def save(**inputs):
+    return OpenSoraSaveVideo().execute(**{**DEFAULTS, **inputs})
+
+
+def all_files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+def test_node_contract():
+    assert NODE_CLASS_MAPPINGS["OpenSoraSaveVideo"] is OpenSoraSaveVideo
+    spec = OpenSoraSaveVideo.INPUT_TYPES()
+    assert list(spec["required"]) == ["images", "fps", "filename_prefix", "format", "crf", "pix_fmt"]
+    for group in ("required", "optional"):
+        for name, (_, options) in spec[group].items():
+            assert options.get("tooltip"), name
+    assert spec["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    assert spec["required"]["fps"][1]["default"] == 24.0 and spec["required"]["crf"][1]["default"] == 23
+    assert OpenSoraSaveVideo.OUTPUT_NODE is True and OpenSoraSaveVideo.RETURN_TYPES == ("IMAGE",)
+
+
+def test_saves_reference_mp4_with_sidecar_preview_and_passthrough(standalone_host):
+    frames = smooth_frames(9, 64, 96)
+    cond = conditioning("a red fox running through snow. aesthetic score: 6.5. motion score: 4.")
+    out = save(images=frames, conditioning=cond, prompt=PROMPT_GRAPH, extra_pnginfo=WORKFLOW)
+
+    folder = standalone_host.output_directory() / "OpenSora"
+    assert out["ui"] == {
+        "images": [{"filename": "video_00001_.mp4", "subfolder": "OpenSora", "type": "output"}],
+        "animated": (True,),
+    }
+    assert out["result"][0] is frames
+    assert all_files(standalone_host.output_directory()) == ["OpenSora/video_00001_.mp4", "OpenSora/video_00001_.txt"]
+    assert (folder / "video_00001_.txt").read_text(encoding="utf-8") == cond.prompts[0]
+
+    reader = iio2.get_reader(folder / "video_00001_.mp4")
+    assert reader.get_meta_data()["fps"] == 24.0 and reader.count_frames() == 9
+    tags = ffmpeg_metadata(folder / "video_00001_.mp4")
+    assert json.loads(tags["prompt"]) == PROMPT_GRAPH
+    assert json.loads(tags["workflow"]) == WORKFLOW["workflow"]
+
+
+def test_counter_continues_and_prompt_text_and_batch_prompts(standalone_host):
+    frames = torch.rand(5, 16, 16, 3)
+    save(images=frames, prompt_text="first")
+    second = save(images=frames, conditioning=conditioning("one", "two"), prompt_text="ignored")
+    third = save(images=frames)  # no prompt: no sidecar
+    folder = standalone_host.output_directory() / "OpenSora"
+    assert second["ui"]["images"][0]["filename"] == "video_00002_.mp4"
+    assert third["ui"]["images"][0]["filename"] == "video_00003_.mp4"
+    assert (folder / "video_00001_.txt").read_text() == "first"
+    assert (folder / "video_00002_.txt").read_text() == "one\ntwo"
+    assert not (folder / "video_00003_.txt").exists()
+
+
+def test_prefix_variables_subfolders_and_formats(standalone_host):
+    frames = torch.rand(4, 32, 48, 3)
+    out = save(images=frames, filename_prefix="clips/%width%x%height%/take", format="webm")
+    assert out["ui"]["images"][0] == {"filename": "take_00001_.webm", "subfolder": "clips/48x32", "type": "output"}
+    out = save(images=frames, filename_prefix="plain", format="gif")
+    assert out["ui"]["images"][0] == {"filename": "plain_00001_.gif", "subfolder": "", "type": "output"}
+    assert iio2.get_reader(standalone_host.output_directory() / "plain_00001_.gif").get_length() == 4
+
+
+def test_metadata_off_when_comfyui_disables_it(standalone_host, monkeypatch):
+    monkeypatch.setattr(standalone_host, "metadata_disabled", lambda: True)
+    save(images=torch.rand(3, 16, 16, 3), prompt=PROMPT_GRAPH, extra_pnginfo=WORKFLOW)
+    tags = ffmpeg_metadata(standalone_host.output_directory() / "OpenSora" / "video_00001_.mp4")
+    assert "prompt" not in tags and "workflow" not in tags
+
+
+def test_single_frame_is_a_png_with_text_chunks(standalone_host):
+    frame = torch.rand(1, 24, 40, 3)
+    out = save(images=frame, prompt_text="a still lake", prompt=PROMPT_GRAPH, extra_pnginfo=WORKFLOW)
+    assert out["ui"] == {
+        "images": [{"filename": "video_00001_.png", "subfolder": "OpenSora", "type": "output"}],
+        "animated": (False,),
+    }
+    image = Image.open(standalone_host.output_directory() / "OpenSora" / "video_00001_.png")
+    assert (np.asarray(image) == media.to_uint8(frame[0])).all()
+    assert json.loads(image.text["prompt"]) == PROMPT_GRAPH
+    assert json.loads(image.text["workflow"]) == WORKFLOW["workflow"]
+    assert (standalone_host.output_directory() / "OpenSora" / "video_00001_.txt").read_text() == "a still lake"
+
+
+def test_interrupt_mid_video_leaves_no_file(standalone_host):
+    def cancel_at_third_frame(value: int, total: int) -> None:
+        if value == 3:
+            standalone_host.request_interrupt()
+
+    remove = standalone_host.add_progress_listener(cancel_at_third_frame)
+    try:
+        with pytest.raises(standalone_host.Interrupted):
+            save(images=torch.rand(12, 32, 32, 3), prompt_text="never written")
+    finally:
+        remove()
+    assert all_files(standalone_host.output_directory()) == []
+
+
+def test_progress_reaches_the_frame_count(standalone_host):
+    seen = []
+    remove = standalone_host.add_progress_listener(lambda value, total: seen.append((value, total)))
+    try:
+        save(images=torch.rand(6, 16, 16, 3))
+    finally:
+        remove()
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "a/../../escape", "/tmp/escape", "\\\\server\\share\\x", "C:/x", "", "  "])
+def test_prefix_leaving_the_output_folder_is_refused(standalone_host, prefix):
+    with pytest.raises(ValueError, match="filename_prefix"):
+        save(images=torch.rand(2, 16, 16, 3), filename_prefix=prefix)
+    assert all_files(standalone_host.output_directory().parent / "output") == []
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ({"samples": torch.zeros(1, 16, 2, 4, 4)}, "torch.Tensor"),
+        (torch.zeros(1, 16, 2, 4, 4), "latent"),
+        (torch.zeros(0, 16, 16, 3), "no frames"),
+        (torch.zeros(2, 16, 16), r"\[frames, height, width, 3\]"),
+    ],
+)
+def test_non_image_input_is_refused(standalone_host, images, message):
+    with pytest.raises(ValueError, match=message):
+        save(images=images)
+    assert all_files(standalone_host.output_directory()) == []
+
+
+def test_bad_settings_refused_before_any_file(standalone_host):
+    with pytest.raises(ValueError, match="between 0 and 51"):
+        save(images=torch.rand(2, 16, 16, 3), crf=60, prompt_text="x")
+    assert all_files(standalone_host.output_directory()) == []

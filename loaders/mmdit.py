@@ -148,12 +148,30 @@ def infer_mmdit_config(header: Mapping[str, TensorInfo], metadata: Mapping[str, 
         raise CheckpointError(f"Inconsistent MMDiT settings in this file: {error}.") from None
 
 
-def _refuse_other_kinds(header: Mapping[str, TensorInfo], path: Path) -> None:
+_WHERE_IT_BELONGS = {
+    "hunyuan_vae": " Put it in models/vae and load it with the VAE loader.",
+    "dc_ae": " Put it in models/vae and load it with the VAE loader.",
+    "flux_ae": " Put it in models/vae.",
+    "t5": " Put it in models/text_encoders and load it with the text encoder loader.",
+    "clip": " Put it in models/text_encoders and load it with the text encoder loader.",
+}
+
+
+def _refuse_other_kinds(raw_keys: set[str], header: Mapping[str, TensorInfo], path: Path) -> None:
     found = detect_kind(header)
     if found is None or found[0] not in _MMDIT_KINDS:
+        hint = _WHERE_IT_BELONGS.get(found[0], "") if found else ""
         raise CheckpointError(
-            f"{path.name} is not {MODEL_NAME}: {describe_file(header)}. Choose the Open-Sora 2.0 model file "
-            "(e.g. Open_Sora_v2.safetensors) or a Flux-dev transformer in the diffusion_models folder."
+            f"{path.name} is not {MODEL_NAME}: {describe_file(header)}.{hint} Choose the Open-Sora 2.0 model "
+            "file (e.g. Open_Sora_v2.safetensors) or a Flux-dev transformer in the diffusion_models folder."
+        )
+    prefixed = {k for k in raw_keys if k.startswith(COMFY_PREFIX)}
+    if prefixed and len(prefixed) != len(raw_keys):
+        other = sorted(raw_keys - prefixed)
+        raise CheckpointError(
+            f"{path.name} bundles the diffusion model with {len(other)} tensors of other models (first: "
+            f"{', '.join(other[:3])}); this loader reads diffusion-model-only files. Use the separate "
+            "transformer file (e.g. flux1-dev.safetensors) in the diffusion_models folder."
         )
 
 
@@ -170,7 +188,7 @@ def load_mmdit(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
     path = Path(path)
     raw_header = read_header(path)
     header = {strip_comfy_prefix(k): v for k, v in raw_header.items()}
-    _refuse_other_kinds(header, path)
+    _refuse_other_kinds(set(raw_header), header, path)
     config = infer_mmdit_config(header, read_metadata(path))
     with torch.device("meta"):
         model = MMDiT(config)

@@ -4,6 +4,7 @@ from importlib import import_module
 
 # One line per stage module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
 _NODE_MODULES: tuple[str, ...] = (
+    "model_loader",
     "save_video",
 )
 

@@ -1,0 +1,306 @@
+"""The pack's command line: run an example workflow headless, check an install, download weights.
+
+``generate`` loads the API twin of an example workflow (``example_workflows/api/<name>.json``), sets the
+options given on the command line on the nodes that own them, and runs it in-process through the same
+node classes ComfyUI runs (:mod:`.workflow_runner`). ComfyUI is not needed; core ComfyUI nodes are
+limited to the image and video loaders (:data:`workflow_runner.STANDALONE_CORE_NODES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from . import NODE_CLASS_MAPPINGS, host
+from .workflow_runner import STANDALONE_CORE_NODES, WorkflowError, load_api_workflow, run_workflow
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = PACK_ROOT / "example_workflows"
+API_DIR = WORKFLOW_DIR / "api"
+
+# Command-line option -> the (node type, input) pairs it sets in a workflow.
+OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "prompt": (("OpenSoraTextEncode", "prompt"),),
+    "negative": (("OpenSoraTextEncode", "negative_prompt"),),
+    "seed": (("OpenSoraNoise", "seed"),),
+    "num_frames": (("OpenSoraNoise", "num_frames"),),
+    "resolution": (("OpenSoraNoise", "resolution"),),
+    "aspect_ratio": (("OpenSoraNoise", "aspect_ratio"),),
+    "steps": (("OpenSoraSampler", "steps"),),
+    "weight_dtype": (("OpenSoraModelLoader", "weight_dtype"),),
+    "name": (("OpenSoraSaveVideo", "filename_prefix"),),
+}
+# Nodes that read reference media, in the order ``ref`` paths (separated by ';') are given to them.
+REFERENCE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"), ("LoadVideo", "file"))
+
+SMOKE_SETTINGS = {"num_frames": 9, "steps": 2, "weight_dtype": "fp32"}
+
+
+def available_workflows() -> list[str]:
+    """Names of the example workflows that have an API twin (what ``--workflow`` accepts)."""
+    return sorted(p.stem for p in API_DIR.glob("*.json"))
+
+
+def workflow_path(name: str) -> Path:
+    """The API twin of an example workflow, or a file path given directly."""
+    candidate = Path(name)
+    if candidate.suffix == ".json" and candidate.is_file():
+        return candidate
+    path = API_DIR / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"Unknown workflow '{name}'. Choose one of: {', '.join(available_workflows())}.")
+    return path
+
+
+def node_classes() -> dict[str, type]:
+    """The pack's nodes plus the standalone stand-ins for ComfyUI's file loaders."""
+    return {**STANDALONE_CORE_NODES, **NODE_CLASS_MAPPINGS}
+
+
+def set_option(prompt: dict[str, dict], option: str, value: Any) -> int:
+    """Set ``value`` on every node input that ``option`` targets; returns how many were set."""
+    count = 0
+    for node in prompt.values():
+        for class_type, input_name in OPTION_TARGETS[option]:
+            if node["class_type"] == class_type and input_name in node["inputs"]:
+                node["inputs"][input_name] = value
+                count += 1
+    return count
+
+
+def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
+    """Give reference files (images or videos) to the workflow's loader nodes, in node-id order."""
+    loaders = [
+        (node_id, input_name)
+        for node_id, node in sorted(prompt.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
+        for class_type, input_name in REFERENCE_INPUTS
+        if node["class_type"] == class_type
+    ]
+    if not loaders:
+        raise SystemExit("This workflow takes no reference image or video; drop --ref (or choose an i2v/v2v workflow).")
+    if len(references) not in (1, len(loaders)):
+        raise SystemExit(f"This workflow reads {len(loaders)} reference file(s); got {len(references)}: {references}.")
+    for index, (node_id, input_name) in enumerate(loaders):
+        prompt[node_id]["inputs"][input_name] = str(Path(references[min(index, len(references) - 1)]).resolve())
+
+
+def apply_settings(prompt: dict[str, dict], settings: dict[str, Any]) -> dict[str, dict]:
+    """A copy of ``prompt`` with the command-line settings applied (``None`` values are left alone)."""
+    prompt = copy.deepcopy(prompt)
+    for option, value in settings.items():
+        if value is None or value == "":
+            continue
+        if option == "ref":
+            set_references(prompt, [r.strip() for r in str(value).split(";") if r.strip()])
+        elif not set_option(prompt, option, value):
+            raise SystemExit(f"--{option.replace('_', '-')} does not apply to this workflow (no node takes it).")
+    return prompt
+
+
+def read_prompt_rows(csv_path: str | None, prompt: str | None, negative: str | None, ref: str | None
+                     ) -> list[dict[str, str]]:
+    """One dict per sample: ``text`` and optional ``ref``, ``neg``, ``name`` (the reference's CSV columns)."""
+    if csv_path is None:
+        return [{"text": prompt or "", "neg": negative or "", "ref": ref or ""}]
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "text" not in rows[0]:
+        raise SystemExit(f"{csv_path} needs a header row with a 'text' column (optional: ref, neg, name).")
+    for row in rows:
+        row.setdefault("neg", negative or "")
+        if ref and not row.get("ref"):
+            row["ref"] = ref
+    return rows
+
+
+def run_rows(prompt: dict[str, dict], rows: Iterable[dict[str, str]], settings: dict[str, Any],
+             log=print) -> list[Path]:
+    """Run the workflow once per row; returns the files written."""
+    written: list[Path] = []
+    classes = node_classes()
+    for index, row in enumerate(rows):
+        row_settings = dict(settings, prompt=row.get("text"), negative=row.get("neg") or None,
+                            ref=row.get("ref") or None)
+        if row.get("name"):
+            row_settings["name"] = row["name"]
+        started = time.perf_counter()
+        graph = apply_settings(prompt, row_settings)
+        result = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}"))
+        files = result.files()
+        written.extend(files)
+        log(f"sample {index}: {', '.join(map(str, files)) or '(no file)'} ({time.perf_counter() - started:.1f} s)")
+    return written
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def _generate(args: argparse.Namespace) -> int:
+    settings = {
+        "seed": args.seed, "num_frames": args.num_frames, "resolution": args.resolution,
+        "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
+    }
+    if args.smoke:
+        return _smoke(args, settings)
+    if args.models_dir is None:
+        raise SystemExit("--models-dir is required (the folder holding diffusion_models/, vae/, text_encoders/).")
+    if not args.prompt and not args.csv:
+        raise SystemExit("Give --prompt TEXT or --csv FILE.")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
+    prompt = load_api_workflow(workflow_path(args.workflow))
+    rows = read_prompt_rows(args.csv, args.prompt, args.negative, args.ref)
+    try:
+        written = run_rows(prompt, rows, settings)
+    except WorkflowError as error:
+        raise SystemExit(f"The workflow cannot run: {error}") from None
+    print(f"done: {len(written)} file(s) in {output_dir}")
+    return 0
+
+
+def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    from ..loaders.tiny_checkpoints import write_tiny_model_folder
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="opensora-smoke-") as scratch:
+        models = Path(scratch) / "models"
+        write_tiny_model_folder(models, "t2v")
+        output_dir = Path(args.output_dir) if args.output_dir else Path(scratch) / "output"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")
+        prompt = load_api_workflow(workflow_path("t2v_256px"))
+        smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
+        rows = [{"text": args.prompt or "a red panda rides a bicycle through a snowy forest", "name": "smoke"}]
+        written = run_rows(prompt, rows, smoke_settings)
+        if not written or not all(p.is_file() and p.stat().st_size > 0 for p in written):
+            print("smoke test FAILED: no video was written", file=sys.stderr)
+            return 1
+        print(
+            f"smoke test OK in {time.perf_counter() - started:.1f} s: the whole text-to-video graph ran on tiny "
+            "RANDOM weights, so the video is noise. It checks the install, not the model."
+        )
+        if not args.output_dir:
+            print("(written to a temporary folder and deleted; pass --output-dir to keep it)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ download
+
+MAIN_REPO = "hpcai-tech/Open-Sora-v2"
+DC_AE_REPO = "hpcai-tech/Open-Sora-v2-Video-DC-AE"
+FLUX_TEXT_REPO = "comfyanonymous/flux_text_encoders"
+
+# (repo, file or folder in the repo, models sub-folder, name there); folders end with "/".
+_VIDEO_FILES = (
+    (MAIN_REPO, "Open_Sora_v2.safetensors", "diffusion_models", "Open_Sora_v2.safetensors"),
+    (MAIN_REPO, "hunyuan_vae.safetensors", "vae", "hunyuan_vae.safetensors"),
+    (MAIN_REPO, "google/t5-v1_1-xxl/", "text_encoders", "t5-v1_1-xxl"),
+    (MAIN_REPO, "openai/clip-vit-large-patch14/", "text_encoders", "clip-vit-large-patch14"),
+)
+_FLUX_FILES = (  # ComfyUI's own Flux nodes (t2i2v first frame): UNETLoader, VAELoader, DualCLIPLoader
+    (MAIN_REPO, "flux1-dev.safetensors", "diffusion_models", "flux1-dev.safetensors"),
+    (MAIN_REPO, "flux1-dev-ae.safetensors", "vae", "flux1-dev-ae.safetensors"),
+    (FLUX_TEXT_REPO, "t5xxl_fp16.safetensors", "text_encoders", "t5xxl_fp16.safetensors"),
+    (FLUX_TEXT_REPO, "clip_l.safetensors", "text_encoders", "clip_l.safetensors"),
+)
+_DC_AE_FILES = (
+    (DC_AE_REPO, "Open_Sora_v2_Video_DC_AE.safetensors", "diffusion_models", "Open_Sora_v2_Video_DC_AE.safetensors"),
+    (DC_AE_REPO, "F32T4C128_AE.safetensors", "vae", "F32T4C128_AE.safetensors"),
+)
+DOWNLOADS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "t2v": _VIDEO_FILES,
+    "i2v": _VIDEO_FILES,
+    "t2i2v": _VIDEO_FILES + _FLUX_FILES,
+    "high_compression": _VIDEO_FILES + _FLUX_FILES + _DC_AE_FILES,
+}
+
+
+def download(what: str, models_dir: Path, log=print) -> list[Path]:
+    """Fetch the released weights a workflow family needs into ``models_dir`` (ComfyUI layout).
+
+    Files already present are skipped. Needs ``pip install huggingface_hub`` (imported only here).
+    """
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise SystemExit("Downloading needs huggingface_hub: python3 -m pip install huggingface_hub") from None
+    placed: list[Path] = []
+    for repo, source, folder, name in DOWNLOADS[what]:
+        target = models_dir / folder / name
+        if target.exists():
+            log(f"have {target}")
+            placed.append(target)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {repo}/{source} -> {target}")
+        staging = models_dir / ".download"
+        if source.endswith("/"):
+            huggingface_hub.snapshot_download(repo, allow_patterns=[source + "*"], local_dir=staging)
+        else:
+            huggingface_hub.hf_hub_download(repo, source, local_dir=staging)
+        (staging / source.rstrip("/")).rename(target)
+        placed.append(target)
+    return placed
+
+
+def _download(args: argparse.Namespace) -> int:
+    download(args.what, Path(args.models_dir))
+    return 0
+
+
+def _list(_args: argparse.Namespace) -> int:
+    for name in available_workflows():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 ComfyUI-OpenSora",
+        description="Open-Sora 2.0 without the ComfyUI UI: run the pack's example workflows headless.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="run an example workflow for a prompt or a CSV of prompts")
+    generate.add_argument("--workflow", default="t2v_256px",
+                          help="example workflow name (see 'workflows') or an API-format .json file")
+    generate.add_argument("--prompt", help="the text prompt")
+    generate.add_argument("--negative", help="negative prompt (default: empty, as the reference)")
+    generate.add_argument("--csv", help="CSV with a 'text' column and optional 'ref', 'neg', 'name' columns")
+    generate.add_argument("--ref", help="reference image/video for i2v/v2v workflows; two paths 'a.png;b.png' for i2v_loop")
+    generate.add_argument("--models-dir", help="folder with diffusion_models/, vae/, text_encoders/")
+    generate.add_argument("--output-dir", default=None, help="where videos go (default ./output)")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--num-frames", type=int, help="4k+1 frames (Hunyuan VAE) or 4k (DC-AE)")
+    generate.add_argument("--resolution", choices=("256px", "768px"))
+    generate.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1, 2.39:1")
+    generate.add_argument("--steps", type=int, help="sampling steps (reference: 50)")
+    generate.add_argument("--weight-dtype", choices=("bf16", "fp16", "fp32"))
+    generate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    generate.add_argument("--smoke", action="store_true",
+                          help="check the install: tiny random models, the whole t2v graph, seconds, offline")
+    generate.set_defaults(handler=_generate)
+
+    download = commands.add_parser("download", help="download the released weights from Hugging Face")
+    download.add_argument("--what", required=True, choices=("t2v", "i2v", "t2i2v", "high_compression"))
+    download.add_argument("--models-dir", required=True)
+    download.set_defaults(handler=_download)
+
+    listing = commands.add_parser("workflows", help="list the example workflows")
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python3 <pack folder> ...``."""
+    args = build_parser().parse_args(argv)
+    if args.command == "generate" and args.output_dir is None and not args.smoke:
+        args.output_dir = "output"
+    return int(args.handler(args) or 0)

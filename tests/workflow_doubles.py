@@ -1,0 +1,229 @@
+"""Helpers for the workflow tests: a UI-format -> API-format converter, and stand-ins for the core
+ComfyUI nodes the example workflows use (only for in-process runs; a real ComfyUI runs the real ones).
+
+The converter follows what ComfyUI's frontend does when it queues a UI graph: ``widgets_values`` are
+positional, in widget order (the node's inputs that are widgets, required then optional), with one extra
+UI-only entry after a seed widget (``control_after_generate``) and after an upload combo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from comfyui_opensora.nodes import host
+from comfyui_opensora.nodes.workflow_runner import STANDALONE_CORE_NODES
+
+NOTE_TYPES = ("Note", "MarkdownNote")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+UI_ONLY = None  # a widgets_values entry that is not sent to the server
+
+# Widget order of the core ComfyUI nodes the example workflows use (ComfyUI a125cd84 nodes.py,
+# comfy_extras/nodes_flux.py, nodes_sd3.py, nodes_video.py); UI_ONLY marks control/upload entries.
+CORE_WIDGETS: dict[str, tuple[str | None, ...]] = {
+    "LoadImage": ("image", UI_ONLY),
+    "LoadVideo": ("file", UI_ONLY),
+    "GetVideoComponents": (),
+    "UNETLoader": ("unet_name", "weight_dtype"),
+    "DualCLIPLoader": ("clip_name1", "clip_name2", "type", "device"),
+    "CLIPTextEncode": ("text",),
+    "FluxGuidance": ("guidance",),
+    "EmptySD3LatentImage": ("width", "height", "batch_size"),
+    "KSampler": ("seed", UI_ONLY, "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+    "VAELoader": ("vae_name",),
+    "VAEDecode": (),
+}
+
+
+def widget_names(class_type: str, node_classes: Mapping[str, type]) -> tuple[str | None, ...]:
+    """Names of a node's ``widgets_values`` entries, as the frontend lays them out."""
+    if class_type in CORE_WIDGETS:
+        return CORE_WIDGETS[class_type]
+    declared = node_classes[class_type].INPUT_TYPES()
+    names: list[str | None] = []
+    for section in ("required", "optional"):
+        for name, spec in declared.get(section, {}).items():
+            kind = spec[0]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            is_combo = isinstance(kind, (list, tuple))
+            if options.get("forceInput") or not (is_combo or kind in WIDGET_TYPES):
+                continue
+            names.append(name)
+            if options.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
+                names.append(UI_ONLY)
+    return tuple(names)
+
+
+def ui_to_api(ui: dict, node_classes: Mapping[str, type]) -> dict[str, dict]:
+    """Convert a UI (litegraph) workflow to the API format ``POST /prompt`` takes (without ``_meta``)."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt: dict[str, dict] = {}
+    for node in ui["nodes"]:
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) in (2, 4):
+            continue
+        names = widget_names(node["type"], node_classes)
+        values = node.get("widgets_values", [])
+        if len(values) != len(names):
+            raise AssertionError(
+                f"node {node['id']} ({node['type']}): {len(values)} widget values for widgets {names}"
+            )
+        inputs: dict[str, Any] = {name: value for name, value in zip(names, values) if name is not UI_ONLY}
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, source, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def strip_meta(prompt: Mapping[str, dict]) -> dict[str, dict]:
+    """An API prompt without ``_meta`` (titles), for comparisons."""
+    return {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in prompt.items()}
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------ core-node test doubles
+
+
+def _stable_seed(*parts: Any) -> int:
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class _Double:
+    FUNCTION = "execute"
+    CATEGORY = "test doubles"
+
+
+class UNETLoaderDouble(_Double):
+    """Checks the file is in diffusion_models; returns a token instead of a Flux model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"unet_name": (host.list_files(host.DIFFUSION_MODELS),),
+                             "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],)}}
+
+    RETURN_TYPES = ("MODEL",)
+
+    def execute(self, unet_name, weight_dtype):
+        return ({"double": "flux", "file": unet_name},)
+
+
+class DualCLIPLoaderDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = host.list_files(host.TEXT_ENCODERS)
+        return {"required": {"clip_name1": (files,), "clip_name2": (files,),
+                             "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"],)},
+                "optional": {"device": (["default", "cpu"],)}}
+
+    RETURN_TYPES = ("CLIP",)
+
+    def execute(self, clip_name1, clip_name2, type, device="default"):
+        return ({"double": "clip", "files": (clip_name1, clip_name2), "type": type},)
+
+
+class CLIPTextEncodeDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+
+    def execute(self, text, clip):
+        return ([[torch.zeros(1, 4, 8), {"pooled_output": torch.zeros(1, 8), "text": text}]],)
+
+
+class FluxGuidanceDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",),
+                             "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+
+    def execute(self, conditioning, guidance):
+        return ([[c, {**extra, "guidance": guidance}] for c, extra in conditioning],)
+
+
+class EmptySD3LatentImageDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                             "height": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}
+
+    RETURN_TYPES = ("LATENT",)
+
+    def execute(self, width, height, batch_size):
+        return ({"samples": torch.zeros(batch_size, 16, height // 8, width // 8)},)
+
+
+class KSamplerDouble(_Double):
+    """A deterministic 'sample': seeded noise keyed by the seed and the positive prompt."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}),
+            "sampler_name": (["euler", "euler_ancestral", "dpmpp_2m"],),
+            "scheduler": (["simple", "normal", "karras", "beta"],),
+            "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+
+    def execute(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
+        shape = latent_image["samples"].shape
+        generator = torch.Generator().manual_seed(_stable_seed(seed, positive[0][1].get("text")))
+        return ({"samples": torch.randn(shape, generator=generator)},)
+
+
+class VAELoaderDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": (host.list_files(host.VAE),)}}
+
+    RETURN_TYPES = ("VAE",)
+
+    def execute(self, vae_name):
+        return ({"double": "vae", "file": vae_name},)
+
+
+class VAEDecodeDouble(_Double):
+    """A deterministic image: the latent's first three channels, squashed to 0..1, upsampled 8x."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+
+    def execute(self, samples, vae):
+        latent = samples["samples"][:, :3]
+        pixels = torch.nn.functional.interpolate(torch.sigmoid(latent), scale_factor=8, mode="nearest")
+        return (pixels.permute(0, 2, 3, 1).contiguous().float(),)
+
+
+CORE_NODE_DOUBLES: dict[str, type] = {
+    **STANDALONE_CORE_NODES,
+    "UNETLoader": UNETLoaderDouble,
+    "DualCLIPLoader": DualCLIPLoaderDouble,
+    "CLIPTextEncode": CLIPTextEncodeDouble,
+    "FluxGuidance": FluxGuidanceDouble,
+    "EmptySD3LatentImage": EmptySD3LatentImageDouble,
+    "KSampler": KSamplerDouble,
+    "VAELoader": VAELoaderDouble,
+    "VAEDecode": VAEDecodeDouble,
+}

@@ -371,3 +371,16 @@ def metadata_disabled() -> bool:
         return bool(args.disable_metadata)
     except (ImportError, AttributeError):
         return False
+
+
+# Tokenizer folders ComfyUI ships, by the encoder they belong to.
+_COMFY_TOKENIZERS = {"t5": ("text_encoders", "t5_tokenizer"), "clip_l": ("sd1_tokenizer",)}
+
+
+def comfy_tokenizer_dir(name: str) -> Path | None:
+    """The tokenizer folder the host ComfyUI ships for ``name`` (``"t5"`` or ``"clip_l"``); ``None``
+    outside ComfyUI or when that folder is missing."""
+    if not IN_COMFY or name not in _COMFY_TOKENIZERS:
+        return None
+    folder = Path(_mm.__file__).resolve().parent.joinpath(*_COMFY_TOKENIZERS[name])
+    return folder if folder.is_dir() else None

@@ -79,6 +79,14 @@ def _count_blocks(keys: set[str], prefix: str) -> int:
     return len(indices)
 
 
+def _mlp_ratio(hidden_size: int, mlp_hidden: int) -> float:
+    """The ratio whose ``int(hidden_size * ratio)`` (how the model sizes its MLP) gives ``mlp_hidden``."""
+    ratio = mlp_hidden / hidden_size
+    while int(hidden_size * ratio) < mlp_hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
 def _metadata_overrides(metadata: Mapping[str, str]) -> dict:
     overrides: dict = {}
     try:
@@ -128,7 +136,7 @@ def infer_mmdit_config(header: Mapping[str, TensorInfo], metadata: Mapping[str, 
         vec_in_dim=_shape(header, "vector_in.in_layer.weight")[1],
         context_in_dim=_shape(header, "txt_in.weight")[1],
         hidden_size=hidden_size,
-        mlp_ratio=mlp_hidden / hidden_size,
+        mlp_ratio=_mlp_ratio(hidden_size, mlp_hidden),
         num_heads=hidden_size // head_dim,
         depth=_count_blocks(keys, "double_blocks"),
         depth_single_blocks=_count_blocks(keys, "single_blocks"),

@@ -70,6 +70,14 @@ def test_metadata_gives_rope_axes_that_shapes_cannot(tmp_path):
     assert load_mmdit(path, dtype=torch.float32).config == config
 
 
+def test_odd_mlp_width_is_reproduced():
+    config = TINY_VIDEO_CONFIG.with_changes(hidden_size=112, num_heads=7, depth=1, depth_single_blocks=1)
+    header = {k: TensorInfo(tuple(v.shape), "F32") for k, v in tiny_mmdit_state_dict(config).items()}
+    header["double_blocks.0.img_mlp.0.weight"] = TensorInfo((61, 112), "F32")
+    assert int(112 * (61 / 112)) == 60  # the plain ratio would build a 60-wide MLP
+    assert infer_mmdit_config(header).mlp_hidden_dim == 61
+
+
 def test_default_axes_rule_reproduces_the_known_configs():
     assert default_axes_dim(128) == (16, 56, 56)  # the released models
     assert default_axes_dim(16) == (4, 6, 6)  # the reference's tiny test models

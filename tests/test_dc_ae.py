@@ -1,0 +1,200 @@
+"""Video DC-AE: golden parity with the official code, released configuration, shapes, tiling, scaling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from factories_dc_ae import TINY_DC_AE, tiny_dc_ae_state_dict, write_dc_ae_checkpoint
+from safetensors.torch import load_file
+
+from comfyui_opensora.loaders.checkpoint import assign_state_dict, load_tensors, read_header
+from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, VideoAutoencoder
+from comfyui_opensora.models.dc_ae import DCAEConfig, VideoDCAE, dc_ae_config_from_shapes
+from comfyui_opensora.models.dc_ae import layers
+
+GOLDEN_ATOL = 1e-4
+# The fixture's tiled model: tiles of 128 px / 16 frames (4 latents each), overlap 0.25.
+GOLDEN_TILING = Tiling(spatial=128, temporal=16, overlap=0.25)
+
+
+def build(state: dict[str, torch.Tensor], path: str = "dc_ae.safetensors", **config) -> VideoDCAE:
+    """Build on the meta device from the state dict's shapes and assign the weights strictly."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    with torch.device("meta"):
+        module = VideoDCAE(dc_ae_config_from_shapes(shapes, **config))
+    return assign_state_dict(module, state, "a Video DC-AE", path).eval()
+
+
+@pytest.fixture(scope="module")
+def golden():
+    from conftest import GOLDEN
+
+    case = GOLDEN / "dc_ae"
+    manifest = json.loads((case / "manifest.json").read_text())
+    weights = {k: v.clone() for k, v in load_file(case / manifest["weights"]["file"]).items()}
+    tensors = {k: v.clone() for k, v in load_file(case / "io.safetensors").items()}
+    return build(weights, str(case / "model.safetensors")), tensors
+
+
+# name -> (method, input key, tiling, output key)
+GOLDEN_CASES = {
+    "encode": ("encode", "input.encode.x", NO_TILING, "output.encode.z"),
+    "decode": ("decode", "input.decode.z", NO_TILING, "output.decode"),
+    "spatial_tiled.decode": ("decode", "input.spatial_tiled.z", GOLDEN_TILING, "output.spatial_tiled.decode"),
+    "spatial_tiled.encode": (
+        "encode", "output.spatial_tiled.decode", GOLDEN_TILING, "output.spatial_tiled.encode_of_tiled_decode.z"
+    ),
+    "temporal_tiled.decode": ("decode", "input.temporal_tiled.z", GOLDEN_TILING, "output.temporal_tiled.decode"),
+    "temporal_tiled.encode": (
+        "encode", "output.temporal_tiled.decode", GOLDEN_TILING, "output.temporal_tiled.encode_of_tiled_decode.z"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_CASES))
+def test_golden_parity(golden, name):
+    model, tensors = golden
+    method, source, tiling, target = GOLDEN_CASES[name]
+    out = getattr(model, method)(tensors[source], tiling=tiling)
+    expected = tensors[target]
+    assert out.shape == expected.shape
+    error = (out - expected).abs().max().item()
+    print(f"dc_ae golden {name}: max abs error {error:.3g}")
+    assert error <= GOLDEN_ATOL
+
+
+def test_golden_reference_tiling_dispatch(golden):
+    """The fixture's inputs are smaller than the released 256 px / 32 frame tiles: no tiling happens."""
+    model, tensors = golden
+    out = model.decode(tensors["input.decode.z"])  # tiling=None -> reference_tiling()
+    assert torch.equal(out, model.decode(tensors["input.decode.z"], tiling=NO_TILING))
+
+
+def test_released_config_parameter_count_and_inference():
+    with torch.device("meta"):
+        model = VideoDCAE()
+    assert isinstance(model, VideoAutoencoder)
+    assert model.kind_name == "dc_ae"
+    assert sum(p.numel() for p in model.parameters()) == 459_462_147
+    assert len(model.state_dict()) == 339
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["encoder.stages.3.op_list.0.context_module.main.aggreg.0.0.weight"] == (1536, 1, 5, 5, 5)
+    assert shapes["decoder.project_out.op_list.2.conv.weight"] == (3, 128, 3, 3, 3)
+    assert dc_ae_config_from_shapes(shapes) == DCAEConfig()
+    assert (model.latent_channels, model.temporal_compression, model.spatial_compression) == (128, 4, 32)
+
+
+def test_config_from_shapes_errors():
+    state = tiny_dc_ae_state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    with pytest.raises(ValueError, match="decoder.project_in.main.conv.weight"):
+        dc_ae_config_from_shapes({k: s for k, s in shapes.items() if not k.startswith("decoder.project_in")})
+    with pytest.raises(ValueError, match="Not a Video DC-AE"):
+        dc_ae_config_from_shapes({"decoder.conv_in.conv.weight": (512, 16, 3, 3, 3)})
+    five_stages = DCAEConfig(
+        latent_channels=8, encoder_widths=(8, 16, 16, 32, 32), encoder_depths=(1,) * 5,
+        encoder_block_types=("ResBlock",) * 3 + ("EViTS5_GLU",) * 2, decoder_widths=(8, 16, 16, 32, 32),
+        decoder_depths=(1,) * 5, decoder_block_types=("ResBlock",) * 3 + ("EViTS5_GLU",) * 2,
+        temporal_downsample=(False, False, True, True, False), temporal_upsample=(False, False, True, True, False),
+    )
+    five_shapes = {k: tuple(v.shape) for k, v in tiny_dc_ae_state_dict(five_stages).items()}
+    with pytest.raises(ValueError, match="pass temporal_resample"):
+        dc_ae_config_from_shapes(five_shapes)
+    assert dc_ae_config_from_shapes(five_shapes, temporal_resample=five_stages.temporal_downsample) == five_stages
+
+
+def test_factory_checkpoint_loads_strictly(tmp_path):
+    path = write_dc_ae_checkpoint(tmp_path / "tiny_dc_ae.safetensors", seed=3)
+    header = read_header(path)
+    assert dc_ae_config_from_shapes({k: info.shape for k, info in header.items()}) == TINY_DC_AE
+    model = build(load_tensors(path), str(path))
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    broken = load_tensors(path)
+    broken.pop("encoder.project_out.main.op_list.0.conv.bias")
+    with pytest.raises(Exception, match="encoder.project_out.main.op_list.0.conv.bias"):
+        build(broken, str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build(tiny_dc_ae_state_dict(seed=1))
+
+
+def test_single_frame_round_trip(tiny):
+    image = torch.rand(1, 3, 1, 64, 96) * 2 - 1
+    z = tiny.encode(image)
+    assert z.shape == (1, 16, 1, 2, 3)
+    out = tiny.decode(z)
+    assert out.shape == (1, 3, 1, 64, 96)
+    assert tiny.decoded_frames(1) == 1
+
+
+def test_shapes_batch_and_deterministic_encode(tiny):
+    video = torch.rand(2, 3, 8, 32, 64) * 2 - 1
+    z = tiny.encode(video)
+    assert z.shape == (2, 16, 2, 1, 2)
+    assert torch.allclose(z[1:], tiny.encode(video[1:]), atol=1e-6)
+    sampled = tiny.encode(video, sample=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(z, sampled)  # not variational: sample/generator are ignored
+    assert tiny.decode(z).shape == (2, 3, 8, 32, 64)
+    assert tiny.decoded_frames(2) == 8
+
+
+def test_encode_rejects_unencodable_clips(tiny):
+    with pytest.raises(ValueError, match="divisible by 32"):
+        tiny.encode(torch.zeros(1, 3, 4, 48, 64))
+    with pytest.raises(ValueError, match="cannot encode 6 frames"):
+        tiny.encode(torch.zeros(1, 3, 6, 32, 32))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiny.decode(torch.zeros(1, 16, 1, 1, 1), tiling=Tiling(spatial=100))
+
+
+def test_decode_chunks_stream_the_temporal_tiles(tiny):
+    z = torch.randn(1, 16, 8, 1, 1)
+    chunks = list(tiny.decode_chunks(z, GOLDEN_TILING))
+    assert [c.shape[2] for c in chunks] == [12, 12, 8]  # stride 3 latents: tiles at 0, 3, 6; 32 frames
+    assert torch.equal(torch.cat(chunks, dim=2), tiny.decode(z, GOLDEN_TILING))
+    # A tile covering everything is the untiled decode.
+    assert torch.equal(tiny.decode(z, Tiling(spatial=128, temporal=64)), tiny.decode(z, NO_TILING))
+
+
+def test_temporal_tiling_keeps_the_reference_single_latent_edge_tile(tiny):
+    """Reference quirk kept: a last tile of one latent frame decodes to one frame (25, not 28)."""
+    z = torch.randn(1, 16, 7, 1, 1)
+    assert [c.shape[2] for c in tiny.decode_chunks(z, GOLDEN_TILING)] == [12, 12, 1]
+
+
+def test_spatial_tiles_blend_linearly(tiny):
+    z = torch.randn(1, 16, 1, 5, 5)
+    tiled = tiny.decode(z, Tiling(spatial=128))
+    assert tiled.shape == (1, 3, 1, 160, 160)
+    first = tiny.decode(z[..., :4, :4], NO_TILING)  # tiles start every 3 latents and keep 96 px
+    right = tiny.decode(z[..., :4, 3:], NO_TILING)
+    assert torch.equal(tiled[..., :96, :96], first[..., :96, :96])
+    ramp = torch.arange(32) / 32
+    blended = first[..., :96, 96:128] * (1 - ramp) + right[..., :96, :32] * ramp
+    assert torch.allclose(tiled[..., :96, 96:128], blended, atol=1e-6)
+    assert torch.equal(tiled[..., :96, 128:], right[..., :96, 32:64])
+
+
+def test_scaling_factor_convention():
+    state = tiny_dc_ae_state_dict(seed=2)
+    plain, scaled = build(state), build(state, scaling_factor=0.5)
+    video = torch.rand(1, 3, 4, 32, 32) * 2 - 1
+    assert torch.allclose(scaled.encode(video), plain.encode(video) / 0.5)
+    z = torch.randn(1, 16, 1, 1, 1)
+    assert torch.allclose(scaled.decode(z), plain.decode(z * 0.5))
+
+
+def test_channel_chunked_kernels_match_plain(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 12, 3, 5, 6, generator=generator)
+    full = layers.Conv3d(12, 8, 3, padding=1)
+    grouped = layers.Conv3d(12, 12, 3, padding=1, groups=12, bias=False)
+    expected = (full(x), grouped(x), torch.nn.functional.interpolate(x, scale_factor=(2, 2, 2)))
+    monkeypatch.setattr(layers, "INDEX_LIMIT", 200)
+    chunked = (full(x), grouped(x), layers.upsample_nearest(x, (2, 2, 2)))
+    for got, want in zip(chunked, expected):
+        assert torch.allclose(got, want, atol=1e-5)

@@ -131,6 +131,7 @@ def infer_mmdit_config(header: Mapping[str, TensorInfo], metadata: Mapping[str, 
             raise CheckpointError(
                 f"cond_in takes {extra + in_channels} features; expected in_channels {in_channels} + patch_size**2."
             )
+    overrides = _metadata_overrides(metadata or {})
     settings = dict(
         in_channels=in_channels,
         vec_in_dim=_shape(header, "vector_in.in_layer.weight")[1],
@@ -140,7 +141,7 @@ def infer_mmdit_config(header: Mapping[str, TensorInfo], metadata: Mapping[str, 
         num_heads=hidden_size // head_dim,
         depth=_count_blocks(keys, "double_blocks"),
         depth_single_blocks=_count_blocks(keys, "single_blocks"),
-        axes_dim=default_axes_dim(head_dim),
+        axes_dim=overrides.get("axes_dim") or default_axes_dim(head_dim),
         theta=10000,
         qkv_bias=qkv_bias,
         guidance_embed="guidance_in.in_layer.weight" in keys,
@@ -149,7 +150,7 @@ def infer_mmdit_config(header: Mapping[str, TensorInfo], metadata: Mapping[str, 
         rope_layout="interleaved" if fused_qkv else "rotate_half",
         patch_size=patch_size,
     )
-    settings.update(_metadata_overrides(metadata or {}))
+    settings.update(overrides)
     try:
         return MMDiTConfig(**settings)
     except ValueError as error:

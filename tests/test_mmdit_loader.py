@@ -78,6 +78,15 @@ def test_odd_mlp_width_is_reproduced():
     assert infer_mmdit_config(header).mlp_hidden_dim == 61
 
 
+def test_metadata_axes_allow_head_dims_the_rule_cannot_split(tmp_path):
+    config = TINY_VIDEO_CONFIG.with_changes(hidden_size=24, num_heads=6, axes_dim=(2, 0, 2))
+    with pytest.raises(CheckpointError, match="metadata"):
+        default_axes_dim(config.head_dim)
+    path = tmp_path / "tiny.safetensors"
+    write_tiny_mmdit(path, config)
+    assert load_mmdit(path, dtype=torch.float32).config.axes_dim == (2, 0, 2)
+
+
 def test_default_axes_rule_reproduces_the_known_configs():
     assert default_axes_dim(128) == (16, 56, 56)  # the released models
     assert default_axes_dim(16) == (4, 6, 6)  # the reference's tiny test models

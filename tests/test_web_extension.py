@@ -1,0 +1,246 @@
+"""web/opensora.js: its geometry table and rules agree with samplers/geometry.py; its node behaviour,
+run in Node.js against a stand-in for ComfyUI's app module.
+
+``python tests/test_web_extension.py --write`` regenerates the table block in the JS file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = PACK_ROOT / "web" / "opensora.js"
+BEGIN, END = "// BEGIN GEOMETRY TABLE\n", "// END GEOMETRY TABLE\n"
+
+
+def _geometry():
+    try:
+        from comfyui_opensora.samplers import geometry
+    except ImportError:  # run as a script
+        sys.path.insert(0, str(Path(__file__).parent))
+        import conftest  # noqa: F401  (imports the pack)
+        from comfyui_opensora.samplers import geometry
+    return geometry
+
+
+def expected_table() -> dict:
+    """What the JS table must hold: autoencoder rules and every preset size, from geometry.py."""
+    geometry = _geometry()
+    autoencoders, sizes = {}, {}
+    for name, kind in geometry.AUTOENCODERS.items():
+        autoencoders[name] = {
+            "causal": kind.causal,
+            "latent_channels": kind.latent_channels,
+            "patch_size": kind.patch_size,
+            "size_divisor": kind.size_divisor,
+            "spatial_compression": kind.spatial_compression,
+            "temporal_compression": kind.temporal_compression,
+        }
+        sizes[name] = {
+            resolution: {ratio: list(geometry.image_size(resolution, ratio, kind)) for ratio in geometry.all_aspect_ratios()}
+            for resolution in geometry.RESOLUTIONS
+        }
+    return {"autoencoders": autoencoders, "sizes": sizes}
+
+
+def _js_literal(value, depth: int = 0) -> str:
+    if not isinstance(value, dict) or not any(isinstance(v, dict) for v in value.values()):
+        return json.dumps(value, sort_keys=True)  # innermost tables on one line
+    pad = "  " * (depth + 1)
+    items = [f"{pad}{json.dumps(k)}: {_js_literal(v, depth + 1)}" for k, v in sorted(value.items())]
+    return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+
+
+def table_block() -> str:
+    return f"export const GEOMETRY = {_js_literal(expected_table())};\n"
+
+
+def read_table(source: str) -> dict:
+    block = source.split(BEGIN, 1)[1].split(END, 1)[0]
+    literal = block.strip().removeprefix("export const GEOMETRY = ").removesuffix(";")
+    return json.loads(literal)
+
+
+def write_table() -> None:
+    source = SCRIPT.read_text(encoding="utf-8")
+    head, rest = source.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    SCRIPT.write_text(head + BEGIN + table_block() + END + tail, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------- static
+
+
+def test_js_table_matches_geometry():
+    assert read_table(SCRIPT.read_text(encoding="utf-8")) == expected_table(), (
+        "web/opensora.js is out of date: run `python tests/test_web_extension.py --write`"
+    )
+
+
+def test_js_imports_only_the_app_and_makes_no_network_calls():
+    source = SCRIPT.read_text(encoding="utf-8")
+    imports = re.findall(r"^\s*import\b.*$", source, flags=re.M)
+    assert imports == ['import { app } from "../../scripts/app.js";']
+    for word in ("fetch(", "XMLHttpRequest", "WebSocket", "api.js", "http://", "https://"):
+        assert word not in source
+
+
+def test_pack_serves_the_web_directory():
+    import comfyui_opensora
+
+    assert (PACK_ROOT / comfyui_opensora.WEB_DIRECTORY / "opensora.js").is_file()
+
+
+# ------------------------------------------------------------------------------------- in Node.js
+
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (needed to run web/opensora.js)")
+
+DRIVER = r"""
+globalThis.registered = [];
+const mod = await import("./extensions/pack/opensora.js");
+const cases = JSON.parse(process.argv[2]);
+const info = cases.map((values) => ({ info: mod.videoInfo(values), text: mod.describeVideo(values) }));
+
+// A stand-in for a canvas node: widgets with callbacks, size computation, custom widgets.
+function fakeNode(comfyClass, values) {
+  const node = {
+    comfyClass, size: [300, 0], inputs: [], sizes: [],
+    widgets: Object.entries(values).map(([name, value]) => ({ name, value, callback: null })),
+    addCustomWidget(w) { this.widgets.push(w); return w; },
+    computeSize() {
+      const h = this.widgets.reduce((t, w) => t + (w.computeSize ? w.computeSize(300)[1] + 4 : 24), 30);
+      return [200, h];
+    },
+    setSize(s) { this.size = s; this.sizes.push(s[1]); },
+  };
+  return node;
+}
+const set = (node, name, value) => { const w = node.widgets.find((x) => x.name === name); w.value = value; w.callback?.(value); };
+const hiddenNames = (node) => node.widgets.filter((w) => w.hidden).map((w) => w.name);
+
+const noise = fakeNode("OpenSoraNoise", { autoencoder: "hunyuan_vae", resolution: "256px", aspect_ratio: "16:9",
+  width: 336, height: 192, num_frames: 129, batch_size: 1, seed: 42, noise_device: "cpu" });
+const ext = globalThis.registered[0];
+ext.nodeCreated(noise);
+const events = { created: hiddenNames(noise), heightPreset: noise.size[1] };
+set(noise, "resolution", "custom");
+events.custom = hiddenNames(noise);
+events.heightCustom = noise.size[1];
+noise.inputs.push({ name: "width", widget: { name: "width" }, link: 7 });
+set(noise, "resolution", "768px");
+events.linkedWidthStays = hiddenNames(noise);
+const infoWidget = noise.widgets.find((w) => w.name === "opensora_video_info");
+const ctx = { save() {}, restore() {}, fillText(t) { (this.texts ||= []).push(t); } };
+infoWidget.draw(ctx, noise, 300, 100);
+events.drawn = ctx.texts;
+events.infoSerialize = [infoWidget.serialize, infoWidget.options.serialize];
+
+const sampler = fakeNode("OpenSoraSampler", { method: "i2v", steps: 50, guidance: 7.5, guidance_img: 3.0,
+  text_osci: true, image_osci: true, scale_temporal_osci: true, shift: true });
+ext.nodeCreated(sampler);
+events.samplerI2v = hiddenNames(sampler);
+set(sampler, "method", "distill");
+events.samplerDistill = hiddenNames(sampler);
+set(sampler, "method", "i2v");
+events.samplerBack = hiddenNames(sampler);
+const bare = fakeNode("OpenSoraSampler", { steps: 50 });  // missing widgets must not break anything
+ext.nodeCreated(bare);
+events.bare = hiddenNames(bare);
+events.extensionName = ext.name;
+console.log(JSON.stringify({ info, events }));
+"""
+
+APP_STUB = "export const app = { registerExtension(e) { globalThis.registered.push(e); } };\n"
+
+
+def run_in_node(tmp_path: Path, cases: list[dict]) -> dict:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text(APP_STUB)
+    (tmp_path / "extensions" / "pack").mkdir(parents=True)
+    shutil.copy(SCRIPT, tmp_path / "extensions" / "pack" / "opensora.js")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "driver.mjs").write_text(DRIVER)
+    result = subprocess.run(
+        [NODE, "driver.mjs", json.dumps(cases)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _cases() -> list[dict]:
+    geometry = _geometry()
+    cases = []
+    for autoencoder in geometry.AUTOENCODERS:
+        for resolution in list(geometry.RESOLUTIONS):
+            for ratio in geometry.all_aspect_ratios():
+                cases.append(dict(autoencoder=autoencoder, resolution=resolution, aspect_ratio=ratio,
+                                  width=0, height=0, num_frames=129 if autoencoder == "hunyuan_vae" else 128, batch_size=2))
+        for frames in (1, 2, 4, 5, 33, 64, 127, 128, 129, 130):
+            cases.append(dict(autoencoder=autoencoder, resolution="256px", aspect_ratio="9:16",
+                              width=0, height=0, num_frames=frames, batch_size=1))
+        for height, width in ((192, 336), (200, 336), (8, 64), (96, 96), (576, 1024), (480, 848)):
+            cases.append(dict(autoencoder=autoencoder, resolution="custom", aspect_ratio="16:9",
+                              width=width, height=height, num_frames=33, batch_size=1))
+    return cases
+
+
+@needs_node
+def test_js_video_info_agrees_with_geometry(tmp_path):
+    geometry = _geometry()
+    cases = _cases()
+    results = run_in_node(tmp_path, cases)["info"]
+    for values, result in zip(cases, results):
+        kind = geometry.autoencoder_kind(values["autoencoder"])
+        if values["resolution"] == "custom":
+            height, width = values["height"], values["width"]
+        else:
+            height, width = geometry.image_size(values["resolution"], values["aspect_ratio"], kind)
+        video = geometry.VideoGeometry(height, width, values["num_frames"], kind.name)
+        try:
+            video.validate()
+            valid = True
+        except ValueError:
+            valid = False
+        info = result["info"]
+        assert (info["height"], info["width"]) == (height, width), values
+        assert info["ok"] == valid, (values, info["problems"])
+        assert info["latent"] == list(video.latent_shape(values["batch_size"])), values
+        assert info["tokens"] == video.latent_frames * video.tokens_per_frame, values
+        frames_ok = geometry.is_valid_num_frames(values["num_frames"], kind)
+        assert any("frames" in p for p in info["problems"]) == (not frames_ok), values
+        if not frames_ok:
+            below, above = geometry.nearest_valid_num_frames(values["num_frames"], kind)
+            assert f"({below} or {above})" in result["text"][0]
+        assert result["text"][0].startswith("✓" if valid else "✗")
+
+
+@needs_node
+def test_js_shows_info_and_hides_mode_dependent_inputs(tmp_path):
+    events = run_in_node(tmp_path, [])["events"]
+    assert events["extensionName"] == "OpenSora.VideoInfo"
+    assert events["created"] == ["width", "height"]
+    assert events["custom"] == ["aspect_ratio"]
+    assert events["heightCustom"] == events["heightPreset"] + 24  # one more widget row shown: the node grew
+    assert events["linkedWidthStays"] == ["height"]  # a linked widget input is never hidden
+    assert events["drawn"] == ["✓ 1024×576 px · 129 frames", "latent [1, 16, 33, 72, 128] · 76,032 tokens/video"]
+    assert events["infoSerialize"] == [False, False]
+    assert events["samplerI2v"] == []
+    assert events["samplerDistill"] == ["guidance_img", "text_osci", "image_osci", "scale_temporal_osci"]
+    assert events["samplerBack"] == []
+    assert events["bare"] == []
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_table()
+        print(f"wrote the geometry table into {SCRIPT}")
+    else:
+        print(__doc__)

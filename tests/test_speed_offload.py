@@ -1,0 +1,94 @@
+"""Block offload: streamed blocks get compute-device copies only while they run; outputs unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_opensora.models.block_offload import install_block_offload, transformer_blocks
+from comfyui_opensora.models.mmdit import MMDiT
+
+from factories_mmdit import TINY_VIDEO_CONFIG, tiny_mmdit_inputs, tiny_mmdit_state_dict
+
+
+def _tiny_model() -> MMDiT:
+    model = MMDiT(TINY_VIDEO_CONFIG)
+    model.load_state_dict(tiny_mmdit_state_dict(seed=3))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_outputs_are_identical_with_and_without_offload(count):
+    model = _tiny_model()
+    inputs = tiny_mmdit_inputs(TINY_VIDEO_CONFIG, batch=2)
+    with torch.inference_mode():
+        plain = model(**inputs)
+        offload = install_block_offload(model, count, "cpu")
+        streamed = model(**inputs)
+        again = model(**inputs)
+    assert len(offload.streamed_blocks) == count
+    assert torch.equal(plain, streamed) and torch.equal(plain, again)
+
+
+def test_streamed_blocks_hold_compute_copies_only_while_they_run():
+    model = _tiny_model()
+    blocks = transformer_blocks(model)
+    offload = install_block_offload(model, 3, "cpu")
+    assert offload.streamed_blocks == blocks[1:]
+    home = {id(b): [p.data_ptr() for p in b.parameters()] for b in blocks}
+    seen: dict[int, list[int]] = {}
+
+    def record(block, _args):  # registered after the offload hook: sees what the block computes with
+        seen[id(block)] = [p.data_ptr() for p in block.parameters()]
+
+    for block in blocks:
+        block.register_forward_pre_hook(record)
+    with torch.inference_mode():
+        model(**tiny_mmdit_inputs(TINY_VIDEO_CONFIG))
+
+    resident, streamed = blocks[0], blocks[1:]
+    assert seen[id(resident)] == home[id(resident)]
+    for block in streamed:
+        assert all(a != b for a, b in zip(seen[id(block)], home[id(block)])), "ran on host weights"
+        assert [p.data_ptr() for p in block.parameters()] == home[id(block)], "copy kept after the block ran"
+    assert offload.max_loaded == 2  # the running block and the prefetched next one
+    assert all(s.on_device is None for s in offload.streamed)
+
+
+def test_zero_removes_the_hooks_and_too_many_blocks_is_an_error():
+    model = _tiny_model()
+    install_block_offload(model, 2, "cpu")
+    assert install_block_offload(model, 0, "cpu") is None
+    assert not hasattr(model, "block_offload")
+    assert all(not b._forward_pre_hooks for b in transformer_blocks(model))
+    with pytest.raises(ValueError, match="only 4 blocks"):
+        install_block_offload(model, 5, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to move blocks between devices")
+def test_blocks_run_on_the_gpu_and_live_in_host_memory():
+    model = _tiny_model()
+    inputs = {k: v.cuda() for k, v in tiny_mmdit_inputs(TINY_VIDEO_CONFIG).items()}
+    with torch.inference_mode():
+        plain = model.cuda()(**inputs)
+        offload = install_block_offload(model, 3, "cuda")
+        devices = []
+        for block in offload.streamed_blocks:
+            block.register_forward_pre_hook(lambda b, _a: devices.append({p.device.type for p in b.parameters()}))
+        streamed = model(**inputs)
+    assert devices == [{"cuda"}] * 3
+    assert all(p.device.type == "cpu" and p.is_pinned() for b in offload.streamed_blocks for p in b.parameters())
+    torch.testing.assert_close(plain, streamed, rtol=0, atol=1e-6)
+
+
+def test_a_streamed_block_moved_by_the_host_goes_back_to_its_host_copy():
+    """ComfyUI may load the whole model onto the GPU; the next forward drops those copies again."""
+    model = _tiny_model()
+    offload = install_block_offload(model, 2, "cpu")
+    block = offload.streamed_blocks[0]
+    home = [p.data_ptr() for p in block.parameters()]
+    for param in block.parameters():
+        param.data = param.data.clone()  # stands in for ModelPatcher moving it to the load device
+    with torch.inference_mode():
+        model(**tiny_mmdit_inputs(TINY_VIDEO_CONFIG))
+    assert [p.data_ptr() for p in block.parameters()] == home

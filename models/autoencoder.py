@@ -103,6 +103,10 @@ class VideoAutoencoder(nn.Module):
         """Pixel frames decoded from ``latent_frames`` latent frames."""
         raise NotImplementedError
 
+    def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
+        """How many chunks :meth:`decode_chunks` yields per batch element (for progress bars)."""
+        return 1
+
     def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
         """The least-tiled setting whose estimated decode fits ``budget_bytes``.
 
@@ -122,6 +126,29 @@ class VideoAutoencoder(nn.Module):
                 if self.decode_bytes(latent_shape, last, self.dtype) <= budget_bytes:
                     return last
         return last
+
+
+TILING_MODES: tuple[str, ...] = ("reference", "reference_temporal", "none", "memory_budget")
+# Share of the free memory a memory-budget decode plans to use (the rest absorbs allocator overhead).
+BUDGET_SHARE = 0.8
+
+
+def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[int, ...],
+                  free_bytes: int | None = None) -> Tiling:
+    """The tiling of a decode mode: ``reference`` (the reference's spatial tiles), ``reference_temporal``
+    (spatial and temporal tiles of the reference's VAE config), ``none``, or ``memory_budget`` (the
+    least tiling whose estimate fits ``BUDGET_SHARE`` of ``free_bytes``)."""
+    if mode == "reference":
+        return autoencoder.reference_tiling(temporal=False)
+    if mode == "reference_temporal":
+        return autoencoder.reference_tiling(temporal=True)
+    if mode == "none":
+        return NO_TILING
+    if mode == "memory_budget":
+        if free_bytes is None:
+            raise ValueError("memory_budget tiling needs the free device memory.")
+        return autoencoder.plan_tiling(latent_shape, int(free_bytes * BUDGET_SHARE))
+    raise ValueError(f"Unknown tiling mode {mode!r}; choose one of {list(TILING_MODES)}.")
 
 
 def _descending_multiples(limit: int, multiple: int, smallest_factor: int) -> list[int]:

@@ -74,6 +74,22 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> HunyuanVAEConfi
     )
 
 
+def to_native_latent(z: torch.Tensor) -> torch.Tensor:
+    """Open-Sora model-space latent -> ComfyUI's native HunyuanVideo latent (the unscaled VAE latent)."""
+    return z / SCALE_FACTOR + SHIFT_FACTOR
+
+
+def from_native_latent(z: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's native HunyuanVideo latent -> Open-Sora model space (``0.476986 * (z - 0)``)."""
+    return SCALE_FACTOR * (z - SHIFT_FACTOR)
+
+
+def pixel_size_of_latent(latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, int, int]:
+    """``(frames, height, width)`` a causal 4x8x8 latent decodes to: ``4(T-1)+1`` frames, 8x sizes."""
+    return (TEMPORAL_COMPRESSION * (latent_frames - 1) + 1, SPATIAL_COMPRESSION * latent_height,
+            SPATIAL_COMPRESSION * latent_width)
+
+
 class HunyuanVideoVAE(VideoAutoencoder):
     """The reference's ``model_ae``: scaled encode/decode with its tiling, on diffusers' network.
 
@@ -198,6 +214,13 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     def decoded_frames(self, latent_frames: int) -> int:
         return TEMPORAL_COMPRESSION * (latent_frames - 1) + 1
+
+    def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
+        tiling = self.reference_tiling() if tiling is None else tiling
+        if tiling.temporal is None or latent_frames <= tiling.temporal // TEMPORAL_COMPRESSION:
+            return 1
+        stride = tiling.temporal_stride
+        return max(1, -(-(self.decoded_frames(latent_frames) - 1) // stride))
 
     # ---------------------------------------------------------------------------- memory estimate
 

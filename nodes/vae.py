@@ -7,9 +7,20 @@ from typing import Any
 
 import torch
 
-from ..models.autoencoder import VideoAutoencoder
-from ..samplers.geometry import AutoencoderKind
+from ..loaders.autoencoders import load_autoencoder
+from ..models.autoencoder import TILING_MODES, VideoAutoencoder, choose_tiling, decode_to_frames
+from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
+from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind, VideoGeometry, autoencoder_kind
+from ..samplers.latent import make_latent, read_latent
 from . import host
+
+host.register_folders()
+
+VAE_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+}
 
 
 @dataclass
@@ -29,5 +40,188 @@ class OpenSoraVAE:
         return host.unwrap_model(self.managed)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+def check_latent_for_vae(samples: torch.Tensor, geometry: VideoGeometry, vae: OpenSoraVAE) -> None:
+    """Raise a ValueError saying what to change unless ``vae`` can decode this latent."""
+    if samples.shape[0] == 0:
+        raise ValueError("The latent batch is empty (batch size 0): there is nothing to decode.")
+    if geometry.autoencoder != vae.kind.name:
+        raise ValueError(
+            f"This latent belongs to the {geometry.kind.display_name}, but the VAE loaded is the "
+            f"{vae.kind.display_name}. Load the autoencoder that matches the diffusion model "
+            f"({'F32T4C128_AE.safetensors' if geometry.autoencoder == 'dc_ae' else 'hunyuan_vae.safetensors'})."
+        )
+    if samples.ndim != 5 or samples.shape[1] != vae.module.latent_channels:
+        raise ValueError(
+            f"The latent has shape {tuple(samples.shape)}, but the {vae.kind.display_name} decodes "
+            f"[batch, {vae.module.latent_channels}, frames, height, width] latents."
+        )
+
+
+class OpenSoraVAELoader:
+    """Load the HunyuanVideo VAE (or the Video DC-AE) from ComfyUI's vae folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae_name": (host.list_files(host.VAE), {
+                    "tooltip": "A .safetensors file in models/vae: hunyuan_vae.safetensors from "
+                               "hpcai-tech/Open-Sora-v2 (or the Video DC-AE for the high-compression model). "
+                               "Which autoencoder it is is read from its keys."}),
+                "dtype": (list(VAE_DTYPES), {
+                    "default": "bf16",
+                    "tooltip": "Precision the VAE runs in. bf16 is what the reference uses; fp32 is exact "
+                               "but doubles memory and time; fp16 may overflow."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The autoencoder, kept on the offload device until a decode or encode needs it.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Loads Open-Sora 2.0's video autoencoder with strict key checks: the HunyuanVideo causal VAE "
+        "(16 latent channels, 4x8x8 compression) or the Video DC-AE. Files of other kinds are refused "
+        "with an error saying what they look like."
+    )
+
+    def execute(self, vae_name: str, dtype: str) -> tuple[OpenSoraVAE]:
+        if dtype not in VAE_DTYPES:
+            raise ValueError(f"dtype must be one of {list(VAE_DTYPES)}, not {dtype!r}.")
+        path = host.resolve_file(host.VAE, vae_name)
+        module = load_autoencoder(path, dtype=VAE_DTYPES[dtype], device=host.offload_device())
+        kind = autoencoder_kind(module.kind_name)
+        return (OpenSoraVAE(host.manage_model(module), kind, VAE_DTYPES[dtype], str(path)),)
+
+
+class OpenSoraVAEDecode:
+    """Decode an Open-Sora LATENT into IMAGE frames, streaming them to the CPU as they are finished."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae": ("OPENSORA_VAE", {"tooltip": "The autoencoder from 'Open-Sora VAE Loader'."}),
+                "samples": ("LATENT", {"tooltip": "The latent from an Open-Sora sampler."}),
+                "tiling": (list(TILING_MODES), {
+                    "default": "reference",
+                    "tooltip": "reference: spatial tiles as the reference pipeline (256 px, overlap 1/4), "
+                               "same pixels as Open-Sora. reference_temporal: also 65-frame temporal tiles "
+                               "(the reference's stand-alone VAE config; less memory for long clips). none: "
+                               "one pass (most memory). memory_budget: the least tiling that fits the free "
+                               "device memory."}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("All frames of all batch elements, one after another, cut to the requested frame count.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Decodes an Open-Sora latent with its VAE. Frames are cut to the video's frame count and converted "
+        "to 0..1 as the reference's saver does (clamp to [-1, 1], then (x+1)/2)."
+    )
+
+    def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[torch.Tensor]:
+        latent, geometry = read_latent(samples)
+        check_latent_for_vae(latent, geometry, vae)
+        module, shape = vae.module, tuple(latent.shape)
+        if tiling == "memory_budget":  # plan with what is free once the weights are in place
+            host.load_models([vae.managed])
+            plan = choose_tiling(module, tiling, shape, host.free_device_memory(vae.managed.load_device))
+        else:
+            plan = choose_tiling(module, tiling, shape)
+            host.load_models([vae.managed], memory_required=module.decode_bytes(shape, plan, vae.dtype))
+        progress = host.Progress(latent.shape[0] * module.decode_chunk_count(latent.shape[2], plan))
+
+        def on_chunk() -> None:
+            progress.update()
+            host.check_interrupt()
+
+        frames = decode_to_frames(module, latent, geometry.num_frames, geometry.height, geometry.width, plan,
+                                  host.intermediate_device(), on_chunk)
+        host.empty_cache()
+        return (frames,)
+
+
+class OpenSoraLatentToNative:
+    """Open-Sora Hunyuan latent -> ComfyUI's native HunyuanVideo LATENT (for native VAE Decode etc.)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"samples": ("LATENT", {"tooltip": "An Open-Sora latent (HunyuanVideo VAE space)."})}}
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("native_latent",)
+    OUTPUT_TOOLTIPS = ("ComfyUI's HunyuanVideo latent: the unscaled VAE latent (Open-Sora latent / 0.476986).",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Converts an Open-Sora latent to ComfyUI's native HunyuanVideo latent so native nodes (VAE Decode "
+        "with hunyuan_vae.safetensors, latent upscalers...) can use it. Native VAE Decode differs slightly "
+        "from Open-Sora's on multi-frame clips (its mid-block attention is not causal)."
+    )
+
+    def execute(self, samples: dict) -> tuple[dict]:
+        latent, geometry = read_latent(samples)
+        if geometry.autoencoder != HUNYUAN_VAE.name:
+            raise ValueError(
+                f"Only HunyuanVideo VAE latents have a native ComfyUI format; this one belongs to the "
+                f"{geometry.kind.display_name}."
+            )
+        return ({"samples": to_native_latent(latent.float()).to(host.intermediate_device())},)
+
+
+class OpenSoraLatentFromNative:
+    """ComfyUI's native HunyuanVideo LATENT -> Open-Sora latent."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"native_latent": ("LATENT", {
+            "tooltip": "A native HunyuanVideo latent [batch, 16, frames, height, width] (e.g. from VAE Encode "
+                       "with hunyuan_vae.safetensors). The video is taken to be 4(T-1)+1 frames of 8x the latent "
+                       "size; height and width must be multiples of 16 pixels (even latent sizes)."})}}
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    OUTPUT_TOOLTIPS = ("The Open-Sora latent (native latent x 0.476986) with its video geometry.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Converts ComfyUI's native HunyuanVideo latent into an Open-Sora latent. The frame count and pixel "
+        "size are inferred from the shape: T latent frames -> 4(T-1)+1 frames, 8x height and width."
+    )
+
+    def execute(self, native_latent: dict) -> tuple[dict]:
+        if not isinstance(native_latent, dict) or "samples" not in native_latent:
+            raise TypeError(f"Expected a LATENT dict with 'samples', got {type(native_latent).__name__}.")
+        latent = native_latent["samples"]
+        if latent.ndim != 5 or latent.shape[1] != HUNYUAN_VAE.latent_channels:
+            raise ValueError(
+                f"Expected a native HunyuanVideo latent [batch, 16, frames, height, width], got shape "
+                f"{tuple(latent.shape)} (an image latent or another model's latent?)."
+            )
+        frames, height, width = pixel_size_of_latent(*latent.shape[2:])
+        if latent.shape[3] % 2 or latent.shape[4] % 2:
+            raise ValueError(
+                f"The native latent is {latent.shape[3]}x{latent.shape[4]} (height x width); Open-Sora packs "
+                "2x2 latent patches, so both must be even (video sizes that are multiples of 16 pixels)."
+            )
+        geometry = VideoGeometry(height=height, width=width, num_frames=frames, autoencoder=HUNYUAN_VAE.name)
+        return (make_latent(from_native_latent(latent.float()), geometry),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "OpenSoraVAELoader": OpenSoraVAELoader,
+    "OpenSoraVAEDecode": OpenSoraVAEDecode,
+    "OpenSoraLatentToNative": OpenSoraLatentToNative,
+    "OpenSoraLatentFromNative": OpenSoraLatentFromNative,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OpenSoraVAELoader": "Open-Sora VAE Loader",
+    "OpenSoraVAEDecode": "Open-Sora VAE Decode",
+    "OpenSoraLatentToNative": "Open-Sora Latent To Native",
+    "OpenSoraLatentFromNative": "Open-Sora Latent From Native",
+}

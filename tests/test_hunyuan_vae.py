@@ -1,0 +1,185 @@
+"""HunyuanVideo VAE: parity with the official code (golden_v1/hunyuan_vae), key layout, loader errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyui_opensora.loaders.autoencoders import autoencoder_kind_of, load_autoencoder
+from comfyui_opensora.loaders.checkpoint import CheckpointError
+from comfyui_opensora.models.autoencoder import NO_TILING, Tiling
+from comfyui_opensora.models.hunyuan_vae import (
+    SCALE_FACTOR,
+    HunyuanVAEConfig,
+    HunyuanVideoVAE,
+    config_from_shapes,
+    norm_groups_for,
+)
+from factories_vae import TINY_HUNYUAN_VAE, write_lookalike, write_tiny_hunyuan_vae
+
+KEY_DUMP = Path(__file__).resolve().parents[2] / "shared" / "docs" / "key_dumps" / "hunyuan_vae_keys.txt"
+ATOL = 4e-5  # the manifest's suggested tolerance: max(1e-5, 10 x the reference's own kernel noise)
+
+
+@pytest.fixture(scope="module")
+def golden(request):
+    folder = Path(__file__).resolve().parent / "golden_v1" / "hunyuan_vae"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    io = {k: v.clone() for k, v in load_file(folder / "io.safetensors").items()}
+    vae = load_autoencoder(folder / "model.safetensors", dtype=torch.float32)
+    return manifest, io, vae
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+def test_golden_config_is_read_from_shapes(golden):
+    manifest, _, vae = golden
+    config = manifest["config"]
+    assert vae.config == HunyuanVAEConfig(
+        block_out_channels=tuple(config["block_out_channels"]),
+        layers_per_block=config["layers_per_block"],
+        latent_channels=config["latent_channels"],
+        norm_num_groups=config["norm_num_groups"],
+    )
+    assert sum(p.numel() for p in vae.parameters()) == manifest["weights"]["num_parameters"]
+    assert sorted(vae.state_dict()) == manifest["files"]["model.safetensors"]["keys"]
+
+
+def test_golden_decode(golden):
+    _, io, vae = golden
+    assert _max_err(vae.decode(io["input.decode.z"], NO_TILING), io["output.decode"]) <= ATOL
+
+
+def test_golden_encode_posterior_mean_and_seeded_sample(golden):
+    _, io, vae = golden
+    for case in ("encode", "encode_image"):
+        x = io[f"input.{case}.x"]
+        z = vae.encode(x, tiling=NO_TILING)
+        assert _max_err(z, io[f"output.{case}.z_mode_scaled"]) <= ATOL
+        assert _max_err(z / SCALE_FACTOR, io[f"output.{case}.posterior_mean"]) <= ATOL
+    sampled = vae.encode(io["input.encode.x"], sample=True, generator=torch.Generator().manual_seed(123))
+    assert _max_err(sampled, io["output.encode.z_sample_scaled"]) <= ATOL
+    sampled = vae.encode(io["input.encode_image.x"], sample=True, generator=torch.Generator().manual_seed(123))
+    assert _max_err(sampled, io["output.encode_image.z_sample_scaled_seed123"]) <= ATOL
+    # Sampling really draws: another seed gives another latent.
+    other = vae.encode(io["input.encode_image.x"], sample=True, generator=torch.Generator().manual_seed(7))
+    assert _max_err(other, sampled) > 1e-2
+
+
+def test_golden_spatial_tiled(golden):
+    # The fixture's sample_size=32 is the reference tiling scaled down (tile 32 px, overlap 1/4).
+    _, io, vae = golden
+    tiling = Tiling(spatial=32)
+    assert _max_err(vae.decode(io["input.spatial_tiled.z"], tiling), io["output.spatial_tiled.decode"]) <= ATOL
+    z = vae.encode(io["output.spatial_tiled.decode"], tiling=tiling)
+    assert _max_err(z, io["output.spatial_tiled.encode.z_mode_scaled"]) <= ATOL
+    # Tiling is really on: the untiled decode of the same latent is far away.
+    assert _max_err(vae.decode(io["input.spatial_tiled.z"], NO_TILING), io["output.spatial_tiled.decode"]) > 0.1
+
+
+def test_golden_temporal_tiled_streams_chunks(golden):
+    _, io, vae = golden
+    tiling = Tiling(temporal=16)  # the fixture's sample_tsize=16: 4+1 latents per tile, stride 3
+    chunks = list(vae.decode_chunks(io["input.temporal_tiled.z"], tiling))
+    assert [c.shape[2] for c in chunks] == [13, 8]
+    assert len(chunks) == vae.decode_chunk_count(io["input.temporal_tiled.z"].shape[2], tiling)
+    assert _max_err(torch.cat(chunks, dim=2), io["output.temporal_tiled.decode"]) <= ATOL
+    z = vae.encode(io["output.temporal_tiled.decode"], tiling=tiling)
+    assert _max_err(z, io["output.temporal_tiled.encode.z_mode_scaled"]) <= ATOL
+
+
+def test_default_tiling_is_the_reference_spatial_tiling():
+    with torch.device("meta"):
+        vae = HunyuanVideoVAE(TINY_HUNYUAN_VAE)
+    assert vae.reference_tiling() == Tiling(spatial=256, temporal=None, overlap=0.25)
+    assert vae.reference_tiling(temporal=True) == Tiling(spatial=256, temporal=64, overlap=0.25)
+    assert vae.reference_tiling().spatial_stride == 192
+    with pytest.raises(ValueError, match="multiple of 32"):
+        vae._configure(Tiling(spatial=100))
+
+
+def test_released_layout_matches_key_dump():
+    if not KEY_DUMP.is_file():
+        pytest.skip("the workspace's key dump of the released hunyuan_vae.safetensors is not on this machine")
+    shapes = {}
+    for line in KEY_DUMP.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        shapes[key] = tuple(int(d) for d in re.findall(r"\d+", shape))
+    config = config_from_shapes(shapes)
+    assert config == HunyuanVAEConfig()  # (128, 256, 512, 512), 2 layers, 16 latent channels, 32 groups
+    with torch.device("meta"):
+        module = HunyuanVideoVAE(config)
+    assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes
+    assert sum(v.numel() for v in module.state_dict().values()) == 246_478_803
+
+
+def test_norm_groups_rule():
+    assert norm_groups_for((128, 256, 512, 512)) == 32
+    assert norm_groups_for((8, 16, 16, 16)) == 4
+    assert norm_groups_for((64, 128)) == 32
+    assert norm_groups_for((24, 48)) == 8
+
+
+def test_loader_reads_half_precision_and_detects_kind(tmp_path):
+    path = write_tiny_hunyuan_vae(tmp_path / "vae.safetensors")
+    assert autoencoder_kind_of(path) == "hunyuan_vae"
+    vae = load_autoencoder(path, dtype=torch.bfloat16)
+    assert vae.dtype == torch.bfloat16 and vae.kind_name == "hunyuan_vae" and vae.latent_channels == 16
+    assert not any(p.requires_grad for p in vae.parameters()) and not vae.training
+    assert all(p.device.type == "cpu" for p in vae.parameters())
+    out = vae.decode(torch.randn(1, 16, 2, 2, 2), NO_TILING)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 3, 5, 16, 16)
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("mmdit", "video MMDiT"),
+    ("t5", "T5 text encoder"),
+    ("flux_ae", "2-D"),
+])
+def test_loader_refuses_other_checkpoints(tmp_path, kind, phrase):
+    path = write_lookalike(tmp_path / f"{kind}.safetensors", kind)
+    with pytest.raises(CheckpointError, match=phrase):
+        load_autoencoder(path)
+
+
+def test_loader_names_missing_and_misshapen_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    from factories_vae import tiny_hunyuan_state_dict
+
+    tensors = tiny_hunyuan_state_dict()
+    del tensors["decoder.conv_out.conv.bias"]
+    save_file(tensors, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing key\(s\), first: decoder\.conv_out\.conv\.bias"):
+        load_autoencoder(tmp_path / "missing.safetensors")
+
+    tensors = tiny_hunyuan_state_dict()
+    tensors["quant_conv.weight"] = torch.zeros(32, 32, 1, 1, 2)
+    save_file(tensors, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(CheckpointError, match=r"wrong shape.*quant_conv\.weight"):
+        load_autoencoder(tmp_path / "shape.safetensors")
+
+    tensors = tiny_hunyuan_state_dict()
+    tensors["decoder.extra.weight"] = torch.zeros(1)
+    save_file(tensors, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\), first: decoder\.extra\.weight"):
+        load_autoencoder(tmp_path / "extra.safetensors")
+
+
+def test_dc_ae_file_is_dispatched_not_misread(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"decoder.project_in.main.conv.weight": torch.zeros(2, 2)}, str(tmp_path / "dcae.safetensors"))
+    assert autoencoder_kind_of(tmp_path / "dcae.safetensors") == "dc_ae"
+    with pytest.raises(CheckpointError, match="DC-AE"):
+        load_autoencoder(tmp_path / "dcae.safetensors")

@@ -6,6 +6,7 @@ from importlib import import_module
 _NODE_MODULES: tuple[str, ...] = (
     "model_loader",
     "save_video",
+    "text",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

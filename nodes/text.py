@@ -1,0 +1,204 @@
+"""Text nodes: load T5-XXL + CLIP-L, encode prompts into OPENSORA_COND, bridge ComfyUI's CONDITIONING."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..loaders.text_encoders import (
+    WEIGHT_DTYPES,
+    ClipTextEncoder,
+    T5TextEncoder,
+    list_encoder_choices,
+    load_text_encoders,
+)
+from ..samplers.conditioning import TextConditioning
+from ..samplers.prompt import (
+    DEFAULT_FPS,
+    DEFAULT_MOTION_SCORE,
+    MOTION_SCORES,
+    final_prompts,
+    from_native_conditioning,
+)
+from . import host
+
+host.register_folders()
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenSoraTextEncoder:
+    """The OPENSORA_TEXT_ENCODER socket value: managed T5 and CLIP encoders with their tokenizers."""
+
+    t5: T5TextEncoder
+    clip: ClipTextEncoder
+    t5_managed: Any  # host.manage_model handles (ModelPatchers inside ComfyUI)
+    clip_managed: Any
+
+
+def encode_prompts(encoder: OpenSoraTextEncoder, prompts: list[str], negative_prompts: list[str]
+                   ) -> TextConditioning:
+    """Bring both encoders onto the device (the host may evict others) and encode positive and negative."""
+    host.load_models([encoder.t5_managed, encoder.clip_managed])
+    host.check_interrupt()
+    negatives = sorted(set(negative_prompts))
+    texts = prompts + negatives
+    t5 = encoder.t5.encode(texts)
+    host.check_interrupt()
+    clip = encoder.clip.encode(texts)
+    out = host.intermediate_device()
+    t5, clip = t5.to(out), clip.to(out)
+    rows = [len(prompts) + negatives.index(n) for n in negative_prompts]
+    return TextConditioning(
+        t5=t5[: len(prompts)], clip=clip[: len(prompts)], neg_t5=t5[rows], neg_clip=clip[rows],
+        prompts=tuple(prompts), negative_prompts=tuple(negative_prompts),
+    )
+
+
+class OpenSoraTextEncoderLoader:
+    """Load the T5-v1.1-XXL and CLIP-L text encoders Open-Sora 2.0 conditions on."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        choices = list_encoder_choices(host.folder_paths(host.TEXT_ENCODERS))
+        return {
+            "required": {
+                "t5_name": (choices, {
+                    "tooltip": "T5-v1.1-XXL in models/text_encoders (or models/clip): the google/t5-v1_1-xxl "
+                               "folder of hpcai-tech/Open-Sora-v2 (config.json + .safetensors + spiece.model) "
+                               "or a single file such as t5xxl_fp16.safetensors / t5xxl_fp8_e4m3fn.safetensors."}),
+                "clip_name": (choices, {
+                    "tooltip": "CLIP-L text encoder: the openai/clip-vit-large-patch14 folder of "
+                               "hpcai-tech/Open-Sora-v2 or a single clip_l.safetensors."}),
+                "weight_dtype": (list(WEIGHT_DTYPES), {
+                    "default": "bf16",
+                    "tooltip": "Precision of both encoders. bf16 is what the reference uses (T5-XXL ~9.5 GB); "
+                               "fp8 files are upcast to it. fp32 doubles memory; fp16 keeps T5's output "
+                               "projections in fp32 as transformers does."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("T5 and CLIP with their tokenizers, kept on the offload device until a prompt is encoded.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Loads T5-v1.1-XXL and CLIP-L as the Open-Sora 2.0 reference uses them. Hugging Face folders bring "
+        "their own tokenizer; a single .safetensors file uses a '<file name>_tokenizer' folder next to it "
+        "if present, else the tokenizer files ComfyUI ships. Nothing is downloaded."
+    )
+
+    def execute(self, t5_name: str, clip_name: str, weight_dtype: str) -> tuple[OpenSoraTextEncoder]:
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, not {weight_dtype!r}.")
+        t5, clip = load_text_encoders(
+            host.resolve_file(host.TEXT_ENCODERS, t5_name),
+            host.resolve_file(host.TEXT_ENCODERS, clip_name),
+            WEIGHT_DTYPES[weight_dtype],
+            t5_fallback_tokenizer=host.comfy_tokenizer_dir("t5"),
+            clip_fallback_tokenizer=host.comfy_tokenizer_dir("clip_l"),
+        )
+        return (OpenSoraTextEncoder(t5, clip, host.manage_model(t5.model), host.manage_model(clip.model)),)
+
+
+class OpenSoraTextEncode:
+    """Encode prompts exactly as the reference: fps / motion-score suffix, T5 at 512 tokens, CLIP pooled."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "text_encoder": ("OPENSORA_TEXT_ENCODER", {"tooltip": "From 'Open-Sora Text Encoder Loader'."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "What the video shows. '. 24 FPS. 4 motion score.' (per the fps and motion score "
+                               "inputs) is appended as the reference does."}),
+                "negative_prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "Encoded as given (no suffix). Empty, as in the reference, by default."}),
+                "fps": ("INT", {
+                    "default": DEFAULT_FPS, "min": 1, "max": 120,
+                    "tooltip": "Frame rate written into the prompt ('24 FPS.'); set the same value on the "
+                               "video saver. Not added if the prompt already ends with '<n> FPS.'."}),
+                "motion_score": (list(MOTION_SCORES), {
+                    "default": DEFAULT_MOTION_SCORE,
+                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; 1 calm ... 7 very "
+                               "dynamic; the reference default is 4). 'off' appends nothing."}),
+                "one_prompt_per_line": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Each non-empty line of the prompt becomes one batch element (one video); "
+                               "the negative prompt is used for every element."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_COND",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("Positive and negative T5 states [N,512,4096] and CLIP vectors [N,768], with the final "
+                       "prompt texts.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Turns prompts into Open-Sora 2.0 conditioning exactly as the reference pipeline: the prompt gets "
+        "'. <fps> FPS. <score> motion score.', T5 runs on 512 tokens without attention mask "
+        "(last hidden state) and CLIP-L gives its pooled output."
+    )
+
+    def execute(self, text_encoder: OpenSoraTextEncoder, prompt: str, negative_prompt: str, fps: int,
+                motion_score: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
+        if motion_score not in MOTION_SCORES:
+            raise ValueError(f"motion_score must be one of {list(MOTION_SCORES)}, not {motion_score!r}.")
+        prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
+        return (encode_prompts(text_encoder, prompts, negatives),)
+
+
+class OpenSoraConditioningFromNative:
+    """Turn ComfyUI's Flux-style CONDITIONING (T5-XXL states + CLIP-L pooled) into OPENSORA_COND."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {
+                    "tooltip": "From CLIPTextEncode with a DualCLIPLoader (type flux: t5xxl + clip_l). Write "
+                               "the '. 24 FPS. 4 motion score.' suffix into the text yourself."}),
+                "negative": ("CONDITIONING", {
+                    "tooltip": "Required: the reference's negative is the empty prompt, so wire a "
+                               "CLIPTextEncode with empty text from the same DualCLIPLoader."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_COND",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The same states brought to 512 text tokens; close to, not equal to, the reference.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Uses ComfyUI's own T5/CLIP encoding instead of 'Open-Sora Text Encode'. It is NOT the reference's "
+        "conditioning: ComfyUI pads T5 to at least 256 tokens (not exactly 512) and never truncates, parses "
+        "prompt weights like (word:1.2), and T5 runs without a mask, so every hidden state depends on the "
+        "pad count; no padding of the states afterwards can make them equal. This node brings each T5 "
+        "sequence to the 512 tokens the model was trained with: longer ones are cut at 512, shorter ones "
+        "are extended by repeating their last (padding) state. CLIP's pooled vector is the same as the "
+        "reference's for prompts under 77 tokens. For exact results use 'Open-Sora Text Encode'."
+    )
+
+    def execute(self, positive: list, negative: list) -> tuple[TextConditioning]:
+        conditioning, changed = from_native_conditioning(positive, negative)
+        if changed:
+            log.warning("Open-Sora: native T5 states were brought to 512 tokens; the conditioning is close to, "
+                        "not equal to, the reference's (use 'Open-Sora Text Encode' for exact results).")
+        return (conditioning,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "OpenSoraTextEncoderLoader": OpenSoraTextEncoderLoader,
+    "OpenSoraTextEncode": OpenSoraTextEncode,
+    "OpenSoraConditioningFromNative": OpenSoraConditioningFromNative,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OpenSoraTextEncoderLoader": "Open-Sora Text Encoder Loader",
+    "OpenSoraTextEncode": "Open-Sora Text Encode",
+    "OpenSoraConditioningFromNative": "Open-Sora Conditioning From Native",
+}

@@ -1,0 +1,139 @@
+"""Text nodes: golden embeddings through loader + encode, batching, the native-CONDITIONING bridge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from factories_text import CLIP_TOKENIZER, GOLDEN_TEXT, T5_TOKENIZER, tiny_clip, tiny_t5, write_clip_file, write_t5_file
+from safetensors.torch import load_file
+
+from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
+from comfyui_opensora.nodes.text import (
+    OpenSoraConditioningFromNative,
+    OpenSoraTextEncode,
+    OpenSoraTextEncoderLoader,
+)
+from comfyui_opensora.samplers.conditioning import TextConditioning
+
+
+@pytest.fixture
+def golden_models(standalone_host):
+    """The golden fixture's HF folders placed as a user would: models/text_encoders/google/..., openai/..."""
+    root = standalone_host.folder_paths(standalone_host.TEXT_ENCODERS)[0]
+    manifest = json.loads((GOLDEN_TEXT / "manifest.json").read_text())
+    for folder in manifest["folders"].values():
+        shutil.copytree(GOLDEN_TEXT / folder, root / folder.removeprefix("hf/"))
+    return standalone_host
+
+
+def load(t5_name="google/t5-tiny", clip_name="openai/clip-tiny", dtype="fp32"):
+    return OpenSoraTextEncoderLoader().execute(t5_name, clip_name, dtype)[0]
+
+
+def test_golden_embeddings_through_the_nodes(golden_models):
+    golden = load_file(str(GOLDEN_TEXT / "embeddings.safetensors"))
+    choices = OpenSoraTextEncoderLoader.INPUT_TYPES()["required"]["t5_name"][0]
+    assert choices == ["google/t5-tiny", "openai/clip-tiny"]
+    cond = OpenSoraTextEncode().execute(load(), "a tiny red fox runs through snow", "", 24, "4", False)[0]
+    assert isinstance(cond, TextConditioning)
+    assert cond.prompts == ("a tiny red fox runs through snow. 24 FPS. 4 motion score.",)
+    assert cond.negative_prompts == ("",)
+    diffs = {
+        "t5": (cond.t5[0] - golden["t5.last_hidden_state"][0].clone()).abs().max().item(),
+        "clip": (cond.clip[0] - golden["clip.pooler_output"][0].clone()).abs().max().item(),
+        "neg_t5": (cond.neg_t5[0] - golden["t5.last_hidden_state"][2].clone()).abs().max().item(),
+        "neg_clip": (cond.neg_clip[0] - golden["clip.pooler_output"][2].clone()).abs().max().item(),
+    }
+    print("golden max abs diff:", diffs)
+    assert diffs == {"t5": 0.0, "clip": 0.0, "neg_t5": 0.0, "neg_clip": 0.0}
+    # the golden's second prompt: the empty prompt with its suffix
+    empty = OpenSoraTextEncode().execute(load(), "", "", 24, "4", False)[0]
+    assert torch.equal(empty.t5[0], golden["t5.last_hidden_state"][1].clone())
+    assert torch.equal(empty.clip[0], golden["clip.pooler_output"][1].clone())
+
+
+def test_batch_one_prompt_per_line(golden_models):
+    encoder = load()
+    cond = OpenSoraTextEncode().execute(encoder, "a tiny red fox runs through snow\n\nsnow at night.", "dark",
+                                        16, "off", True)[0]
+    assert cond.prompts == ("a tiny red fox runs through snow. 16 FPS.", "snow at night. 16 FPS.")
+    assert cond.negative_prompts == ("dark", "dark")
+    assert cond.t5.shape == (2, 512, 32) and cond.neg_t5.shape == (2, 512, 32)
+    assert cond.clip.shape == (2, 24) and cond.neg_clip.shape == (2, 24)
+    assert torch.equal(cond.neg_t5[0], cond.neg_t5[1])
+    single = OpenSoraTextEncode().execute(encoder, "snow at night.", "dark", 16, "off", False)[0]
+    assert torch.equal(single.t5[0], cond.t5[1]) and torch.equal(single.neg_clip[0], cond.neg_clip[1])
+    with pytest.raises(ValueError, match="no non-empty line"):
+        OpenSoraTextEncode().execute(encoder, "\n \n", "", 24, "4", True)
+
+
+def test_single_files_with_host_tokenizers(standalone_host, monkeypatch):
+    root = standalone_host.folder_paths(standalone_host.TEXT_ENCODERS)[0]
+    write_t5_file(root / "t5xxl_tiny.safetensors", tiny_t5())
+    write_clip_file(root / "clip_l_tiny.safetensors", tiny_clip())
+    with pytest.raises(ValueError, match="No T5 tokenizer for t5xxl_tiny.safetensors"):
+        load("t5xxl_tiny.safetensors", "clip_l_tiny.safetensors")
+    shipped = {"t5": T5_TOKENIZER, "clip_l": CLIP_TOKENIZER}
+    monkeypatch.setattr(standalone_host, "comfy_tokenizer_dir", shipped.get)
+    encoder = load("t5xxl_tiny.safetensors", "clip_l_tiny.safetensors", "bf16")
+    cond = OpenSoraTextEncode().execute(encoder, "a fox", "", 24, "4", False)[0]
+    assert cond.t5.dtype == torch.bfloat16 and cond.t5.shape == (1, 512, 32) and cond.clip.shape == (1, 128)
+    with pytest.raises(ValueError, match="it looks like a T5 text encoder"):
+        load("t5xxl_tiny.safetensors", "t5xxl_tiny.safetensors")
+
+
+def test_nodes_are_registered_and_cache_friendly():
+    for name in ("OpenSoraTextEncoderLoader", "OpenSoraTextEncode", "OpenSoraConditioningFromNative"):
+        node = NODE_CLASS_MAPPINGS[name]
+        assert not hasattr(node, "IS_CHANGED") and node.FUNCTION == "execute" and node.CATEGORY == "Open-Sora"
+        inputs = node.INPUT_TYPES()["required"] if name != "OpenSoraTextEncoderLoader" else None
+        if inputs:
+            assert all("tooltip" in spec[1] for spec in inputs.values())
+    assert list(OpenSoraTextEncode.INPUT_TYPES()["required"]) == [
+        "text_encoder", "prompt", "negative_prompt", "fps", "motion_score", "one_prompt_per_line"]
+    assert OpenSoraTextEncode.INPUT_TYPES()["required"]["motion_score"][1]["default"] == "4"
+
+
+def test_loader_input_order(standalone_host):
+    assert list(OpenSoraTextEncoderLoader.INPUT_TYPES()["required"]) == ["t5_name", "clip_name", "weight_dtype"]
+
+
+# --------------------------------------------------------------------------------- native bridge
+
+def native(length: int, batch: int = 1, pooled: bool = True) -> list:
+    states = torch.randn(batch, length, 4096)
+    return [[states, {"pooled_output": torch.randn(batch, 768)} if pooled else {}]]
+
+
+def test_native_conditioning_is_brought_to_512_tokens():
+    positive, negative = native(256), native(600)
+    cond = OpenSoraConditioningFromNative().execute(positive, negative)[0]
+    assert cond.t5.shape == (1, 512, 4096) and cond.neg_t5.shape == (1, 512, 4096)
+    assert torch.equal(cond.t5[:, :256], positive[0][0])
+    assert torch.equal(cond.t5[0, 256:], positive[0][0][0, -1].expand(256, -1))  # last (pad) state repeated
+    assert torch.equal(cond.neg_t5, negative[0][0][:, :512])
+    assert torch.equal(cond.clip, positive[0][1]["pooled_output"])
+    exact = native(512)
+    same = OpenSoraConditioningFromNative().execute(exact, exact)[0]
+    assert torch.equal(same.t5, exact[0][0])
+
+
+def test_native_batches_and_negative_replication():
+    positive = native(256) + native(300)
+    cond = OpenSoraConditioningFromNative().execute(positive, native(256))[0]
+    assert cond.batch_size == 2 and torch.equal(cond.neg_t5[0], cond.neg_t5[1])
+    with pytest.raises(ValueError, match="give 1 or 2"):
+        OpenSoraConditioningFromNative().execute(positive, native(256, batch=3))
+
+
+def test_native_bad_input():
+    with pytest.raises(ValueError, match="no CLIP-L pooled output"):
+        OpenSoraConditioningFromNative().execute(native(256, pooled=False), native(256))
+    sd_cond = [[torch.randn(1, 77, 768), {"pooled_output": torch.randn(1, 768)}]]
+    with pytest.raises(ValueError, match="not T5-XXL states"):
+        OpenSoraConditioningFromNative().execute(sd_cond, native(256))
+    with pytest.raises(ValueError, match="negative input is not a CONDITIONING"):
+        OpenSoraConditioningFromNative().execute(native(256), [])

@@ -4,6 +4,9 @@ from importlib import import_module
 
 # One line per stage module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
 _NODE_MODULES: tuple[str, ...] = (
+    "noise",
+    "sampler",
+    "image_condition",
     "model_loader",
     "save_video",
     "text",

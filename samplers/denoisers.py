@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .conditioning import TextConditioning
 from .image_condition import ImageCondition
 from .packing import image_ids, pack, text_ids, unpack
 from .schedule import guidance_scales, temporal_image_scales
@@ -266,3 +267,50 @@ def denoise_distilled(
             callback(StepResult(step, num_steps, t, state, velocity, shape))
         del state, velocity
     return unpack(x, *shape)
+
+
+def text_inputs_for_batch(conditioning: TextConditioning, batch_size: int) -> TextInputs:
+    """The prompts of ``conditioning`` for a latent batch: one prompt is shared by every element,
+    otherwise there must be one prompt per element (the reference's ``len(text) == B``)."""
+
+    def rows(tensor: torch.Tensor, what: str) -> torch.Tensor:
+        if tensor.shape[0] == batch_size:
+            return tensor
+        if tensor.shape[0] == 1:
+            return tensor.expand(batch_size, *tensor.shape[1:])
+        raise ValueError(
+            f"The conditioning has {tensor.shape[0]} {what} but the noise batch is {batch_size}: use one "
+            "prompt, or as many prompts as the noise batch size."
+        )
+
+    return TextInputs(
+        rows(conditioning.t5, "prompts"),
+        rows(conditioning.clip, "prompts"),
+        rows(conditioning.neg_t5, "negative prompts"),
+        rows(conditioning.neg_clip, "negative prompts"),
+    )
+
+
+def check_text_fits(conditioning: TextConditioning, model: nn.Module) -> None:
+    """Raise if the text encoders' widths are not what the model takes (T5 states, CLIP vectors)."""
+    config = model.config
+    for name, tensor, expected in (
+        ("T5 states", conditioning.t5, config.context_in_dim),
+        ("CLIP vectors", conditioning.clip, config.vec_in_dim),
+        ("negative T5 states", conditioning.neg_t5, config.context_in_dim),
+        ("negative CLIP vectors", conditioning.neg_clip, config.vec_in_dim),
+    ):
+        if tensor.shape[-1] != expected:
+            raise ValueError(
+                f"The conditioning's {name} have {tensor.shape[-1]} features but the model takes {expected}; "
+                "encode the prompt with the text encoders that belong to this model."
+            )
+
+
+def activation_bytes(model: nn.Module, rows: int, image_tokens: int, text_tokens: int, dtype: torch.dtype) -> int:
+    """Rough device memory one forward of ``rows`` sequences needs besides the weights (for the host's
+    memory manager): the widest activations are the single blocks' MLP and attention inputs."""
+    config = model.config
+    width = config.hidden_size * (3 + config.mlp_ratio)
+    element = torch.empty((), dtype=dtype).element_size()
+    return int(rows * (image_tokens + text_tokens) * width * element * 2)

@@ -1,0 +1,87 @@
+"""Image Condition node: reference frames (i2v / v2v) -> OPENSORA_IMAGE_COND for the sampler."""
+
+from __future__ import annotations
+
+import torch
+
+from ..samplers import image_condition
+from ..samplers.latent import read_latent
+from . import host
+
+POSTERIORS = ("mean", "sample")
+
+
+class OpenSoraImageCondition:
+    """Encode reference frames with the VAE into the masks and latents the i2v sampler conditions on."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae": ("OPENSORA_VAE", {"tooltip": "The autoencoder the noise was made for."}),
+                "image": ("IMAGE", {
+                    "tooltip": "Reference frames from any node (LoadImage, a Flux first frame, a video loader). "
+                               "One frame is read like the reference reads an image file, several like a video."}),
+                "noise": ("LATENT", {
+                    "tooltip": "The noise from 'Open-Sora Noise' that the sampler will use: the condition is "
+                               "built for its size, frame count and batch."}),
+                "cond_type": (list(image_condition.COND_TYPES), {
+                    "default": "i2v_head",
+                    "tooltip": "i2v_head: first frame = image; i2v_tail: last frame = last frame of image (or "
+                               "last_image); i2v_loop: first and last; v2v_head / v2v_tail: continue from the "
+                               "first / last 33 frames of a video (9 latent frames); *_easy: 65 frames."}),
+                "posterior": (list(POSTERIORS), {
+                    "default": "mean",
+                    "tooltip": "mean: deterministic encoding. sample: draw from the VAE posterior with seed "
+                               "(the official script samples, with its global random state)."}),
+                "seed": ("INT", {
+                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                    "tooltip": "Seed of the posterior sample (posterior 'sample' only)."}),
+            },
+            "optional": {
+                "last_image": ("IMAGE", {
+                    "tooltip": "Optional frames whose last frame is the end frame for i2v_loop and i2v_tail."}),
+            },
+        }
+
+    RETURN_TYPES = ("OPENSORA_IMAGE_COND",)
+    RETURN_NAMES = ("image_condition",)
+    OUTPUT_TOOLTIPS = ("Masks and reference latents for 'Open-Sora Sampler' (image_condition input).",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Builds an Open-Sora image/video condition like the official script: resizes and centre-crops the "
+        "reference to the video size, encodes it with the VAE and marks the conditioned latent frames. "
+        "After sampling the first/last latent frame of batch element 0 is replaced by the reference (i2v)."
+    )
+
+    def execute(self, vae, image: torch.Tensor, noise: dict, cond_type: str, posterior: str, seed: int,
+                last_image: torch.Tensor | None = None) -> tuple[image_condition.ImageCondition]:
+        samples, geometry = read_latent(noise)
+        if vae.kind.name != geometry.kind.name:
+            raise ValueError(
+                f"The VAE is the {vae.kind.display_name} but the noise was made for the "
+                f"{geometry.kind.display_name}; choose the matching autoencoder on the noise node."
+            )
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, not {posterior!r}.")
+        generator: list[torch.Generator] = []
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            host.check_interrupt()
+            host.load_models([vae.managed])
+            module = vae.module
+            if posterior == "sample" and not generator:
+                generator.append(torch.Generator(device=module.device).manual_seed(int(seed)))
+            with torch.inference_mode():
+                return module.encode(pixels.to(module.device, module.dtype), sample=posterior == "sample",
+                                     generator=generator[0] if generator else None)
+
+        condition = image_condition.encode_image_condition(
+            encode, image, last_image, cond_type, geometry, samples.shape[0]
+        )
+        return (condition,)
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraImageCondition": OpenSoraImageCondition}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraImageCondition": "Open-Sora Image Condition"}

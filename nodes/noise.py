@@ -1,0 +1,93 @@
+"""Noise node: the seeded initial latent of a video (size preset or custom size, frames, batch)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..samplers import geometry
+from ..samplers.latent import make_latent
+from ..samplers.noise import get_noise
+from . import host
+
+CUSTOM = "custom"
+NOISE_DEVICES = ("cpu", "gpu")
+NOISE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+class OpenSoraNoise:
+    """Seeded Gaussian noise ``[B, C, T, H', W']`` for a video size, as the reference draws it."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "autoencoder": (list(geometry.AUTOENCODERS), {
+                    "default": geometry.HUNYUAN_VAE.name,
+                    "tooltip": "The latent space to make noise for: hunyuan_vae (HunyuanVideo causal VAE, 16 "
+                               "channels, 4x8x8, used by Open_Sora_v2) or dc_ae (Video DC-AE, 128 channels, "
+                               "4x32x32, used by the high-compression model)."}),
+                "resolution": (list(geometry.RESOLUTIONS) + [CUSTOM], {
+                    "default": "256px",
+                    "tooltip": "Size preset of the reference (256px or 768px, with aspect_ratio), or 'custom' "
+                               "to use width and height."}),
+                "aspect_ratio": (geometry.all_aspect_ratios(), {
+                    "default": "16:9",
+                    "tooltip": "Width:height of the preset, from the reference's size table (e.g. 256px 16:9 "
+                               "= 336x192, 768px 16:9 = 1024x576). Ignored for 'custom'."}),
+                "width": ("INT", {
+                    "default": 336, "min": 16, "max": 8192, "step": 16,
+                    "tooltip": "Pixel width for resolution 'custom': a multiple of 16 (hunyuan_vae) or 32 (dc_ae)."}),
+                "height": ("INT", {
+                    "default": 192, "min": 16, "max": 8192, "step": 16,
+                    "tooltip": "Pixel height for resolution 'custom': a multiple of 16 (hunyuan_vae) or 32 (dc_ae)."}),
+                "num_frames": ("INT", {
+                    "default": 129, "min": 1, "max": 1025, "step": 1,
+                    "tooltip": "Video frames: 4k+1 for hunyuan_vae (129 = reference default, 1 = an image), a "
+                               "multiple of 4 for dc_ae (the reference uses 128)."}),
+                "batch_size": ("INT", {
+                    "default": 1, "min": 1, "max": 64,
+                    "tooltip": "Videos sampled together (the reference's number of prompts in a batch)."}),
+                "seed": ("INT", {
+                    "default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                    "tooltip": "Seed of the noise generator (the reference's configs use 42)."}),
+                "noise_device": (list(NOISE_DEVICES), {
+                    "default": "cpu",
+                    "tooltip": "Where the generator runs. cpu: the same noise on every machine. gpu: what the "
+                               "official script does (with noise_dtype bf16 for bf16 weights); the numbers "
+                               "depend on the GPU generator."}),
+                "noise_dtype": (list(NOISE_DTYPES), {
+                    "default": "fp32",
+                    "tooltip": "Precision the noise is drawn in. The official script draws in the model dtype "
+                               "(bf16); on the CPU bf16 noise equals fp32 noise rounded, so this matters for gpu."}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("Initial noise with the video's size, frame count and autoencoder, for the sampler.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Makes the seeded starting noise of an Open-Sora video exactly as the official inference script "
+        "does (torch.randn with a seeded generator, [batch, channels, latent frames, H/8, W/8] for the "
+        "HunyuanVideo VAE). Checks that the autoencoder can produce the requested size and frame count."
+    )
+
+    def execute(self, autoencoder: str, resolution: str, aspect_ratio: str, width: int, height: int,
+                num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str) -> tuple[dict]:
+        kind = geometry.autoencoder_kind(autoencoder)
+        if resolution != CUSTOM:
+            height, width = geometry.image_size(resolution, aspect_ratio, kind)
+        video = geometry.VideoGeometry(height, width, num_frames, kind.name)
+        video.validate()
+        if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
+            raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")
+        device = torch.device("cpu") if noise_device == "cpu" else host.torch_device()
+        noise = get_noise(video, batch_size, seed, device, NOISE_DTYPES[noise_dtype])
+        samples = noise.to(device=host.intermediate_device(), dtype=torch.float32)
+        return (make_latent(samples, video, seed=seed),)
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraNoise": OpenSoraNoise}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraNoise": "Open-Sora Noise"}

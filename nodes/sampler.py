@@ -1,0 +1,157 @@
+"""Sampler node: denoise an Open-Sora noise LATENT with the MMDiT (t2v, i2v, v2v, distilled)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..samplers import denoisers
+from ..samplers.conditioning import TextConditioning
+from ..samplers.image_condition import ImageCondition, paste_references
+from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
+from ..samplers.preview import has_preview, latent_preview
+from ..samplers.schedule import get_schedule
+from . import host
+
+METHODS = ("i2v", "distill")
+# Widget value -> how the guidance branches run.
+BRANCH_MODES = {
+    "fast": denoisers.BranchPolicy(skip_redundant=True, batched=True),
+    "low memory": denoisers.BranchPolicy(skip_redundant=True, batched=False),
+    "reference": denoisers.REFERENCE_BRANCHES,
+}
+
+
+class OpenSoraSampler:
+    """Flow-matching Euler sampler of Open-Sora 2.0 with the reference's guidance."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("OPENSORA_MODEL", {"tooltip": "The MMDiT from 'Open-Sora Model Loader'."}),
+                "conditioning": ("OPENSORA_COND", {"tooltip": "Encoded prompt and negative prompt."}),
+                "noise": ("LATENT", {"tooltip": "Starting noise from 'Open-Sora Noise' (sets size, frames, batch)."}),
+                "method": (list(METHODS), {
+                    "default": "i2v",
+                    "tooltip": "i2v: the reference's three-branch guidance (text and image scales), used for "
+                               "text-to-video too. distill: one branch with the guidance embedding, for "
+                               "guidance-distilled Flux-dev weights (t2i2v first frame)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "Euler steps (reference: 50)."}),
+                "guidance": ("FLOAT", {
+                    "default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Text guidance scale (reference: 7.5). For 'distill' the distilled guidance "
+                               "strength (the reference uses 4.0 for Flux-dev)."}),
+                "guidance_img": ("FLOAT", {
+                    "default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Image guidance scale for 'i2v' (reference: 3.0); 1 turns image guidance off."}),
+                "text_osci": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Oscillating text guidance: full scale for the first 10 steps and on even "
+                               "steps, 1 on odd steps (reference: on)."}),
+                "image_osci": ("BOOLEAN", {"default": True,
+                                           "tooltip": "Oscillating image guidance, like text_osci (reference: on)."}),
+                "scale_temporal_osci": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "For i2v condition types: image guidance ramps from 1 at the first latent frame "
+                               "to a bound that decays over the steps (reference: on)."}),
+                "shift": ("BOOLEAN", {"default": True,
+                                      "tooltip": "Shift the schedule towards noise by resolution and length "
+                                                 "(reference: on)."}),
+                "flow_shift": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Fixed shift factor instead of the computed one; 0 = computed (reference)."}),
+                "branch_mode": (list(BRANCH_MODES), {
+                    "default": "fast",
+                    "tooltip": "fast: skip guidance passes that cannot change the result and batch the rest in "
+                               "one forward. low memory: skip them and run passes one at a time. reference: "
+                               "always run all three branches in one batch like the official script (same "
+                               "result up to float rounding, up to 1.7x slower)."}),
+            },
+            "optional": {
+                "image_condition": ("OPENSORA_IMAGE_COND", {
+                    "tooltip": "From 'Open-Sora Image Condition' (i2v / v2v); leave empty for text-to-video."}),
+            },
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The denoised latent for 'Open-Sora VAE Decode' (same size and frames as the noise).",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Samples an Open-Sora 2.0 video (or image) from noise like the official inference script: shifted "
+        "flow-matching schedule, Euler steps, three-branch text/image guidance with oscillation. With an "
+        "image condition the first/last latent frame of batch element 0 is replaced by the reference "
+        "afterwards, as the reference does."
+    )
+
+    def execute(self, model, conditioning: TextConditioning, noise: dict, method: str, steps: int,
+                guidance: float, guidance_img: float, text_osci: bool, image_osci: bool,
+                scale_temporal_osci: bool, shift: bool, flow_shift: float, branch_mode: str,
+                image_condition: ImageCondition | None = None) -> tuple[dict]:
+        samples, geometry = read_latent(noise)
+        geometry.validate()
+        batch = samples.shape[0]
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
+        if branch_mode not in BRANCH_MODES:
+            raise ValueError(f"branch_mode must be one of {list(BRANCH_MODES)}, not {branch_mode!r}.")
+        if steps < 1:
+            raise ValueError(f"steps={steps}: at least 1 sampling step is needed.")
+        _check_model_fits(model.config, geometry)
+        module = model.module
+        denoisers.check_text_fits(conditioning, module)
+        text = denoisers.text_inputs_for_batch(conditioning, batch)
+        if image_condition is not None:
+            if method != "i2v":
+                raise ValueError("An image condition needs method 'i2v'; 'distill' takes text only.")
+            if not model.config.cond_embed:
+                raise ValueError("This model has no image-condition input (e.g. Flux-dev); disconnect the image condition.")
+            image_condition.check_matches(geometry, batch)
+        timesteps = get_schedule(steps, geometry.tokens_per_frame, geometry.latent_frames, shift,
+                                 flow_shift if flow_shift > 0 else None)
+
+        rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
+        image_tokens = geometry.latent_frames * geometry.tokens_per_frame
+        host.load_models([model.managed], memory_required=denoisers.activation_bytes(
+            module, rows, image_tokens, conditioning.t5.shape[1], model.dtype))
+        module = model.module
+        device = next(module.parameters()).device
+        progress = host.Progress(steps)
+        previews = host.previews_enabled() and has_preview(geometry.kind)
+
+        def on_step(result: denoisers.StepResult) -> None:
+            preview = latent_preview(result.denoised(), geometry.kind) if previews else None
+            progress.update(1, preview)
+            host.check_interrupt()
+
+        host.check_interrupt()
+        x = samples.to(device=device, dtype=model.dtype)
+        with torch.inference_mode():
+            if method == "i2v":
+                settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
+                x = denoisers.denoise_i2v(module, x, text, timesteps, settings, image_condition,
+                                          BRANCH_MODES[branch_mode], on_step)
+            else:
+                x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step)
+            if image_condition is not None:
+                x = paste_references(x, image_condition)
+        result = x.to(device=host.intermediate_device(), dtype=torch.float32)
+        del x
+        extra = {k: v for k, v in noise.items() if k not in ("samples", "type", GEOMETRY_KEY)}
+        return (make_latent(result, geometry, **extra),)
+
+
+def _check_model_fits(config, geometry) -> None:
+    kind = geometry.kind
+    if (config.in_channels, config.patch_size) != (kind.model_in_channels, kind.patch_size):
+        raise ValueError(
+            f"The model takes {config.in_channels} features per token (patch size {config.patch_size}) but the "
+            f"noise is for the {kind.display_name} ({kind.model_in_channels} features, patch size "
+            f"{kind.patch_size}). Pick the matching autoencoder on the noise node."
+        )
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraSampler": OpenSoraSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraSampler": "Open-Sora Sampler"}

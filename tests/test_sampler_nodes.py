@@ -1,0 +1,301 @@
+"""The Noise, Image Condition and Sampler nodes through the standalone host, against the golden loops."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyui_opensora import nodes
+from comfyui_opensora.models.autoencoder import VideoAutoencoder
+from comfyui_opensora.nodes.image_condition import OpenSoraImageCondition
+from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
+from comfyui_opensora.nodes.noise import OpenSoraNoise
+from comfyui_opensora.nodes.sampler import OpenSoraSampler
+from comfyui_opensora.nodes.vae import OpenSoraVAE
+from comfyui_opensora.samplers import geometry, packing, preview
+from comfyui_opensora.samplers.conditioning import TextConditioning
+from comfyui_opensora.samplers.latent import read_latent
+
+GOLDEN = Path(__file__).resolve().parent / "golden_v1"
+SAMPLER_DEFAULTS = dict(method="i2v", steps=12, guidance=7.5, guidance_img=3.0, text_osci=True, image_osci=True,
+                        scale_temporal_osci=True, shift=True, flow_shift=0.0, branch_mode="fast")
+
+
+def _noise(width=96, height=64, num_frames=9, seed=42, batch_size=1, autoencoder="hunyuan_vae",
+           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32") -> dict:
+    (latent,) = OpenSoraNoise().execute(autoencoder, resolution, aspect_ratio, width, height, num_frames,
+                                        batch_size, seed, noise_device, noise_dtype)
+    return latent
+
+
+@pytest.fixture
+def tiny_model(standalone_host):
+    folder = standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0]
+    shutil.copy(GOLDEN / "mmdit_forward" / "video_model.safetensors", folder / "video_model.safetensors")
+    (model,) = OpenSoraModelLoader().execute("video_model.safetensors", "fp32")
+    return model
+
+
+def _case(name: str):
+    folder = GOLDEN / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return manifest, {k: v.clone() for k, v in load_file(folder / "tensors.safetensors").items()}
+
+
+def _conditioning(tensors, prefix: str, prompts: list[str]) -> TextConditioning:
+    return TextConditioning(
+        t5=torch.cat([tensors[f"{prefix}text.t5[{p}]"] for p in prompts]),
+        clip=torch.cat([tensors[f"{prefix}text.clip[{p}]"] for p in prompts]),
+        neg_t5=tensors[f"{prefix}text.t5[]"], neg_clip=tensors[f"{prefix}text.clip[]"],
+        prompts=tuple(prompts), negative_prompts=("",),
+    )
+
+
+class FixedLatentVAE(VideoAutoencoder):
+    """A test double: 'encodes' every clip to the next of a list of given latents and records the pixels."""
+
+    kind_name = "hunyuan_vae"
+
+    def __init__(self, latents: list[torch.Tensor]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.latents = list(latents)
+        self.pixels: list[torch.Tensor] = []
+        self.samples: list[bool] = []
+
+    def encode(self, x, sample=False, generator=None, tiling=None):
+        self.pixels.append(x)
+        self.samples.append(sample)
+        latent = self.latents.pop(0)[None]
+        if sample:
+            latent = latent + torch.randn(latent.shape, generator=generator)
+        return latent
+
+
+def _vae(host, latents) -> OpenSoraVAE:
+    module = FixedLatentVAE(latents)
+    return OpenSoraVAE(host.manage_model(module), geometry.HUNYUAN_VAE, torch.float32, "fixed")
+
+
+# ------------------------------------------------------------------------------------ registration
+
+
+def test_nodes_are_registered_with_frozen_inputs():
+    for node_id, cls in (("OpenSoraNoise", OpenSoraNoise), ("OpenSoraSampler", OpenSoraSampler),
+                         ("OpenSoraImageCondition", OpenSoraImageCondition)):
+        assert nodes.NODE_CLASS_MAPPINGS[node_id] is cls
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("Open-Sora ")
+        inputs = cls.INPUT_TYPES()
+        for group in inputs.values():
+            assert all("tooltip" in spec[1] for spec in group.values())
+        assert cls.FUNCTION == "execute" and cls.CATEGORY == "Open-Sora" and cls.DESCRIPTION
+    assert list(OpenSoraNoise.INPUT_TYPES()["required"]) == [
+        "autoencoder", "resolution", "aspect_ratio", "width", "height", "num_frames", "batch_size", "seed",
+        "noise_device", "noise_dtype"]
+    assert list(OpenSoraSampler.INPUT_TYPES()["required"]) == [
+        "model", "conditioning", "noise", "method", "steps", "guidance", "guidance_img", "text_osci",
+        "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode"]
+    assert list(OpenSoraSampler.INPUT_TYPES()["optional"]) == ["image_condition"]
+    assert list(OpenSoraImageCondition.INPUT_TYPES()["required"]) == [
+        "vae", "image", "noise", "cond_type", "posterior", "seed"]
+    assert list(OpenSoraImageCondition.INPUT_TYPES()["optional"]) == ["last_image"]
+
+
+# --------------------------------------------------------------------------------------- noise node
+
+
+@pytest.mark.parametrize("resolution, ratio, size", [("256px", "16:9", (192, 336)), ("768px", "4:3", (656, 880)),
+                                                     ("256px", "9:16", (336, 192))])
+def test_noise_presets_use_the_reference_size_table(resolution, ratio, size):
+    latent = _noise(resolution=resolution, aspect_ratio=ratio, num_frames=1)
+    samples, video = read_latent(latent)
+    assert (video.height, video.width) == size
+    assert samples.shape == (1, 16, 1, size[0] // 8, size[1] // 8)
+
+
+def test_noise_default_video_shape_and_reference_values():
+    latent = _noise(resolution="256px", num_frames=129, seed=42)
+    assert latent["samples"].shape == (1, 16, 33, 24, 42) and latent["seed"] == 42
+    assert latent["samples"].flatten()[:4].tolist() == pytest.approx([1.926915, 1.487284, 0.900717, -2.105521],
+                                                                      abs=1e-6)
+    assert latent["samples"].device.type == "cpu" and latent["samples"].dtype == torch.float32
+
+
+def test_noise_matches_the_reference_noise_of_the_t2v_case():
+    manifest, tensors = _case("denoise_t2v")
+    samples, video = read_latent(_noise(seed=manifest["call"]["args"]["seed"]))
+    assert torch.equal(packing.pack(samples, 2), tensors["noise_packed"])
+
+
+def test_dc_ae_noise_and_batches():
+    samples, video = read_latent(_noise(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=2))
+    assert samples.shape == (2, 128, 32, 18, 32)
+    one, _ = read_latent(_noise(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=1))
+    assert torch.equal(samples[:1], one)  # the first element does not depend on the batch size
+
+
+def test_bf16_noise_is_fp32_noise_rounded():
+    bf16, _ = read_latent(_noise(noise_dtype="bf16"))
+    fp32, _ = read_latent(_noise())
+    assert torch.equal(bf16, fp32.bfloat16().float())
+
+
+def test_noise_refuses_frame_counts_the_autoencoder_cannot_make():
+    with pytest.raises(ValueError, match="Nearest valid counts: 125 or 129"):
+        _noise(num_frames=128)
+    with pytest.raises(ValueError, match="Nearest valid counts: 128 or 132"):
+        _noise(autoencoder="dc_ae", width=128, height=128, num_frames=129)
+
+
+def test_noise_refuses_sizes_that_are_not_multiples():
+    with pytest.raises(ValueError, match="width=100 is not a multiple of 16"):
+        _noise(width=100)
+    with pytest.raises(ValueError, match="height=80 is not a multiple of 32"):
+        _noise(autoencoder="dc_ae", height=80, width=128, num_frames=8)
+
+
+# ------------------------------------------------------------------------------------- sampler node
+
+
+def test_sampler_node_reproduces_the_reference_t2v_loop(tiny_model, standalone_host):
+    manifest, tensors = _case("denoise_t2v")
+    conditioning = _conditioning(tensors, "", manifest["call"]["args"]["text"])
+    progress: list[tuple[int, int]] = []
+    remove = standalone_host.add_progress_listener(lambda value, total: progress.append((value, total)))
+    try:
+        (latent,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(seed=42), **SAMPLER_DEFAULTS)
+    finally:
+        remove()
+    samples, video = read_latent(latent)
+    assert video == geometry.VideoGeometry(64, 96, 9) and latent["seed"] == 42
+    assert (samples - tensors["final_latent"]).abs().max().item() <= 1e-4
+    assert progress == [(i, 12) for i in range(1, 13)]
+
+
+def test_sampler_node_reproduces_the_reference_i2v_loop(tiny_model, standalone_host):
+    manifest, tensors = _case("denoise_i2v")
+    sub = manifest["sub_cases"]["i2v_loop"]
+    references = [tensors[sub["references"][f"sample0.ref{i}"]["key"]] for i in range(2)]
+    vae = _vae(standalone_host, references)
+    noise = _noise(seed=sub["call"]["args"]["seed"])
+    first = torch.rand(1, 80, 120, 3)
+    (condition,) = OpenSoraImageCondition().execute(vae, first, noise, "i2v_loop", "mean", 0,
+                                                    last_image=torch.rand(4, 64, 96, 3))
+    assert [p.shape for p in vae.module.pixels] == [(1, 3, 1, 64, 96)] * 2 and vae.module.samples == [False] * 2
+    conditioning = _conditioning(tensors, "i2v_loop.", sub["call"]["args"]["text"])
+    (latent,) = OpenSoraSampler().execute(tiny_model, conditioning, noise, **SAMPLER_DEFAULTS,
+                                          image_condition=condition)
+    expected = tensors[sub["record"]["final_latent"]["key"]]
+    assert (read_latent(latent)[0] - expected).abs().max().item() <= 1e-4
+
+
+def test_posterior_sample_is_seeded(standalone_host):
+    noise = _noise()
+    conds = []
+    for seed in (1, 1, 2):
+        vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+        (cond,) = OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise, "i2v_head", "sample", seed)
+        assert vae.module.samples == [True]
+        conds.append(cond.head)
+    assert torch.equal(conds[0], conds[1]) and not torch.equal(conds[0], conds[2])
+
+
+def test_image_condition_refuses_another_vae(standalone_host):
+    vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+    noise = _noise(autoencoder="dc_ae", width=128, height=128, num_frames=8)
+    with pytest.raises(ValueError, match="choose the matching autoencoder"):
+        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise, "i2v_head", "mean", 0)
+
+
+def _t2v_inputs():
+    manifest, tensors = _case("denoise_t2v")
+    return _conditioning(tensors, "", manifest["call"]["args"]["text"])
+
+
+def test_sampler_errors_come_before_any_model_work(tiny_model, standalone_host, monkeypatch):
+    conditioning = _t2v_inputs()
+    loads = []
+    monkeypatch.setattr(standalone_host, "load_models", lambda *a, **k: loads.append(a))
+    sampler = OpenSoraSampler()
+    with pytest.raises(ValueError, match="at least 1 sampling step"):
+        sampler.execute(tiny_model, conditioning, _noise(), **{**SAMPLER_DEFAULTS, "steps": 0})
+    with pytest.raises(ValueError, match="Video DC-AE"):
+        sampler.execute(tiny_model, conditioning, _noise(autoencoder="dc_ae", width=128, height=128, num_frames=8),
+                        **SAMPLER_DEFAULTS)
+    with pytest.raises(ValueError, match="2 prompts but the noise batch is 3"):
+        two = TextConditioning(conditioning.t5.repeat(2, 1, 1), conditioning.clip.repeat(2, 1), conditioning.neg_t5,
+                               conditioning.neg_clip, ("a", "b"), ("",))
+        sampler.execute(tiny_model, two, _noise(batch_size=3), **SAMPLER_DEFAULTS)
+    with pytest.raises(ValueError, match="features but the model takes"):
+        wide = TextConditioning(torch.zeros(1, 7, 64), conditioning.clip, conditioning.neg_t5, conditioning.neg_clip,
+                                ("a",), ("",))
+        sampler.execute(tiny_model, wide, _noise(), **SAMPLER_DEFAULTS)
+    vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+    (condition,) = OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
+    with pytest.raises(ValueError, match="was built for 96x64, 9 frames"):
+        sampler.execute(tiny_model, conditioning, _noise(num_frames=13), **SAMPLER_DEFAULTS, image_condition=condition)
+    with pytest.raises(ValueError, match="needs method 'i2v'"):
+        sampler.execute(tiny_model, conditioning, _noise(), **{**SAMPLER_DEFAULTS, "method": "distill"},
+                        image_condition=condition)
+    with pytest.raises(ValueError, match="not an Open-Sora node|no Open-Sora geometry"):
+        sampler.execute(tiny_model, conditioning, {"samples": torch.zeros(1, 16, 3, 8, 12)}, **SAMPLER_DEFAULTS)
+    assert all(tiny_model.managed not in managed for (managed, *_) in loads)  # only the VAE was loaded
+
+
+def test_shared_prompt_for_a_batch_matches_single_runs(tiny_model):
+    conditioning = _t2v_inputs()
+    settings = {**SAMPLER_DEFAULTS, "steps": 2}
+    (both,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(batch_size=2, seed=5), **settings)
+    (first,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(batch_size=1, seed=5), **settings)
+    assert (both["samples"][:1] - first["samples"]).abs().max().item() <= 1e-4  # batch-size rounding only
+
+
+def test_cancel_stops_between_steps(tiny_model, standalone_host):
+    conditioning = _t2v_inputs()
+    seen: list[int] = []
+
+    def cancel_after_two(value: int, total: int) -> None:
+        seen.append(value)
+        if value == 2:
+            standalone_host.request_interrupt()
+
+    remove = standalone_host.add_progress_listener(cancel_after_two)
+    try:
+        with pytest.raises(standalone_host.Interrupted):
+            OpenSoraSampler().execute(tiny_model, conditioning, _noise(), **SAMPLER_DEFAULTS)
+    finally:
+        remove()
+    assert seen == [1, 2]
+
+
+def test_previews_show_the_first_frame_when_enabled(tiny_model, standalone_host, monkeypatch):
+    images = []
+
+    class RecordingProgress(standalone_host.Progress):
+        def update(self, steps=1, preview=None):
+            images.append(preview)
+            super().update(steps, preview)
+
+    monkeypatch.setattr(standalone_host, "Progress", RecordingProgress)
+    monkeypatch.setattr(standalone_host, "previews_enabled", lambda: True)
+    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), _noise(), **{**SAMPLER_DEFAULTS, "steps": 3})
+    assert len(images) == 3 and all(image.size == (12, 8) and image.mode == "RGB" for image in images)
+    monkeypatch.setattr(standalone_host, "previews_enabled", lambda: False)
+    images.clear()
+    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), _noise(), **{**SAMPLER_DEFAULTS, "steps": 2})
+    assert images == [None, None]
+
+
+def test_latent_preview_projection():
+    latent = torch.zeros(1, 16, 2, 4, 6)
+    latent[0, 10, 0] = 1.0  # channel 10 is bright in every colour
+    image = preview.latent_preview(latent, geometry.HUNYUAN_VAE)
+    r, g, b = image.getpixel((0, 0))
+    assert (r, g, b) == tuple(int((1 + f + bias) / 2 * 255) for f, bias in zip(preview.HUNYUAN_RGB_FACTORS[10],
+                                                                              preview.HUNYUAN_RGB_BIAS))
+    assert preview.latent_preview(torch.zeros(1, 128, 1, 2, 2), geometry.VIDEO_DC_AE) is None

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import torch
 
+from ..models.fp8 import FP8_DTYPES, convert_blocks_to_fp8, storage_dtypes
 from ..models.mmdit import MMDiT, MMDiTConfig
 from .checkpoint import (
     CheckpointError,
@@ -29,7 +30,7 @@ from .checkpoint import (
 )
 
 MODEL_NAME = "an Open-Sora 2.0 / Flux MMDiT diffusion model"
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, *FP8_DTYPES.values())
 # ComfyUI saves diffusion models (and bundles them in checkpoints) under this prefix.
 COMFY_PREFIX = "model.diffusion_model."
 # Optional safetensors metadata entries for what shapes cannot tell.
@@ -188,6 +189,9 @@ def load_mmdit(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu") -> MMDiT:
     """Build the MMDiT a safetensors file describes and load its weights, cast to ``dtype``.
 
+    With an fp8 ``dtype`` the block Linear weights are stored in fp8 and everything else in bf16,
+    the compute dtype (:mod:`models.fp8`).
+
     The module is built on the meta device and receives the streamed tensors directly (host memory
     peaks at one copy of the weights plus one tensor). Keys and shapes are checked strictly; VAEs,
     text encoders, unknown, truncated and non-safetensors files raise :class:`CheckpointError`.
@@ -201,8 +205,12 @@ def load_mmdit(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
     config = infer_mmdit_config(header, read_metadata(path))
     with torch.device("meta"):
         model = MMDiT(config)
+        if dtype in FP8_DTYPES.values():
+            convert_blocks_to_fp8(model, dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_keys(expected, header, MODEL_NAME, path)
-    state_dict = load_tensors(path, dtype=dtype, device=device, rename=strip_comfy_prefix)
+    dtype_of = storage_dtypes(model, dtype)
+    state_dict = load_tensors(path, dtype=lambda key, _stored: dtype_of(strip_comfy_prefix(key)), device=device,
+                              rename=strip_comfy_prefix)
     assign_state_dict(model, state_dict, MODEL_NAME, path)
     return model.eval().requires_grad_(False)

@@ -81,3 +81,23 @@ def test_storage_dtypes_and_saturating_cast():
     big = torch.tensor([1e6, -1e6, 0.5])
     assert to_fp8(big, torch.float8_e5m2).float().tolist() == [57344.0, -57344.0, 0.5]
     assert to_fp8(big, torch.float8_e4m3fn).float().tolist() == [448.0, -448.0, 0.5]
+
+
+@pytest.mark.parametrize("name", list(FP8_DTYPES))
+def test_loader_reads_block_weights_straight_into_fp8(tmp_path, name):
+    from comfyui_opensora.loaders.mmdit import load_mmdit
+
+    from factories_mmdit import write_tiny_mmdit
+
+    path = tmp_path / "tiny.safetensors"
+    write_tiny_mmdit(path, seed=1, dtype=torch.bfloat16, comfy_prefix=True)  # bf16 like the released file
+    dtype = FP8_DTYPES[name]
+    loaded = load_mmdit(path, dtype)
+    converted = convert_blocks_to_fp8(load_mmdit(path, torch.bfloat16), dtype)
+    assert loaded.state_dict().keys() == converted.state_dict().keys()
+    for key, value in converted.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype and torch.equal(loaded.state_dict()[key], value), key
+    assert all(type(m) is FP8Linear for m in block_linears(loaded).values())
+    inputs = _bf16_inputs()
+    with torch.inference_mode():
+        assert torch.equal(loaded(**inputs), converted(**inputs))

@@ -198,3 +198,14 @@ def test_channel_chunked_kernels_match_plain(monkeypatch):
     chunked = (full(x), grouped(x), layers.upsample_nearest(x, (2, 2, 2)))
     for got, want in zip(chunked, expected):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_bfloat16_follows_float32(golden):
+    model, tensors = golden
+    half = build({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    for method, source, target in (("encode", "input.encode.x", "output.encode.z"),
+                                   ("decode", "input.temporal_tiled.z", "output.temporal_tiled.decode")):
+        out = getattr(half, method)(tensors[source], tiling=GOLDEN_TILING)
+        assert out.dtype == torch.bfloat16
+        expected = tensors[target]
+        assert (out.float() - expected).abs().max() < 0.05 * expected.abs().max()

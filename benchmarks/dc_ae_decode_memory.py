@@ -1,0 +1,84 @@
+"""Peak activation memory of the released Video DC-AE decode, measured without computing anything.
+
+The model and latent live on the meta device; a dispatch mode adds up the bytes of every storage an
+operation creates and subtracts them when the storage is freed, so the peak of live activations is
+exact for the shapes involved (conv workspaces and allocator slack are not included). Compares with
+``VideoDCAE.decode_bytes``. Run: ``python3 benchmarks/dc_ae_decode_memory.py`` (about a minute on a CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+ROOT = Path(__file__).resolve().parent.parent
+if "comfyui_opensora" not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_opensora", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_opensora"] = package
+    spec.loader.exec_module(package)
+
+from comfyui_opensora.models.autoencoder import NO_TILING, Tiling  # noqa: E402
+from comfyui_opensora.models.dc_ae import VideoDCAE  # noqa: E402
+
+
+class LiveStorageBytes(TorchDispatchMode):
+    """Tracks the bytes of storages created inside the mode that are still alive, and their peak."""
+
+    def __init__(self, preexisting: list[torch.UntypedStorage]) -> None:
+        super().__init__()
+        self.tracked = {id(s) for s in preexisting}
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.tracked.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if id(storage) not in self.tracked:
+                    nbytes = storage.nbytes()
+                    self.tracked.add(id(storage))
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._release, id(storage), nbytes)
+        return out
+
+
+def measure(latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> None:
+    with torch.device("meta"):
+        model = VideoDCAE().to(dtype)
+    z = torch.empty(latent_shape, device="meta", dtype=dtype)
+    mode = LiveStorageBytes([p.untyped_storage() for p in model.parameters()] + [z.untyped_storage()])
+    frames = 0
+    with mode:
+        for chunk in model.decode_chunks(z, tiling):
+            frames += chunk.shape[2]
+            del chunk
+    tile_frames = min(frames, tiling.temporal or frames)
+    tile_pixels = min(latent_shape[3] * 32, tiling.spatial or 1 << 30) * min(latent_shape[4] * 32, tiling.spatial or 1 << 30)
+    estimate = model.decode_bytes(latent_shape, tiling, dtype)
+    print(
+        f"{str(latent_shape):20} spatial={tiling.spatial} temporal={tiling.temporal} {str(dtype):15} "
+        f"peak {mode.peak / 2**30:6.2f} GiB, estimate {estimate / 2**30:6.2f} GiB, "
+        f"{mode.peak / (tile_frames * tile_pixels):5.0f} B per tile voxel"
+    )
+
+
+if __name__ == "__main__":
+    for dtype in (torch.bfloat16, torch.float32):
+        measure((1, 128, 8, 8, 8), NO_TILING, dtype)  # one reference tile: 32 frames at 256x256
+        measure((1, 128, 32, 18, 32), Tiling(256, 32), dtype)  # 128 frames at 576x1024, reference tiles
+        measure((1, 128, 32, 18, 32), Tiling(512, 64), dtype)

@@ -17,6 +17,7 @@ players that honour tags (browsers, ffmpeg, VLC) show the intended colours inste
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -145,10 +146,20 @@ def write_png(path: str | os.PathLike, frame: torch.Tensor, text: Mapping[str, s
 
 
 def ffmpeg_exe() -> str:
-    """The ffmpeg binary shipped with imageio-ffmpeg (or the one its IMAGEIO_FFMPEG_EXE names)."""
-    import imageio_ffmpeg
+    """The ffmpeg binary shipped with imageio-ffmpeg (or the one its IMAGEIO_FFMPEG_EXE names); without
+    imageio-ffmpeg, an ``ffmpeg`` on the PATH."""
+    try:
+        import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        found = shutil.which("ffmpeg")
+        if found:
+            return found
+    raise EncoderError(
+        "Saving videos needs ffmpeg: install the pack's requirements (pip install imageio-ffmpeg, which "
+        "ships an ffmpeg binary) in ComfyUI's Python, or put ffmpeg on the PATH."
+    )
 
 
 def _escape_ffmetadata(text: str) -> str:

@@ -245,6 +245,24 @@ def test_failing_encoder_leaves_no_file_and_reports_its_message(tmp_path, monkey
     assert list(out.iterdir()) == []
 
 
+def test_missing_ffmpeg_gives_an_install_hint(tmp_path, monkeypatch):
+    import builtins
+    import shutil
+
+    real_import = builtins.__import__
+
+    def no_imageio_ffmpeg(name, *args, **kwargs):
+        if name == "imageio_ffmpeg":
+            raise ImportError("No module named 'imageio_ffmpeg'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_imageio_ffmpeg)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(media.EncoderError, match="pip install imageio-ffmpeg"):
+        media.write_video(tmp_path / "x.mp4", torch.rand(2, 8, 8, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_file_is_only_replaced_when_the_new_one_is_complete(tmp_path):
     target = tmp_path / "clip.mp4"
     target.write_bytes(b"old")

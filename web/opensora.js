@@ -248,4 +248,6 @@ export const extension = {
   },
 };
 
-app.registerExtension(extension);
+// ComfyUI can serve a pack's web folder twice (WEB_DIRECTORY and pyproject's [tool.comfy] web under
+// another name), which runs this module twice: register once.
+if (!(app.extensions || []).some((e) => e.name === extension.name)) app.registerExtension(extension);

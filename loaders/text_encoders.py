@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,32 +70,41 @@ AttentionInterface.register(T5_ATTENTION, _reference_t5_attention)
 
 # -------------------------------------------------------------------------------------- encoders
 
-@dataclass
-class T5TextEncoder:
+class _TextEncoder(torch.nn.Module):
+    """A transformers encoder with its tokenizer; a plain module so host memory managers (ComfyUI's
+    ModelPatcher sets ``.device`` on what it manages) can move it."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def _run(self, texts: Sequence[str]):
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer(texts, self.max_length).to(device)
+        with torch.inference_mode():
+            return self.model(input_ids=ids, attention_mask=None, output_hidden_states=False)
+
+
+class T5TextEncoder(_TextEncoder):
     """T5 encoder + tokenizer; ``encode`` gives the reference's ``[N, 512, d_model]`` hidden states."""
 
-    model: T5EncoderModel
-    tokenizer: T5PromptTokenizer
-    max_length: int = T5_MAX_LENGTH
+    def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer, max_length: int = T5_MAX_LENGTH):
+        super().__init__(model, tokenizer, max_length)
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, self.max_length).to(self.model.device)
-        return self.model(input_ids=ids, attention_mask=None, output_hidden_states=False).last_hidden_state
+        return self._run(texts).last_hidden_state
 
 
-@dataclass
-class ClipTextEncoder:
+class ClipTextEncoder(_TextEncoder):
     """CLIP text encoder + tokenizer; ``encode`` gives the reference's ``[N, hidden]`` pooled vectors."""
 
-    model: CLIPTextModel
-    tokenizer: ClipPromptTokenizer
-    max_length: int = CLIP_MAX_LENGTH
+    def __init__(self, model: CLIPTextModel, tokenizer: ClipPromptTokenizer, max_length: int = CLIP_MAX_LENGTH):
+        super().__init__(model, tokenizer, max_length)
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, self.max_length).to(self.model.device)
-        return self.model(input_ids=ids, attention_mask=None, output_hidden_states=False).pooler_output
+        return self._run(texts).pooler_output
 
 
 # ------------------------------------------------------------------------------------ weight files

@@ -64,7 +64,8 @@ class T5PromptTokenizer:
         except (OSError, RuntimeError) as error:
             raise TokenizerError(f"{model_file} is not a SentencePiece model ({error}).") from None
         size = processor.get_piece_size()
-        special = {t: processor.piece_to_id(t) for t in (_PAD, _EOS, _UNK) if processor.piece_to_id(t) != processor.unk_id() or t == _UNK}
+        special = {t: processor.piece_to_id(t) for t in (_PAD, _EOS, _UNK)}
+        special = {t: i for t, i in special.items() if i != processor.unk_id() or t == _UNK}
         special.update({f"<extra_id_{i}>": size + extra_ids - 1 - i for i in range(extra_ids)})
 
         def encode_piece(text: str) -> list[int]:

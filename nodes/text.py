@@ -18,6 +18,7 @@ from ..samplers.prompt import (
     DEFAULT_FPS,
     DEFAULT_MOTION_SCORE,
     MOTION_SCORES,
+    encode_conditioning,
     final_prompts,
     from_native_conditioning,
 )
@@ -29,31 +30,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OpenSoraTextEncoder:
-    """The OPENSORA_TEXT_ENCODER socket value: managed T5 and CLIP encoders with their tokenizers."""
+    """The OPENSORA_TEXT_ENCODER socket value: host-managed T5 and CLIP encoders (with their tokenizers).
 
-    t5: T5TextEncoder
-    clip: ClipTextEncoder
+    Use: ``host.load_models([enc.t5_managed, enc.clip_managed])``, then ``enc.t5.encode(texts)``.
+    """
+
     t5_managed: Any  # host.manage_model handles (ModelPatchers inside ComfyUI)
     clip_managed: Any
 
+    @property
+    def t5(self) -> T5TextEncoder:
+        return host.unwrap_model(self.t5_managed)
 
-def encode_prompts(encoder: OpenSoraTextEncoder, prompts: list[str], negative_prompts: list[str]
-                   ) -> TextConditioning:
-    """Bring both encoders onto the device (the host may evict others) and encode positive and negative."""
-    host.load_models([encoder.t5_managed, encoder.clip_managed])
-    host.check_interrupt()
-    negatives = sorted(set(negative_prompts))
-    texts = prompts + negatives
-    t5 = encoder.t5.encode(texts)
-    host.check_interrupt()
-    clip = encoder.clip.encode(texts)
-    out = host.intermediate_device()
-    t5, clip = t5.to(out), clip.to(out)
-    rows = [len(prompts) + negatives.index(n) for n in negative_prompts]
-    return TextConditioning(
-        t5=t5[: len(prompts)], clip=clip[: len(prompts)], neg_t5=t5[rows], neg_clip=clip[rows],
-        prompts=tuple(prompts), negative_prompts=tuple(negative_prompts),
-    )
+    @property
+    def clip(self) -> ClipTextEncoder:
+        return host.unwrap_model(self.clip_managed)
 
 
 class OpenSoraTextEncoderLoader:
@@ -100,7 +91,7 @@ class OpenSoraTextEncoderLoader:
             t5_fallback_tokenizer=host.comfy_tokenizer_dir("t5"),
             clip_fallback_tokenizer=host.comfy_tokenizer_dir("clip_l"),
         )
-        return (OpenSoraTextEncoder(t5, clip, host.manage_model(t5.model), host.manage_model(clip.model)),)
+        return (OpenSoraTextEncoder(host.manage_model(t5), host.manage_model(clip)),)
 
 
 class OpenSoraTextEncode:
@@ -150,7 +141,11 @@ class OpenSoraTextEncode:
         if motion_score not in MOTION_SCORES:
             raise ValueError(f"motion_score must be one of {list(MOTION_SCORES)}, not {motion_score!r}.")
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
-        return (encode_prompts(text_encoder, prompts, negatives),)
+        host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
+        host.check_interrupt()
+        conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
+                                           host.intermediate_device())
+        return (conditioning,)
 
 
 class OpenSoraConditioningFromNative:

@@ -12,6 +12,7 @@ Also here: bringing ComfyUI's native Flux CONDITIONING (T5-XXL states + CLIP-L p
 from __future__ import annotations
 
 import re
+from typing import Protocol, Sequence
 
 import torch
 
@@ -59,6 +60,26 @@ def final_prompts(text: str, negative: str, fps: int, motion_score: str | int | 
     """Positive prompts with their suffix and the negative prompt replicated per batch element."""
     prompts = [add_prompt_suffix(p, fps, motion_score) for p in split_prompts(text, one_prompt_per_line)]
     return prompts, [negative] * len(prompts)
+
+
+class TextEncoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+def encode_conditioning(t5: TextEncoder, clip: TextEncoder, prompts: Sequence[str],
+                        negative_prompts: Sequence[str], out_device: torch.device | str = "cpu"
+                        ) -> TextConditioning:
+    """Encode final prompts and one negative per prompt (each distinct negative is encoded once)."""
+    negatives = sorted(set(negative_prompts))
+    texts = [*prompts, *negatives]
+    t5_states = t5.encode(texts).to(out_device)
+    pooled = clip.encode(texts).to(out_device)
+    n = len(prompts)
+    rows = [n + negatives.index(text) for text in negative_prompts]
+    return TextConditioning(
+        t5=t5_states[:n], clip=pooled[:n], neg_t5=t5_states[rows], neg_clip=pooled[rows],
+        prompts=tuple(prompts), negative_prompts=tuple(negative_prompts),
+    )
 
 
 # ------------------------------------------------------------------- ComfyUI's native CONDITIONING

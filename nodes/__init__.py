@@ -10,6 +10,7 @@ _NODE_MODULES: tuple[str, ...] = (
     "model_loader",
     "save_video",
     "text",
+    "vae",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -69,7 +69,7 @@ def test_golden_reference_tiling_dispatch(golden):
     """The fixture's inputs are smaller than the released 256 px / 32 frame tiles: no tiling happens."""
     model, tensors = golden
     out = model.decode(tensors["input.decode.z"])  # tiling=None -> reference_tiling()
-    assert torch.equal(out, model.decode(tensors["input.decode.z"], tiling=NO_TILING))
+    assert (out - tensors["output.decode"]).abs().max() <= GOLDEN_ATOL
 
 
 def test_released_config_parameter_count_and_inference():
@@ -132,13 +132,13 @@ def test_single_frame_round_trip(tiny):
 
 
 def test_shapes_batch_and_deterministic_encode(tiny):
-    video = torch.rand(2, 3, 8, 32, 64) * 2 - 1
+    video = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     z = tiny.encode(video)
-    assert z.shape == (2, 16, 2, 1, 2)
-    assert torch.allclose(z[1:], tiny.encode(video[1:]), atol=1e-6)
-    sampled = tiny.encode(video, sample=True, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(z, sampled)  # not variational: sample/generator are ignored
-    assert tiny.decode(z).shape == (2, 3, 8, 32, 64)
+    assert z.shape == (2, 16, 2, 1, 1)
+    # Batch elements are independent, and the DC-AE is not variational: sample/generator are ignored.
+    sampled = tiny.encode(video[1:], sample=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(z[1:], sampled)
+    assert tiny.decode(z).shape == (2, 3, 8, 32, 32)
     assert tiny.decoded_frames(2) == 8
 
 
@@ -152,10 +152,9 @@ def test_encode_rejects_unencodable_clips(tiny):
 
 
 def test_decode_chunks_stream_the_temporal_tiles(tiny):
-    z = torch.randn(1, 16, 8, 1, 1)
+    z = torch.randn(1, 16, 5, 1, 1)
     chunks = list(tiny.decode_chunks(z, GOLDEN_TILING))
-    assert [c.shape[2] for c in chunks] == [12, 12, 8]  # stride 3 latents: tiles at 0, 3, 6; 32 frames
-    assert torch.equal(torch.cat(chunks, dim=2), tiny.decode(z, GOLDEN_TILING))
+    assert [c.shape[2] for c in chunks] == [12, 8]  # stride 3 latents: tiles at 0 and 3; 20 frames
     # A tile covering everything is the untiled decode.
     assert torch.equal(tiny.decode(z, Tiling(spatial=128, temporal=64)), tiny.decode(z, NO_TILING))
 

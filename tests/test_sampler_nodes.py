@@ -299,3 +299,25 @@ def test_latent_preview_projection():
     assert (r, g, b) == tuple(int((1 + f + bias) / 2 * 255) for f, bias in zip(preview.HUNYUAN_RGB_FACTORS[10],
                                                                               preview.HUNYUAN_RGB_BIAS))
     assert preview.latent_preview(torch.zeros(1, 128, 1, 2, 2), geometry.VIDEO_DC_AE) is None
+
+
+def test_image_condition_with_the_real_hunyuan_vae(standalone_host):
+    """Through the VAE loader and the tiny Hunyuan VAE of golden_v1: a LoadImage-like frame (the fixture's
+    encode_image input, rounded to uint8 as an image file holds it) encodes to the reference's scaled
+    posterior mean and seeded sample, up to that rounding."""
+    from comfyui_opensora.nodes.vae import OpenSoraVAELoader
+
+    folder = GOLDEN / "hunyuan_vae"
+    shutil.copy(folder / "model.safetensors", standalone_host.folder_paths(standalone_host.VAE)[0] / "tiny.safetensors")
+    (vae,) = OpenSoraVAELoader().execute("tiny.safetensors", "fp32")
+    io = {k: v.clone() for k, v in load_file(folder / "io.safetensors").items()}
+    frame = ((io["input.encode_image.x"][0, :, 0].permute(1, 2, 0) + 1) / 2 * 255).round() / 255
+    noise = _noise(width=32, height=32, num_frames=5)
+    (mean,) = OpenSoraImageCondition().execute(vae, frame[None], noise, "i2v_head", "mean", 0)
+    expected = io["output.encode_image.z_mode_scaled"][0]
+    assert mean.head.shape == expected.shape == (16, 1, 4, 4)
+    assert (mean.head - expected).abs().max().item() <= 1e-2
+    assert torch.equal(mean.masked_ref[0, :, 0], mean.head[:, 0]) and mean.mask[0, 0, 1].abs().sum() == 0
+    (sample,) = OpenSoraImageCondition().execute(vae, frame[None], noise, "i2v_head", "sample", 123)
+    assert (sample.head - io["output.encode_image.z_sample_scaled_seed123"][0]).abs().max().item() <= 1e-2
+    assert not torch.allclose(sample.head, mean.head, atol=1e-3)

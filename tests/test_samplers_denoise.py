@@ -143,41 +143,31 @@ def test_distilled_loop_matches_reference(record_property):
     assert error <= TOLERANCE
 
 
-def test_skipping_and_batching_do_not_change_results(i2v_case, t2v_case):
-    """Skipped passes and batched branches agree with running all three branches one by one."""
-    for (manifest, tensors, model), name in ((i2v_case, "i2v_loop"), (t2v_case, None)):
-        if name is None:
-            sub = {"sampling_option": manifest["sampling_option"], "record": manifest["record"],
-                   "call": manifest["call"], "cond_type": "t2v"}
-            prefix = ""
-        else:
-            sub, prefix = manifest["sub_cases"][name], f"{name}."
-        results = [
-            _run_i2v(model, sub, tensors, prefix, denoisers.BranchPolicy(skip, batched))[0]
-            for skip, batched in ((False, False), (False, True), (True, True), (True, False))
-        ]
-        for other in results[1:]:
-            assert (other - results[0]).abs().max().item() <= 1e-5
-
-
-def test_skipping_saves_model_passes(t2v_case, i2v_case):
-    """t2v runs two branches (one on odd oscillation steps); i2v needs the third branch."""
+def test_skipping_and_batching_save_passes_without_changing_results(t2v_case, i2v_case):
+    """Skipped passes and batched or one-by-one branches agree with the reference's three batched
+    branches; t2v runs two branches (one on odd oscillation steps, where both scales are 1), i2v three."""
     manifest, tensors, model = t2v_case
+    t2v = {"sampling_option": manifest["sampling_option"], "record": manifest["record"],
+           "call": manifest["call"], "cond_type": "t2v"}
+    i2v_manifest, i2v_tensors, _ = i2v_case
+    runs = [
+        (t2v, tensors, "", denoisers.BranchPolicy(True, True), [2] * 11 + [1]),
+        (t2v, tensors, "", denoisers.BranchPolicy(True, False), [1] * 23),
+        (i2v_manifest["sub_cases"]["i2v_head"], i2v_tensors, "i2v_head.", denoisers.BranchPolicy(True, True),
+         [3] * 11 + [1]),
+    ]
     calls: list[int] = []
     handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["img"].shape[0]),
                                              with_kwargs=True)
     try:
-        sub = {"sampling_option": manifest["sampling_option"], "record": manifest["record"],
-               "call": manifest["call"], "cond_type": "t2v"}
-        _run_i2v(model, sub, tensors, "")
-        assert calls == [2] * 11 + [1]  # step 11 is an odd oscillation step: both scales are 1
-        calls.clear()
-        _run_i2v(model, sub, tensors, "", denoisers.BranchPolicy(skip_redundant=True, batched=False))
-        assert calls == [1] * 23
-        calls.clear()
-        manifest, tensors, _ = i2v_case
-        _run_i2v(model, manifest["sub_cases"]["i2v_head"], tensors, "i2v_head.")
-        assert calls == [3] * 11 + [1]
+        for sub, case_tensors, prefix, policy, expected_calls in runs:
+            reference, _ = _run_i2v(model, sub, case_tensors, prefix, denoisers.REFERENCE_BRANCHES)
+            assert calls == [3] * 12
+            calls.clear()
+            ours, _ = _run_i2v(model, sub, case_tensors, prefix, policy)
+            assert calls == expected_calls
+            calls.clear()
+            assert (ours - reference).abs().max().item() <= 1e-5
     finally:
         handle.remove()
 

@@ -68,7 +68,8 @@ def measure(latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -
             frames += chunk.shape[2]
             del chunk
     tile_frames = min(frames, tiling.temporal or frames)
-    tile_pixels = min(latent_shape[3] * 32, tiling.spatial or 1 << 30) * min(latent_shape[4] * 32, tiling.spatial or 1 << 30)
+    tile_h, tile_w = (min(n * 32, tiling.spatial or n * 32) for n in latent_shape[3:])
+    tile_pixels = tile_h * tile_w
     estimate = model.decode_bytes(latent_shape, tiling, dtype)
     print(
         f"{str(latent_shape):20} spatial={tiling.spatial} temporal={tiling.temporal} {str(dtype):15} "

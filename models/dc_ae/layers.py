@@ -38,18 +38,17 @@ class Conv3d(nn.Conv3d):
             return super().forward(x)
         pieces_in = _divisor_at_least(self.in_channels, math.ceil(x.numel() / INDEX_LIMIT))
         pieces_out = _divisor_at_least(self.out_channels, math.ceil(out_numel / INDEX_LIMIT))
-        bias = self.bias
         if self.groups > 1:
             pieces = _divisor_at_least(self.groups, max(pieces_in, pieces_out))
             outputs = [
                 F.conv3d(xs, ws, bs, self.stride, self.padding, self.dilation, self.groups // pieces)
                 for xs, ws, bs in zip(
-                    x.chunk(pieces, 1), self.weight.chunk(pieces), _chunk_or_none(bias, pieces)
+                    x.chunk(pieces, 1), self.weight.chunk(pieces), _chunk_or_none(self.bias, pieces)
                 )
             ]
             return torch.cat(outputs, dim=1)
         outputs = []
-        for weight, b in zip(self.weight.chunk(pieces_out), _chunk_or_none(bias, pieces_out)):
+        for weight, b in zip(self.weight.chunk(pieces_out), _chunk_or_none(self.bias, pieces_out)):
             out = None
             for xs, ws in zip(x.chunk(pieces_in, 1), weight.chunk(pieces_in, 1)):
                 part = F.conv3d(xs, ws, b if out is None else None, self.stride, self.padding, self.dilation)
@@ -66,7 +65,7 @@ class Conv3d(nn.Conv3d):
 
 def _divisor_at_least(n: int, wanted: int) -> int:
     """The smallest divisor of ``n`` that is at least ``wanted`` (``n`` itself at most)."""
-    return next(d for d in range(max(1, wanted), n + 1) if n % d == 0)
+    return next(d for d in range(max(1, min(wanted, n)), n + 1) if n % d == 0)
 
 
 def _chunk_or_none(t: torch.Tensor | None, pieces: int) -> list[torch.Tensor | None]:

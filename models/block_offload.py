@@ -9,8 +9,10 @@ prefetched when the model's forward starts. At most two streamed blocks occupy t
 
 Blocks are ``model.double_blocks`` then ``model.single_blocks`` (execution order); the last
 ``count`` of them are streamed, the others and all non-block modules stay on the compute device.
-Inside ComfyUI, a streamed block that the host moved to the GPU (a full load) is sent back to host
-memory at the next forward, and resident modules the host left in RAM (partial load) are brought in.
+``model.to(...)`` leaves streamed blocks in host memory (their ``_apply`` is a no-op while streamed).
+Inside ComfyUI, whose loader moves layers one by one, a streamed block that the host moved to the
+GPU is pointed back at its host copy at the next forward, and resident modules the host left in RAM
+(a partial load) are brought in.
 """
 
 from __future__ import annotations
@@ -146,8 +148,14 @@ class BlockOffload:
         self.handles.clear()
         for entry in self.streamed:
             entry.on_device, entry.ready = None, None
+            entry.block.__dict__.pop("_apply", None)
         if getattr(self.model, "block_offload", None) is self:
             del self.model.block_offload
+
+
+def _keep_in_host_memory(block: nn.Module, fn, recurse: bool = True) -> nn.Module:
+    """``_apply`` of a streamed block: ``model.to(device)`` must not pull its weights onto the GPU."""
+    return block
 
 
 def install_block_offload(model: nn.Module, count: int, compute_device: torch.device | str,
@@ -178,5 +186,7 @@ def install_block_offload(model: nn.Module, count: int, compute_device: torch.de
         offload.handles.append(entry.block.register_forward_pre_hook(offload._before_block(index)))
         offload.handles.append(entry.block.register_forward_hook(offload._after_block(index)))
     offload.handles.append(model.register_forward_pre_hook(offload._before_model))
+    for entry in offload.streamed:
+        entry.block._apply = _keep_in_host_memory.__get__(entry.block)
     model.block_offload = offload
     return offload

@@ -8,17 +8,23 @@ from typing import Any
 import torch
 
 from ..loaders.mmdit import load_mmdit
+from ..models.attention_backends import BACKENDS, resolve_backend, set_attention_backend
+from ..models.block_compile import compile_blocks
+from ..models.block_offload import install_block_offload
+from ..models.fp8 import FP8_DTYPES, compute_dtype
 from ..models.mmdit import MMDiT, MMDiTConfig
 from . import host
 
 host.register_folders()
 
-# Widget value -> dtype the weights are kept in. A list on purpose: quantised options are added later.
+# Widget value -> dtype the weights are kept in (fp8: block Linear weights only, computed in bf16).
 WEIGHT_DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
     "fp32": torch.float32,
+    **FP8_DTYPES,
 }
+MAX_OFFLOAD_BLOCKS = 57  # 19 double + 38 single blocks of the released model
 
 
 @dataclass
@@ -30,7 +36,7 @@ class OpenSoraModel:
 
     managed: Any
     config: MMDiTConfig
-    dtype: torch.dtype
+    dtype: torch.dtype  # the compute dtype (bf16 for fp8-stored weights): latents and inputs use it
     path: str
 
     @property
@@ -52,7 +58,24 @@ class OpenSoraModelLoader:
                 "weight_dtype": (list(WEIGHT_DTYPES), {
                     "default": "bf16",
                     "tooltip": "Precision the weights are kept and run in. bf16 is what the reference uses "
-                               "(about 24 GB for the 11B model); fp16 may overflow; fp32 doubles memory."}),
+                               "(about 24 GB for the 11B model); fp16 may overflow; fp32 doubles memory. "
+                               "fp8_e4m3fn / fp8_e5m2 store the block weights in 8 bits (about 12 GB) and "
+                               "compute in bf16: slightly different results, half the memory."}),
+                "attention": (list(BACKENDS), {
+                    "default": "auto",
+                    "tooltip": "Attention kernel. auto: flash-attn if installed (CUDA, 16-bit), else PyTorch "
+                               "SDPA. sageattention (pip install sageattention) is faster but approximate. "
+                               "Choosing a package that is not installed is an error naming it."}),
+                "offload_blocks": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_OFFLOAD_BLOCKS,
+                    "tooltip": "Keep this many transformer blocks (the last ones) in system RAM and copy each "
+                               "to the GPU just before it runs, prefetching the next. 0 = all on the GPU "
+                               "(ignored when running on the CPU). With bf16 on a 24 GB card try 30; fp8 fits "
+                               "without offload."}),
+                "compile": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "torch.compile the transformer blocks: faster steps after a slow first step. "
+                               "Needs Triton on the GPU."}),
             }
         }
 
@@ -66,13 +89,21 @@ class OpenSoraModelLoader:
         "ComfyUI's offload device in the chosen precision; samplers move them to the GPU when they run."
     )
 
-    def execute(self, model_name: str, weight_dtype: str) -> tuple[OpenSoraModel]:
+    def execute(self, model_name: str, weight_dtype: str, attention: str = "auto", offload_blocks: int = 0,
+                compile: bool = False) -> tuple[OpenSoraModel]:
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, not {weight_dtype!r}.")
         path = host.resolve_file(host.DIFFUSION_MODELS, model_name)
         dtype = WEIGHT_DTYPES[weight_dtype]
+        device = host.torch_device()
+        backend = resolve_backend(attention, device, compute_dtype(dtype))
         module = load_mmdit(path, dtype=dtype, device=host.offload_device())
-        return (OpenSoraModel(host.manage_model(module), module.config, dtype, str(path)),)
+        set_attention_backend(module, backend)
+        if offload_blocks and device != host.offload_device():
+            install_block_offload(module, offload_blocks, device, host.offload_device())
+        if compile:
+            compile_blocks(module)
+        return (OpenSoraModel(host.manage_model(module), module.config, compute_dtype(dtype), str(path)),)
 
 
 NODE_CLASS_MAPPINGS = {"OpenSoraModelLoader": OpenSoraModelLoader}

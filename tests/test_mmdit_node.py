@@ -29,9 +29,9 @@ def test_inputs_list_the_diffusion_models_folder(standalone_host):
     (folder / "sub").mkdir()
     write_tiny_mmdit(folder / "sub" / "other.safetensors")
     required = OpenSoraModelLoader.INPUT_TYPES()["required"]
-    assert list(required) == ["model_name", "weight_dtype"]
+    assert list(required) == ["model_name", "weight_dtype", "attention", "offload_blocks", "compile"]
     assert required["model_name"][0] == ["sub/other.safetensors", "tiny.safetensors"]
-    assert required["weight_dtype"][0] == ["bf16", "fp16", "fp32"]
+    assert required["weight_dtype"][0] == ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
     assert required["weight_dtype"][1]["default"] == "bf16"
     assert all("tooltip" in options for _, options in required.values())
 

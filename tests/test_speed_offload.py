@@ -92,3 +92,14 @@ def test_a_streamed_block_moved_by_the_host_goes_back_to_its_host_copy():
     with torch.inference_mode():
         model(**tiny_mmdit_inputs(TINY_VIDEO_CONFIG))
     assert [p.data_ptr() for p in block.parameters()] == home
+
+
+def test_moving_the_model_leaves_streamed_blocks_in_host_memory():
+    model = _tiny_model()
+    offload = install_block_offload(model, 2, "cpu")
+    model.to(torch.float64)  # stands in for model.to("cuda"): streamed blocks ignore it
+    assert all(p.dtype == torch.float64 for p in model.double_blocks[0].parameters())
+    assert all(p.dtype == torch.float32 for b in offload.streamed_blocks for p in b.parameters())
+    offload.remove()
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())

@@ -70,7 +70,9 @@ class EncoderError(RuntimeError):
 def check_frames(frames: object) -> None:
     """Raise a ValueError saying what is wrong unless ``frames`` is an IMAGE batch ``[F, H, W, 3]``."""
     if not isinstance(frames, torch.Tensor):
-        raise ValueError(f"Expected IMAGE frames (a torch.Tensor [frames, height, width, 3]), got {type(frames).__name__}.")
+        raise ValueError(
+            f"Expected IMAGE frames (a torch.Tensor [frames, height, width, 3]), got {type(frames).__name__}."
+        )
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(
             f"Expected IMAGE frames shaped [frames, height, width, 3], got {list(frames.shape)}. "
@@ -178,7 +180,8 @@ def _ffmetadata(metadata: Mapping[str, str]) -> str:
 def _encoder_args(video_format: VideoFormat, crf: int, pix_fmt: str) -> list[str]:
     if video_format.name == "gif":
         return ["-vf", _GIF_PALETTE, "-c:v", "gif", "-loop", "0"]
-    args = ["-vf", f"{_BT709_CONVERSION},format={pix_fmt},{_BT709_PARAMS}", "-c:v", video_format.codec, "-crf", str(crf)]
+    conversion = f"{_BT709_CONVERSION},format={pix_fmt},{_BT709_PARAMS}"
+    args = ["-vf", conversion, "-c:v", video_format.codec, "-crf", str(crf)]
     if video_format.name == "mp4":
         args += ["-preset", "medium", "-movflags", "+use_metadata_tags+faststart"]
     else:  # VP9 constant quality needs a zero bitrate target

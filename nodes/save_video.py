@@ -42,22 +42,37 @@ class OpenSoraSaveVideo:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "Frames to save, [frames, height, width, 3] in 0..1 (e.g. from the Open-Sora decoder)."}),
-                "fps": ("FLOAT", {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
-                                  "tooltip": "Frames per second of the file (the reference saves at 24)."}),
-                "filename_prefix": ("STRING", {"default": "OpenSora/video",
-                                               "tooltip": "Name inside ComfyUI's output folder; '/' makes sub-folders, %width%/%height%/%year%... are filled in. Files are numbered <name>_00001_."}),
-                "format": (list(media.VIDEO_FORMATS), {"default": "mp4",
-                                                       "tooltip": "mp4 = H.264 (the reference's format); webm = VP9; gif = 256-colour animation without metadata. One frame is always saved as PNG."}),
-                "crf": ("INT", {"default": 23, "min": 0, "max": 63, "step": 1,
-                                "tooltip": "Constant quality: lower = better and larger. The reference uses 23. H.264 accepts 0-51, VP9 0-63; ignored for gif."}),
-                "pix_fmt": (list(media.PIXEL_FORMATS), {"default": "yuv420p",
-                                                       "tooltip": "yuv420p plays everywhere (odd sizes get one repeated row/column); yuv444p keeps full colour detail but some players refuse it."}),
+                "images": ("IMAGE", {
+                    "tooltip": "Frames to save, [frames, height, width, 3] in 0..1 (e.g. from the Open-Sora "
+                               "decoder). One frame is saved as a PNG."}),
+                "fps": ("FLOAT", {
+                    "default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
+                    "tooltip": "Frames per second of the file (the reference saves at 24)."}),
+                "filename_prefix": ("STRING", {
+                    "default": "OpenSora/video",
+                    "tooltip": "Name inside ComfyUI's output folder; '/' makes sub-folders, %width%, %height%, "
+                               "%year%... are filled in. Files are numbered <name>_00001_.mp4, with the prompt "
+                               "in <name>_00001_.txt."}),
+                "format": (list(media.VIDEO_FORMATS), {
+                    "default": "mp4",
+                    "tooltip": "mp4: H.264, the reference's format; webm: VP9; gif: 256-colour animation "
+                               "without embedded workflow."}),
+                "crf": ("INT", {
+                    "default": 23, "min": 0, "max": 63, "step": 1,
+                    "tooltip": "Constant quality: lower is better and larger. The reference uses 23. H.264 "
+                               "accepts 0-51, VP9 0-63; gif ignores it."}),
+                "pix_fmt": (list(media.PIXEL_FORMATS), {
+                    "default": "yuv420p",
+                    "tooltip": "yuv420p plays everywhere (odd sizes get one repeated row/column); yuv444p keeps "
+                               "full colour detail but some players refuse it."}),
             },
             "optional": {
-                "conditioning": ("OPENSORA_COND", {"tooltip": "Writes its final prompts (one per line) to a .txt file beside the video, as the reference does."}),
-                "prompt_text": ("STRING", {"forceInput": True,
-                                           "tooltip": "Text for the .txt sidecar when no conditioning is connected."}),
+                "conditioning": ("OPENSORA_COND", {
+                    "tooltip": "Writes its final prompts (one per line) to a .txt file beside the video, as "
+                               "the reference does."}),
+                "prompt_text": ("STRING", {
+                    "forceInput": True,
+                    "tooltip": "Text for the .txt sidecar when no conditioning is connected."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }

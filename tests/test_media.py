@@ -200,7 +200,8 @@ def test_metadata_is_embedded_and_survives_special_characters_and_size(tmp_path)
     read = ffmpeg_metadata(path)
     assert json.loads(read["prompt"]) == {"1": {"class_type": "X"}}
     assert json.loads(read["workflow"]) == workflow
-    webm = ffmpeg_metadata(media.write_video(tmp_path / "meta.webm", torch.rand(2, 16, 16, 3), video_format="webm", metadata=tags))
+    webm_path = media.write_video(tmp_path / "meta.webm", torch.rand(2, 16, 16, 3), video_format="webm", metadata=tags)
+    webm = ffmpeg_metadata(webm_path)
     assert json.loads(webm["PROMPT"]) == {"1": {"class_type": "X"}}  # Matroska upper-cases tag names
 
 
@@ -266,8 +267,13 @@ def test_missing_ffmpeg_gives_an_install_hint(tmp_path, monkeypatch):
 def test_existing_file_is_only_replaced_when_the_new_one_is_complete(tmp_path):
     target = tmp_path / "clip.mp4"
     target.write_bytes(b"old")
+
+    def ctrl_c_at_third(index: int) -> None:
+        if index == 2:
+            raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        media.write_video(target, torch.rand(4, 16, 16, 3), before_frame=lambda i: (_ for _ in ()).throw(KeyboardInterrupt()) if i == 2 else None)
+        media.write_video(target, torch.rand(4, 16, 16, 3), before_frame=ctrl_c_at_third)
     assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["clip.mp4"]
 
 

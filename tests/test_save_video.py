@@ -139,7 +139,9 @@ def test_progress_reaches_the_frame_count(standalone_host):
     assert seen == [(i, 6) for i in range(1, 7)]
 
 
-@pytest.mark.parametrize("prefix", ["../escape", "a/../../escape", "/tmp/escape", "\\\\server\\share\\x", "C:/x", "", "  "])
+@pytest.mark.parametrize(
+    "prefix", ["../escape", "a/../../escape", "/tmp/escape", "\\\\server\\share\\x", "C:/x", "", "  "]
+)
 def test_prefix_leaving_the_output_folder_is_refused(standalone_host, prefix):
     with pytest.raises(ValueError, match="filename_prefix"):
         save(images=torch.rand(2, 16, 16, 3), filename_prefix=prefix)

@@ -243,7 +243,8 @@ _CLIP_PREFIX = re.compile(r"^(?:.*\.)?text_model\.")
 
 def _clip_key(key: str) -> str | None:
     """Our key (transformers 5's ``CLIPTextModel`` has no ``text_model.`` level) or ``None`` if unused."""
-    if not _is_weight_key(key) or key.endswith("embeddings.position_ids") or "text_projection" in key:
+    if (not _is_weight_key(key) or key.endswith("embeddings.position_ids")
+            or key.startswith(("text_projection.", "vision_model.", "visual_projection."))):
         return None
     return _CLIP_PREFIX.sub("", key, count=1)
 
@@ -288,13 +289,13 @@ def load_clip(path: str | os.PathLike, dtype: torch.dtype, fallback_tokenizer: s
     if path.is_dir():
         config = _read_config(path)
         if config.get("model_type") == "clip":  # a full CLIP folder: take its text tower
-            config = {**config.get("text_config", {}), "model_type": "clip_text_model"}
+            text = {**(config.get("text_config") or {}), **(config.get("text_config_dict") or {})}
+            config = {**text, "model_type": "clip_text_model"}
         if config.get("model_type") != "clip_text_model":
             raise CheckpointError(f"{path.name} is not a CLIP folder: its config.json says model_type "
                                   f"'{config.get('model_type')}'.")
         clip_config = CLIPTextConfig.from_dict({k: v for k, v in config.items() if k != "torch_dtype"})
         found = _headers(_weight_files(path))
-        found = {k: v for k, v in found.items() if k.startswith("text_model.") or not k.startswith("vision_model.")}
         _require_kind(found, "clip", "a CLIP text encoder", path)
         encoder = _build_clip(clip_config, found, dtype, path)
         return ClipTextEncoder(encoder, _folder_tokenizer(path, load_clip_tokenizer))

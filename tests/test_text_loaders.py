@@ -102,6 +102,25 @@ def test_fp8_files_are_upcast(files, tmp_path, fp8):
     assert (loaded[q] - source.state_dict()[q]).abs().max() < 0.1 * source.state_dict()[q].abs().max()
 
 
+def test_full_clip_model_folder_uses_its_text_tower(files, tmp_path):
+    """openai/clip-vit-large-patch14 is a whole CLIPModel folder (vision tower, projections, logit scale)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(1)
+    text = tiny_clip().config.to_dict()
+    config = CLIPConfig(text_config=text, vision_config={"hidden_size": 32, "intermediate_size": 64,
+                        "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+                        projection_dim=16)
+    folder = tmp_path / "clip-vit-tiny"
+    CLIPModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    copy_tokenizer(CLIP_TOKENIZER, folder, CLIP_TOKENIZER_FILES)
+    theirs = CLIPTextModel.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = load_clip_tokenizer(CLIP_TOKENIZER)(PROMPTS)
+    with torch.no_grad():
+        expected_pooled = theirs(input_ids=ids).pooler_output
+    assert torch.equal(load_clip(folder, torch.float32).encode(PROMPTS), expected_pooled)
+
+
 def test_encoding_is_deterministic(files):
     t5 = load_t5(files["t5_file"], torch.float32)
     assert torch.equal(t5.encode(PROMPTS), t5.encode(PROMPTS))

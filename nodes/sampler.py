@@ -60,7 +60,8 @@ class OpenSoraSampler:
                                                  "(reference: on)."}),
                 "flow_shift": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Fixed shift factor instead of the computed one; 0 = computed (reference)."}),
+                    "tooltip": "Fixed shift factor instead of the computed one (with shift on); 0 = computed "
+                               "(reference)."}),
                 "branch_mode": (list(BRANCH_MODES), {
                     "default": "fast",
                     "tooltip": "fast: skip guidance passes that cannot change the result and batch the rest in "
@@ -100,8 +101,7 @@ class OpenSoraSampler:
         if steps < 1:
             raise ValueError(f"steps={steps}: at least 1 sampling step is needed.")
         _check_model_fits(model.config, geometry)
-        module = model.module
-        denoisers.check_text_fits(conditioning, module)
+        denoisers.check_text_fits(conditioning, model.config)
         text = denoisers.text_inputs_for_batch(conditioning, batch)
         if image_condition is not None:
             if method != "i2v":
@@ -115,9 +115,9 @@ class OpenSoraSampler:
         rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
         image_tokens = geometry.latent_frames * geometry.tokens_per_frame
         host.load_models([model.managed], memory_required=denoisers.activation_bytes(
-            module, rows, image_tokens, conditioning.t5.shape[1], model.dtype))
+            model.config, rows, image_tokens, conditioning.t5.shape[1], model.dtype))
         module = model.module
-        device = next(module.parameters()).device
+        device = host.torch_device()
         progress = host.Progress(steps)
         previews = host.previews_enabled() and has_preview(geometry.kind)
 

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..models.mmdit import MMDiTConfig
+
 from .conditioning import TextConditioning
 from .image_condition import ImageCondition
 from .packing import image_ids, pack, text_ids, unpack
@@ -291,9 +293,8 @@ def text_inputs_for_batch(conditioning: TextConditioning, batch_size: int) -> Te
     )
 
 
-def check_text_fits(conditioning: TextConditioning, model: nn.Module) -> None:
+def check_text_fits(conditioning: TextConditioning, config: MMDiTConfig) -> None:
     """Raise if the text encoders' widths are not what the model takes (T5 states, CLIP vectors)."""
-    config = model.config
     for name, tensor, expected in (
         ("T5 states", conditioning.t5, config.context_in_dim),
         ("CLIP vectors", conditioning.clip, config.vec_in_dim),
@@ -307,10 +308,9 @@ def check_text_fits(conditioning: TextConditioning, model: nn.Module) -> None:
             )
 
 
-def activation_bytes(model: nn.Module, rows: int, image_tokens: int, text_tokens: int, dtype: torch.dtype) -> int:
+def activation_bytes(config: MMDiTConfig, rows: int, image_tokens: int, text_tokens: int, dtype: torch.dtype) -> int:
     """Rough device memory one forward of ``rows`` sequences needs besides the weights (for the host's
     memory manager): the widest activations are the single blocks' MLP and attention inputs."""
-    config = model.config
     width = config.hidden_size * (3 + config.mlp_ratio)
     element = torch.empty((), dtype=dtype).element_size()
     return int(rows * (image_tokens + text_tokens) * width * element * 2)

@@ -321,3 +321,41 @@ def test_image_condition_with_the_real_hunyuan_vae(standalone_host):
     (sample,) = OpenSoraImageCondition().execute(vae, frame[None], noise, "i2v_head", "sample", 123)
     assert (sample.head - io["output.encode_image.z_sample_scaled_seed123"][0]).abs().max().item() <= 1e-2
     assert not torch.allclose(sample.head, mean.head, atol=1e-3)
+
+
+def test_bf16_weights_sample_in_bf16(standalone_host):
+    """With bf16 weights the latent and guidance run in bf16 (close to fp32, not equal); the LATENT handed
+    on is float32 on the CPU."""
+    folder = standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0]
+    shutil.copy(GOLDEN / "mmdit_forward" / "video_model.safetensors", folder / "video_model.safetensors")
+    (bf16_model,) = OpenSoraModelLoader().execute("video_model.safetensors", "bf16")
+    dtypes = []
+    handle = bf16_model.module.register_forward_pre_hook(
+        lambda module, args, kwargs: dtypes.append((kwargs["img"].dtype, kwargs["timesteps"].dtype)), with_kwargs=True)
+    settings = {**SAMPLER_DEFAULTS, "steps": 3}
+    try:
+        (latent,) = OpenSoraSampler().execute(bf16_model, _t2v_inputs(), _noise(), **settings)
+    finally:
+        handle.remove()
+    assert set(dtypes) == {(torch.bfloat16, torch.bfloat16)}
+    assert latent["samples"].dtype == torch.float32 and latent["samples"].device.type == "cpu"
+    samples = latent["samples"]
+    assert torch.equal(samples, samples.bfloat16().float())  # values are bf16 numbers
+    (fp32_model,) = OpenSoraModelLoader().execute("video_model.safetensors", "fp32")
+    (reference,) = OpenSoraSampler().execute(fp32_model, _t2v_inputs(), _noise(), **settings)
+    error = (samples - reference["samples"]).abs().max().item()
+    assert 0 < error <= 0.1 * reference["samples"].abs().max().item()
+
+
+def test_v2v_condition_through_the_nodes(tiny_model, standalone_host):
+    noise = _noise(num_frames=37)  # 10 latent frames
+    video = torch.rand(40, 70, 100, 3)
+    vae = _vae(standalone_host, [torch.randn(16, 9, 8, 12)])
+    (condition,) = OpenSoraImageCondition().execute(vae, video, noise, "v2v_tail", "mean", 0)
+    assert [p.shape for p in vae.module.pixels] == [(1, 3, 33, 64, 96)]  # the last 33 frames, one encode
+    assert condition.mask[0, 0, :, 0, 0].tolist() == [0.0] + [1.0] * 9
+    (latent,) = OpenSoraSampler().execute(tiny_model, _t2v_inputs(), noise, **{**SAMPLER_DEFAULTS, "steps": 2},
+                                          image_condition=condition)
+    assert latent["samples"].shape == (1, 16, 10, 8, 12) and torch.isfinite(latent["samples"]).all()
+    with pytest.raises(ValueError, match="needs a video of at least 33 frames"):
+        OpenSoraImageCondition().execute(vae, video, _noise(), "v2v_tail", "mean", 0)

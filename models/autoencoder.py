@@ -110,22 +110,23 @@ class VideoAutoencoder(nn.Module):
     def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
         """The least-tiled setting whose estimated decode fits ``budget_bytes``.
 
-        Tries no tiling, then spatial tiles from the full size down to the smallest multiple, then adds
-        temporal tiles from long to short; returns the smallest tiles if nothing fits.
+        Tries, in order: no tiling; spatial tiles from the full size down to the reference's size; the
+        reference's spatial size with temporal tiles from long to short; the shortest temporal tiles
+        with spatial tiles below the reference's size. Returns the smallest tiles if nothing fits.
         """
         _, _, t, h, w = latent_shape
-        s = self.spatial_compression
-        frames = self.decoded_frames(t)
-        side = max(h, w) * s
-        spatial = [None] + [p for p in _descending_multiples(side, self.spatial_tile_multiple, 4)]
-        temporal = [None] + [f for f in _descending_multiples(frames, self.temporal_tile_multiple, 2)]
-        last = Tiling()
-        for temporal_tile in temporal:
-            for spatial_tile in spatial:
-                last = Tiling(spatial=spatial_tile, temporal=temporal_tile)
-                if self.decode_bytes(latent_shape, last, self.dtype) <= budget_bytes:
-                    return last
-        return last
+        reference = self.reference_tiling().spatial or 0
+        spatial = [None] + _descending_multiples(max(h, w) * self.spatial_compression, self.spatial_tile_multiple, 4)
+        temporal = _descending_multiples(self.decoded_frames(t), self.temporal_tile_multiple, 1)
+        large = [size for size in spatial if size is None or size >= reference]
+        small = [size for size in spatial if size is not None and size < reference]
+        shortest = temporal[-1] if temporal else None
+        candidates = ([Tiling(size) for size in large] + [Tiling(large[-1], frames) for frames in temporal]
+                      + [Tiling(size, shortest) for size in small])
+        for tiling in candidates:
+            if self.decode_bytes(latent_shape, tiling, self.dtype) <= budget_bytes:
+                return tiling
+        return candidates[-1]
 
 
 TILING_MODES: tuple[str, ...] = ("reference", "reference_temporal", "none", "memory_budget")

@@ -26,9 +26,10 @@ TEMPORAL_COMPRESSION = 4
 REFERENCE_SPATIAL_TILE = 256
 REFERENCE_TEMPORAL_TILE = 64
 REFERENCE_OVERLAP = 0.25
-# Decoder activations alive at the peak, in channels per output pixel-frame (the last up blocks run at
-# full resolution with 256 -> 128 channels; measured with benchmarks/vae_decode_memory.py).
-_DECODE_CHANNELS_AT_PEAK = 1536
+# Decoder activations alive at the peak, in channel-equivalents per output pixel-frame of a tile (the
+# last up blocks run at full resolution with 256 -> 128 channels): about 1100 measured with
+# benchmarks/vae_decode_memory.py at the released widths, rounded up.
+_DECODE_CHANNELS_AT_PEAK = 1200
 
 
 @dataclass(frozen=True)
@@ -225,18 +226,18 @@ class HunyuanVideoVAE(VideoAutoencoder):
     # ---------------------------------------------------------------------------- memory estimate
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
-        """Peak device bytes of decoding one batch element: the decoder's full-resolution activations
-        for one tile, the mid-block attention mask over the tile's tokens, and the decoded frames of one
-        temporal chunk kept for blending."""
+        """Peak device bytes of decoding one batch element: the larger of the decoder's full-resolution
+        activations for one tile and the mid-block attention over the tile's tokens (mask and scores),
+        plus the decoded frames of one temporal chunk kept for blending."""
         _, _, t, h, w = latent_shape
         item = torch.empty((), dtype=dtype).element_size()
         s = SPATIAL_COMPRESSION
-        tile_latents_t = t if tiling.temporal is None else min(t, tiling.temporal // TEMPORAL_COMPRESSION + 1)
+        tile_t = t if tiling.temporal is None else min(t, tiling.temporal // TEMPORAL_COMPRESSION + 1)
         tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
         tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
-        tile_frames = self.decoded_frames(tile_latents_t)
+        tile_frames = self.decoded_frames(tile_t)
         activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
-        tokens = tile_latents_t * tile_h * tile_w
-        attention = tokens * tokens * (5 + item)  # bool compare + float32 where + cast mask
+        tokens = tile_t * tile_h * tile_w
+        attention = tokens * tokens * 5 * item  # mask, scores, softmax... on PyTorch's math path
         chunk_output = 3 * tile_frames * h * s * w * s * item * 3  # tiles, blended rows, concatenation
-        return activations + attention + chunk_output
+        return max(activations, attention) + chunk_output

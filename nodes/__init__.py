@@ -11,6 +11,7 @@ _NODE_MODULES: tuple[str, ...] = (
     "save_video",
     "text",
     "vae",
+    "parallel",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -1,0 +1,165 @@
+"""Parallel Settings node and the sampler's warm worker groups (multi-GPU sequence-parallel sampling)."""
+
+from __future__ import annotations
+
+import atexit
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
+from ..samplers.image_condition import ImageCondition
+from ..samplers.parallel.attention import ParallelUnavailable, yunchang_installed
+from ..samplers.parallel.group import (
+    DEVICE_TYPES, GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied,
+)
+from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout
+from ..samplers.parallel.protocol import SamplingRequest, dtype_name
+from . import host
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """The OPENSORA_PARALLEL socket value: which worker group to use and how to cut the sequence.
+
+    ``ulysses_degree`` 0 means automatic: the largest count of ranks that can share the model's heads
+    (``gcd(ranks, heads)``); the ring degree is always ``ranks / ulysses_degree``.
+    """
+
+    group: GroupSettings
+    ulysses_degree: int = 0
+    text: str = TEXT_SPLIT
+
+    def layout(self, num_heads: int) -> ParallelLayout:
+        ranks = self.group.ranks
+        ulysses = self.ulysses_degree or math.gcd(ranks, num_heads)
+        if ranks % ulysses:
+            raise ValueError(f"ulysses_degree={ulysses} does not divide ranks={ranks}: choose a divisor of {ranks} "
+                             "(or 0 for automatic).")
+        layout = ParallelLayout(ulysses, ranks // ulysses, self.text)
+        layout.validate(ranks, num_heads)
+        return layout
+
+
+class OpenSoraParallelSettings:
+    """Settings for sampling on several GPUs with sequence parallelism (a warm torchrun worker group)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "ranks": ("INT", {"default": 2, "min": 1, "max": 64,
+                                  "tooltip": "Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES)."}),
+                "ulysses_degree": ("INT", {
+                    "default": 0, "min": 0, "max": 64,
+                    "tooltip": "Ranks that exchange attention heads with all-to-all (Ulysses); the rest of the "
+                               "ranks form rings (ring attention): ring degree = ranks / ulysses_degree. 0 = "
+                               "automatic (as many as the 24 heads allow, e.g. 8 of 8 GPUs)."}),
+                "text": (list(TEXT_MODES), {
+                    "default": TEXT_SPLIT,
+                    "tooltip": "split: the text tokens are divided across ranks like the video tokens. replicated: "
+                               "every rank keeps all text tokens (repeats the small text-stream work, fewer "
+                               "transfers of text rows). Both give the same result."}),
+                "port": ("INT", {"default": 29600, "min": 1024, "max": 65534,
+                                 "tooltip": "Local TCP port of the control store; torchrun uses port + 1."}),
+                "device": (list(DEVICE_TYPES), {
+                    "default": "cuda",
+                    "tooltip": "cuda: NCCL on GPUs. cpu: gloo on CPU processes (for testing; slow)."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_PARALLEL",)
+    RETURN_NAMES = ("parallel",)
+    OUTPUT_TOOLTIPS = ("Connect to the 'parallel' input of 'Open-Sora Sampler'.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Runs the Open-Sora Sampler on several GPUs: a group of worker processes (started once with torchrun "
+        "and kept warm between runs) splits the video tokens across GPUs with Ulysses/ring sequence-parallel "
+        "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding."
+    )
+
+    def execute(self, ranks: int, ulysses_degree: int, text: str, port: int, device: str
+                ) -> tuple[ParallelSettings]:
+        if not yunchang_installed():
+            raise ParallelUnavailable(
+                "Multi-GPU sampling needs the 'yunchang' package: run `pip install yunchang` in ComfyUI's "
+                "Python environment, or disconnect the parallel settings to sample on one GPU."
+            )
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {TEXT_MODES}, not {text!r}.")
+        group = GroupSettings(ranks, device, port)
+        group.validate()
+        if ulysses_degree and ranks % ulysses_degree:
+            raise ValueError(f"ulysses_degree={ulysses_degree} does not divide ranks={ranks}: choose a divisor of "
+                             f"{ranks}, or 0 for automatic.")
+        return (ParallelSettings(group, ulysses_degree, text),)
+
+
+# ------------------------------------------------------------------------------ warm worker groups
+
+_GROUPS: dict[GroupSettings, WorkerGroup] = {}
+
+
+def worker_group(settings: GroupSettings) -> WorkerGroup:
+    """The warm group for ``settings``; started (after stopping any other group) when absent or dead."""
+    group = _GROUPS.get(settings)
+    if group is not None and not group.alive():
+        print(f"[Open-Sora] The parallel worker group stopped; starting it again.\n{group.log_tail(10)}")
+        _GROUPS.pop(settings).shutdown()
+        group = None
+    if group is None:
+        shutdown_worker_groups()  # one warm group at a time: the GPUs are shared
+        group = WorkerGroup(settings).start()
+        _GROUPS[settings] = group
+    return group
+
+
+def shutdown_worker_groups() -> None:
+    """Stop every warm worker group (also run when the Python process exits)."""
+    while _GROUPS:
+        _GROUPS.popitem()[1].shutdown()
+
+
+atexit.register(shutdown_worker_groups)
+
+
+def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, text: TextInputs, timesteps: list[float],
+                      method: str, guidance: Guidance, distilled_guidance: float, policy: BranchPolicy,
+                      condition: ImageCondition | None) -> torch.Tensor:
+    """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
+    the weight dtype on the CPU (the workers load ``model.path`` themselves)."""
+    layout = settings.layout(model.config.num_heads)
+    request = SamplingRequest(model.path, dtype_name(model.dtype), method, noise, text, timesteps, layout,
+                              guidance, distilled_guidance, policy, condition)
+    group = worker_group(settings.group)
+    progress = host.Progress(request.num_steps)
+    interrupts: list[Exception] = []
+
+    def on_progress(done: int) -> None:
+        try:
+            progress.update(done - progress.value)
+        except Exception as exc:  # Cancel raised by the host's progress bar outside ComfyUI
+            interrupts.append(exc)
+
+    def cancel_requested() -> bool:
+        if not interrupts:
+            try:
+                host.check_interrupt()
+            except Exception as exc:
+                interrupts.append(exc)
+        return bool(interrupts)
+
+    try:
+        return group.run(request, on_progress, cancel_requested)
+    except SamplingCancelled:
+        raise interrupts[0] from None
+    except WorkerGroupDied:
+        _GROUPS.pop(settings.group, None)
+        group.shutdown()
+        raise
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraParallelSettings": OpenSoraParallelSettings}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraParallelSettings": "Open-Sora Parallel Settings"}

@@ -1,0 +1,224 @@
+"""The sampler's side of a warm worker group: launch with torchrun, send jobs, follow them.
+
+The group is ``python -m torch.distributed.run --nproc-per-node N worker.py ...`` started as a
+subprocess (its own session, output in ``workers.log`` of a private temporary folder). The sampler
+hosts a ``torch.distributed.TCPStore`` on ``port`` for signalling; torchrun's own rendezvous uses
+``port + 1``. Requests and results are files in the temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .protocol import (
+    CANCELLED, FAILED, OK, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key, job_key,
+    pid_key, progress_key, ready_key,
+)
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+HOST = "127.0.0.1"
+DEVICE_TYPES = ("cuda", "cpu")
+POLL_SECONDS = 0.02
+
+
+class WorkerGroupError(RuntimeError):
+    """The worker group could not start or stopped; the message says why and what to change."""
+
+
+class WorkerGroupDied(WorkerGroupError):
+    """A worker process ended during a job; the group is gone and is started again on the next run."""
+
+
+class SamplingCancelled(Exception):
+    """The job stopped on a cancel request (all ranks at the same step)."""
+
+    def __init__(self, steps_done: int):
+        super().__init__(f"Sampling cancelled after {steps_done} steps.")
+        self.steps_done = steps_done
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """What identifies a warm group: processes, device type and the ports it uses."""
+
+    ranks: int = 2
+    device: str = "cuda"
+    port: int = 29600
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the setting to change when this group cannot be started here."""
+        if self.ranks < 1:
+            raise ValueError("ranks must be at least 1.")
+        if self.device not in DEVICE_TYPES:
+            raise ValueError(f"device must be one of {DEVICE_TYPES}, not {self.device!r}.")
+        if not 1024 <= self.port <= 65534:
+            raise ValueError(f"port {self.port} is outside 1024..65534 (the group uses port and port + 1).")
+        if self.device == "cuda":
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if self.ranks > visible:
+                raise ValueError(
+                    f"ranks={self.ranks} needs {self.ranks} CUDA GPUs but {visible} are visible to ComfyUI: lower "
+                    "ranks (one worker per GPU), check CUDA_VISIBLE_DEVICES, or choose device 'cpu' (slow, for tests)."
+                )
+
+
+def _port_in_use_error(port: int, what: str) -> WorkerGroupError:
+    return WorkerGroupError(
+        f"Port {port} ({what}) is in use by another program or worker group: choose another port on "
+        "'Open-Sora Parallel Settings' (the group uses port and port + 1)."
+    )
+
+
+def _check_port_free(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError as exc:
+            raise _port_in_use_error(port, what) from exc
+
+
+class WorkerGroup:
+    """One running torchrun group of sampling workers (start it with :meth:`start`)."""
+
+    def __init__(self, settings: GroupSettings, startup_timeout: float = 300.0):
+        self.settings = settings
+        self.startup_timeout = startup_timeout
+        self.store: dist.TCPStore | None = None
+        self.process: subprocess.Popen | None = None
+        self.folder: Path | None = None
+        self._log = None
+        self._next_job = 1
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> "WorkerGroup":
+        """Launch the workers and wait until every rank has joined; raises WorkerGroupError otherwise."""
+        settings = self.settings
+        settings.validate()
+        _check_port_free(settings.port, "control store")
+        _check_port_free(settings.port + 1, "torchrun rendezvous")
+        try:
+            self.store = dist.TCPStore(HOST, settings.port, is_master=True, wait_for_workers=False,
+                                       timeout=timedelta(seconds=30))
+        except (RuntimeError, OSError) as exc:
+            raise _port_in_use_error(settings.port, "control store") from exc
+        self.folder = Path(tempfile.mkdtemp(prefix="opensora-parallel-"))
+        self._log = open(self.folder / "workers.log", "wb")
+        command = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={settings.ranks}", "--nnodes=1",
+            f"--master-addr={HOST}", f"--master-port={settings.port + 1}", "--max-restarts=0",
+            str(WORKER_SCRIPT), "--store-host", HOST, "--store-port", str(settings.port), "--device", settings.device,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        keys = [ready_key(r) for r in range(settings.ranks)]
+        while not self.store.check(keys):
+            if self.process.poll() is not None:
+                message = self.log_tail()
+                self.shutdown()
+                raise WorkerGroupError(f"The worker group failed to start:\n{message}")
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise WorkerGroupError(f"The worker group did not start within {self.startup_timeout:.0f} s.")
+            time.sleep(POLL_SECONDS)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the ranks, in rank order."""
+        return [int(self.store.get(pid_key(r))) for r in range(self.settings.ranks)]
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Ask the workers to exit, stop them if they do not, and remove the temporary folder."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.store.set(SHUTDOWN, "1")
+                self.process.wait(timeout=timeout)
+            except (subprocess.TimeoutExpired, RuntimeError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+        self.process = None
+        self.store = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.folder is None:
+            return ""
+        text = (self.folder / "workers.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ------------------------------------------------------------------------------------ jobs
+
+    def run(self, request: SamplingRequest, on_progress: Callable[[int], None] | None = None,
+            cancel_requested: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Send ``request``, report finished steps to ``on_progress``, and return the final latent.
+
+        When ``cancel_requested()`` turns true the workers stop after their current step and
+        :class:`SamplingCancelled` is raised. Raises :class:`WorkerGroupError` when the job failed on
+        the workers (the group stays usable) and :class:`WorkerGroupDied` when a worker ended.
+        """
+        if not self.alive():
+            raise WorkerGroupDied("The worker group is not running.")
+        job = self._next_job
+        self._next_job += 1
+        request_path, result_path = self.folder / f"request_{job}.pt", self.folder / f"result_{job}.pt"
+        request.save(request_path)
+        self.store.set(job_key(job), encode({"request": str(request_path), "result": str(result_path)}))
+        reported, cancel_sent = 0, False
+        try:
+            while not self.store.check([done_key(job)]):
+                if self.process.poll() is not None:
+                    raise WorkerGroupDied(self._death_message(job))
+                if on_progress is not None and self.store.check([progress_key(job)]):
+                    done = int(self.store.get(progress_key(job)))
+                    if done > reported:
+                        reported = done
+                        on_progress(done)
+                if not cancel_sent and cancel_requested is not None and cancel_requested():
+                    self.store.set(cancel_key(job), "1")
+                    cancel_sent = True
+                time.sleep(POLL_SECONDS)
+            outcome = decode(self.store.get(done_key(job)))
+            if outcome["status"] == CANCELLED:
+                raise SamplingCancelled(outcome["steps"])
+            if outcome["status"] == FAILED:
+                raise WorkerGroupError(f"The workers could not run the job: {outcome['message']}")
+            if outcome["status"] != OK:
+                raise WorkerGroupError(f"Unexpected worker outcome {outcome}.")
+            if on_progress is not None and reported < request.num_steps:
+                on_progress(request.num_steps)
+            return torch.load(result_path, weights_only=True)
+        finally:
+            request_path.unlink(missing_ok=True)
+            result_path.unlink(missing_ok=True)
+
+    def _death_message(self, job: int) -> str:
+        code = self.process.returncode
+        errors = [self.store.get(error_key(job, r)).decode() for r in range(self.settings.ranks)
+                  if self.store.check([error_key(job, r)])]
+        detail = errors[0].strip() if errors else self.log_tail()
+        return (f"A sampling worker stopped (torchrun exit code {code}); the worker group will be started "
+                f"again on the next run. Cause:\n{detail}")

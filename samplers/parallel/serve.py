@@ -1,0 +1,130 @@
+"""The job loop every rank of a worker group runs (entered from ``worker.py`` under torchrun).
+
+Each rank joins the process group (NCCL on GPUs, gloo on the CPU), connects to the sampler's control
+store and polls it for jobs, so the group stays warm between queue runs. For a job every rank loads
+the request and the checkpoint (memory-mapped safetensors, kept while the next jobs use the same
+file), the ranks agree that all of them are ready, then denoise together. After every step rank 0
+publishes the progress, reads the cancel flag and broadcasts it, so all ranks stop at the same step.
+An error that may leave ranks out of step is recorded in the store and ends the process; torchrun
+then stops the other ranks and the sampler reports the message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ...loaders.mmdit import load_mmdit
+from ..denoisers import StepResult
+from .attention import SequenceParallelGroups
+from .protocol import (
+    CANCELLED, DTYPES, FAILED, OK, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key,
+    job_key, pid_key, progress_key, ready_key, run_request,
+)
+from .sharded_model import ShardedMMDiT
+
+POLL_SECONDS = 0.02
+
+
+class _Cancelled(Exception):
+    def __init__(self, steps_done: int):
+        super().__init__(f"cancelled after {steps_done} steps")
+        self.steps_done = steps_done
+
+
+class _ModelCache:
+    """The MMDiT of the last checkpoint, kept while jobs use the same file, dtype and file version."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.key: tuple | None = None
+        self.model: torch.nn.Module | None = None
+
+    def get(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        stat = os.stat(path)
+        key = (path, dtype, stat.st_size, stat.st_mtime_ns)
+        if key != self.key:
+            self.model = self.key = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.model = load_mmdit(path, dtype=dtype, device=self.device).eval()
+            self.key = key
+        return self.model
+
+
+def serve(store_host: str, store_port: int, device_type: str) -> None:
+    """Join the group and run jobs until the sampler asks for shutdown (or its store goes away)."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device_type == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    store = dist.TCPStore(store_host, store_port, is_master=False, timeout=timedelta(seconds=60))
+    groups = SequenceParallelGroups(rank, world)
+    cache = _ModelCache(device)
+    store.set(pid_key(rank), str(os.getpid()))
+    store.set(ready_key(rank), "1")
+    job = 1
+    while True:
+        if store.check([job_key(job)]):
+            _run_job(store, job, rank, world, device, groups, cache)
+            job += 1
+        elif store.check([SHUTDOWN]):
+            break
+        else:
+            time.sleep(POLL_SECONDS)
+    dist.destroy_process_group()
+
+
+def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.device,
+             groups: SequenceParallelGroups, cache: _ModelCache) -> None:
+    files = decode(store.get(job_key(job)))
+    error = None
+    try:
+        request = SamplingRequest.load(Path(files["request"]))
+        model = cache.get(request.checkpoint, DTYPES[request.weight_dtype])
+        request.layout.validate(world, model.config.num_heads)
+    except Exception as exc:  # reported to the sampler; the group stays usable
+        error = f"rank {rank}: {type(exc).__name__}: {exc}"
+    errors: list[str | None] = [None] * world
+    dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e]
+    if failed:
+        if rank == 0:
+            store.set(done_key(job), encode({"status": FAILED, "message": failed[0]}))
+        return
+
+    cancel = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def on_step(result: StepResult) -> None:
+        if rank == 0:
+            store.set(progress_key(job), str(result.step + 1))
+            cancel.fill_(int(store.check([cancel_key(job)])))
+        dist.broadcast(cancel, 0)
+        if cancel.item():
+            raise _Cancelled(result.step + 1)
+
+    try:
+        latent = run_request(ShardedMMDiT(model, request.layout, groups), request, device, on_step)
+    except _Cancelled as cancelled:
+        if rank == 0:
+            store.set(done_key(job), encode({"status": CANCELLED, "steps": cancelled.steps_done}))
+        return
+    except BaseException:
+        # The other ranks may be waiting in a collective: record why and end this process, torchrun
+        # then stops the group and the sampler reports this message.
+        store.set(error_key(job, rank), traceback.format_exc())
+        os._exit(1)
+    if rank == 0:
+        torch.save(latent.cpu(), files["result"])
+        store.set(done_key(job), encode({"status": OK}))

@@ -1,0 +1,40 @@
+"""Entry script of one sampling worker, started by torchrun (one process per GPU).
+
+    python -m torch.distributed.run --nproc-per-node N <pack>/samplers/parallel/worker.py \
+        --store-host 127.0.0.1 --store-port PORT --device cuda
+
+It imports the pack by file path without running the pack's ``__init__`` (so neither ComfyUI nor the
+node modules are needed) and runs :func:`samplers.parallel.serve.serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import types
+from pathlib import Path
+
+PACKAGE = "opensora_parallel_pack"
+
+
+def _import_serve():
+    root = Path(__file__).resolve().parents[2]
+    if PACKAGE not in sys.modules:
+        pack = types.ModuleType(PACKAGE)
+        pack.__path__ = [str(root)]
+        sys.modules[PACKAGE] = pack
+    return importlib.import_module(f"{PACKAGE}.samplers.parallel.serve")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Open-Sora sequence-parallel sampling worker (run by torchrun).")
+    parser.add_argument("--store-host", default="127.0.0.1", help="host of the sampler's control TCPStore")
+    parser.add_argument("--store-port", type=int, required=True, help="port of the sampler's control TCPStore")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda: NCCL, cpu: gloo")
+    args = parser.parse_args(argv)
+    _import_serve().serve(args.store_host, args.store_port, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -61,7 +61,7 @@ def _timesteps(option: dict, g: geometry.VideoGeometry) -> list[float]:
     return schedule.get_schedule(option["num_steps"], g.tokens_per_frame, g.latent_frames, option["shift"])
 
 
-def _noise(record: dict, tensors, batch: int) -> torch.Tensor:
+def _noise(record: dict, tensors) -> torch.Tensor:
     packed = tensors[record["noise_packed"]["key"]]
     return packing.unpack(packed, GEOMETRY.latent_frames, GEOMETRY.latent_height, GEOMETRY.latent_width, 2)
 
@@ -91,7 +91,7 @@ def _run_i2v(model, sub: dict, tensors, prefix: str, policy=denoisers.BranchPoli
         assert torch.equal(cond_tokens, tensors[record["model_input_cond_first_third"]["key"]])
     steps = []
     final = denoisers.denoise_i2v(
-        model, _noise(record, tensors, batch), _text(tensors, prefix, prompts), _timesteps(option, GEOMETRY),
+        model, _noise(record, tensors), _text(tensors, prefix, prompts), _timesteps(option, GEOMETRY),
         _guidance(option), condition, policy, callback=steps.append,
     )
     assert [s.step for s in steps] == list(range(option["num_steps"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,7 @@ from comfyui_opensora.samplers import geometry, schedule
 
 
 @pytest.fixture(scope="module")
-def case(request):
-    from pathlib import Path
-
+def case():
     folder = Path(__file__).resolve().parent / "golden_v1" / "schedule"
     manifest = json.loads((folder / "manifest.json").read_text())
     tensors = {k: v.clone() for k, v in load_file(folder / "schedules.safetensors").items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..models.autoencoder import VideoAutoencoder
+from ..models.dc_ae import VideoDCAE, dc_ae_config_from_shapes
 from ..models.hunyuan_vae import HunyuanVideoVAE, config_from_shapes
 from .checkpoint import CheckpointError, assign_state_dict, check_keys, detect_kind, load_tensors, read_header
 
@@ -76,7 +77,14 @@ def _load_hunyuan(path: str | os.PathLike, dtype: torch.dtype, device: str | tor
     return assign_state_dict(module, load_tensors(path, dtype, device), HUNYUAN_NAME, path)
 
 
-def _load_dc_ae(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> VideoAutoencoder:
-    raise CheckpointError(
-        f"{Path(path).name} is {DC_AE_NAME}; loading the Video DC-AE is not available in this version yet."
-    )
+def _load_dc_ae(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> VideoDCAE:
+    header = read_header(path)
+    try:
+        config = dc_ae_config_from_shapes({key: info.shape for key, info in header.items()})
+    except ValueError as problem:
+        raise CheckpointError(f"{Path(path).name} is not {DC_AE_NAME}: {problem}") from None
+    with torch.device("meta"):
+        module = VideoDCAE(config)
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    check_keys(expected, header, DC_AE_NAME, path)
+    return assign_state_dict(module, load_tensors(path, dtype, device), DC_AE_NAME, path)

@@ -176,10 +176,17 @@ def test_loader_names_missing_and_misshapen_keys(tmp_path):
         load_autoencoder(tmp_path / "extra.safetensors")
 
 
-def test_dc_ae_file_is_dispatched_not_misread(tmp_path):
+def test_dc_ae_file_is_dispatched_to_the_dc_ae(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({"decoder.project_in.main.conv.weight": torch.zeros(2, 2)}, str(tmp_path / "dcae.safetensors"))
-    assert autoencoder_kind_of(tmp_path / "dcae.safetensors") == "dc_ae"
-    with pytest.raises(CheckpointError, match="DC-AE"):
-        load_autoencoder(tmp_path / "dcae.safetensors")
+    from comfyui_opensora.models.dc_ae import VideoDCAE
+    from factories_dc_ae import TINY_DC_AE, write_dc_ae_checkpoint
+
+    path = write_dc_ae_checkpoint(tmp_path / "dcae.safetensors")
+    assert autoencoder_kind_of(path) == "dc_ae"
+    vae = load_autoencoder(path, dtype=torch.bfloat16)
+    assert isinstance(vae, VideoDCAE) and vae.config == TINY_DC_AE and vae.dtype == torch.bfloat16
+
+    save_file({"decoder.project_in.main.conv.weight": torch.zeros(2, 2)}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(CheckpointError, match="is not a Video DC-AE"):
+        load_autoencoder(tmp_path / "broken.safetensors")

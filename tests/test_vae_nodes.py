@@ -46,6 +46,16 @@ def test_loader_refuses_a_diffusion_model(standalone_host):
         vae_nodes.OpenSoraVAELoader().execute("model.safetensors", "int8")
 
 
+def test_loader_loads_the_dc_ae_and_decode_refuses_hunyuan_latents(standalone_host):
+    from factories_dc_ae import write_dc_ae_checkpoint
+
+    write_dc_ae_checkpoint(standalone_host.folder_paths(standalone_host.VAE)[0] / "F32T4C128_AE.safetensors")
+    (vae,) = vae_nodes.OpenSoraVAELoader().execute("F32T4C128_AE.safetensors", "fp32")
+    assert vae.kind == VIDEO_DC_AE and vae.module.kind_name == "dc_ae"
+    with pytest.raises(ValueError, match="belongs to the HunyuanVideo.*VAE loaded is the Video DC-AE"):
+        vae_nodes.OpenSoraVAEDecode().execute(vae, _latent(1), "reference")
+
+
 def test_decode_gives_all_frames_in_unit_range(loaded_vae, standalone_host):
     latent = _latent(batch=2)
     updates = []

@@ -1,0 +1,210 @@
+"""Sequence-parallel sampling on real torchrun worker groups (CPU, gloo), against the in-process sampler.
+
+One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring; text split or replicated)
+on a latent whose token counts do not divide evenly (45 image and 5 text tokens), survives several
+runs, a cancel and a job whose file cannot be loaded; a 4-rank group runs the hybrid layouts; a killed
+rank is reported and the group is started again. fp32, tiny model, 2-3 steps: final latents must
+match the in-process denoiser to 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+import torch
+
+from comfyui_opensora.loaders.mmdit import load_mmdit
+from comfyui_opensora.nodes import parallel as parallel_node
+from comfyui_opensora.nodes.model_loader import OpenSoraModel
+from comfyui_opensora.samplers import denoisers
+from comfyui_opensora.samplers.geometry import VideoGeometry
+from comfyui_opensora.samplers.image_condition import ImageCondition
+from comfyui_opensora.samplers.parallel.group import (
+    GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied, WorkerGroupError,
+)
+from comfyui_opensora.samplers.parallel.layout import ParallelLayout
+from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
+from factories_mmdit import write_tiny_mmdit
+
+pytest.importorskip("yunchang", reason="the parallel worker tests need yunchang: pip install -r requirements-test.txt")
+
+TOLERANCE = 1e-5
+GEOMETRY = VideoGeometry(48, 80, 9)  # latent [16, 3, 6, 10] -> 3 x 3 x 5 = 45 image tokens
+TIMESTEPS = [1.0, 0.8, 0.45, 0.0]
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65534:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("parallel") / "tiny_mmdit.safetensors"
+    write_tiny_mmdit(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_mmdit(checkpoint, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    settings = GroupSettings(2, "cpu", _free_port_pair())
+    yield settings
+    parallel_node.shutdown_worker_groups()
+
+
+def _inputs(seed: int = 0, with_condition: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 16, 3, 6, 10, generator=g)
+    text = denoisers.TextInputs(torch.randn(1, 5, 32, generator=g), torch.randn(1, 24, generator=g),
+                                torch.randn(1, 5, 32, generator=g), torch.randn(1, 24, generator=g))
+    condition = None
+    if with_condition:
+        mask = torch.zeros(1, 1, 3, 6, 10)
+        mask[:, :, 0] = 1
+        condition = ImageCondition("i2v_head", GEOMETRY, mask, torch.randn(1, 16, 3, 6, 10, generator=g) * mask)
+    return noise, text, condition
+
+
+def _request(checkpoint, layout, seed=0, with_condition=False, timesteps=TIMESTEPS) -> SamplingRequest:
+    noise, text, condition = _inputs(seed, with_condition)
+    return SamplingRequest(checkpoint, "fp32", "i2v", noise, text, timesteps, layout,
+                           denoisers.Guidance(7.5, 3.0), condition=condition)
+
+
+def _in_process(model, request: SamplingRequest) -> torch.Tensor:
+    with torch.inference_mode():
+        return denoisers.denoise_i2v(model, request.noise, request.text, request.timesteps, request.guidance,
+                                     request.condition, request.policy)
+
+
+def _check_equal_to_in_process(model, request, latent):
+    expected = _in_process(model, request)
+    assert latent.shape == expected.shape and latent.dtype == torch.float32
+    assert (latent - expected).abs().max().item() <= TOLERANCE
+
+
+LAYOUTS_2 = [
+    ParallelLayout(2, 1, "split"),
+    ParallelLayout(2, 1, "replicated"),
+    ParallelLayout(1, 2, "split"),
+    ParallelLayout(1, 2, "replicated"),
+]
+
+
+def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, checkpoint, model):
+    group = parallel_node.worker_group(two_ranks)
+    pids = group.worker_pids()
+    for index, layout in enumerate(LAYOUTS_2):
+        request = _request(checkpoint, layout, seed=index, with_condition=index % 2 == 1)
+        steps: list[int] = []
+        latent = group.run(request, on_progress=steps.append)
+        _check_equal_to_in_process(model, request, latent)
+        assert steps[-1] == 3
+    assert parallel_node.worker_group(two_ranks) is group and group.worker_pids() == pids
+
+
+def test_cancel_stops_all_ranks_at_one_step_and_the_group_keeps_working(two_ranks, checkpoint, model):
+    group = parallel_node.worker_group(two_ranks)
+    long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 201).tolist())
+    seen: list[int] = []
+    with pytest.raises(SamplingCancelled) as cancelled:
+        group.run(long_run, on_progress=seen.append, cancel_requested=lambda: bool(seen))
+    assert 1 <= cancelled.value.steps_done < 200
+    request = _request(checkpoint, ParallelLayout(2, 1), seed=7)
+    _check_equal_to_in_process(model, request, group.run(request))
+
+
+def test_cancel_through_the_host_raises_the_hosts_interrupt(two_ranks, checkpoint, standalone_host):
+    host = standalone_host
+    remove = host.add_progress_listener(lambda value, total: host.request_interrupt())
+    noise, text, _ = _inputs()
+    settings = parallel_node.ParallelSettings(two_ranks, 1, "split")
+    model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, torch.float32, checkpoint)
+    try:
+        with pytest.raises(host.Interrupted):
+            parallel_node.sample_in_workers(settings, model_value, noise, text, torch.linspace(1, 0, 201).tolist(),
+                                            "i2v", denoisers.Guidance(), 4.0, denoisers.BranchPolicy(), None)
+    finally:
+        remove()
+    assert parallel_node.worker_group(two_ranks).alive()
+
+
+def test_a_file_the_workers_cannot_load_is_a_clear_error_and_the_group_survives(two_ranks, checkpoint, model,
+                                                                                 tmp_path):
+    broken = tmp_path / "not_a_model.safetensors"
+    broken.write_bytes(b"this is not a safetensors file")
+    group = parallel_node.worker_group(two_ranks)
+    with pytest.raises(WorkerGroupError, match="could not run the job: rank 0: .*not_a_model"):
+        group.run(_request(str(broken), ParallelLayout(2, 1)))
+    request = _request(checkpoint, ParallelLayout(1, 2, "replicated"), seed=3)
+    _check_equal_to_in_process(model, request, group.run(request))
+
+
+def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ranks, checkpoint, model):
+    group = parallel_node.worker_group(two_ranks)
+    victim = group.worker_pids()[1]
+    long_run = _request(checkpoint, ParallelLayout(2, 1), timesteps=torch.linspace(1, 0, 401).tolist())
+
+    def kill_rank_1(step: int) -> None:
+        if step == 1:
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.raises(WorkerGroupDied, match="worker group will be started again"):
+        group.run(long_run, on_progress=kill_rank_1)
+    assert not group.alive()
+    restarted = parallel_node.worker_group(two_ranks)
+    assert restarted is not group and victim not in restarted.worker_pids()
+    request = _request(checkpoint, ParallelLayout(1, 2), seed=5)
+    _check_equal_to_in_process(model, request, restarted.run(request))
+
+
+def test_a_port_in_use_is_a_clear_error():
+    port = _free_port_pair()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port + 1))
+        with pytest.raises(WorkerGroupError, match=f"Port {port + 1} .* in use"):
+            WorkerGroup(GroupSettings(2, "cpu", port)).start()
+
+
+def test_four_ranks_hybrid_ulysses_and_ring(checkpoint, model):
+    group = WorkerGroup(GroupSettings(4, "cpu", _free_port_pair())).start()
+    try:
+        for index, layout in enumerate([ParallelLayout(2, 2, "split"), ParallelLayout(2, 2, "replicated"),
+                                        ParallelLayout(4, 1, "split")]):
+            request = _request(checkpoint, layout, seed=10 + index, with_condition=index == 1)
+            _check_equal_to_in_process(model, request, group.run(request))
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the one-GPU NCCL worker path is "
+                                                          "compared with in-process sampling on the GPU")
+def test_one_gpu_worker_equals_in_process_sampling(checkpoint):
+    gpu_model = load_mmdit(checkpoint, dtype=torch.float32, device="cuda")
+    group = WorkerGroup(GroupSettings(1, "cuda", _free_port_pair())).start()
+    try:
+        request = _request(checkpoint, ParallelLayout(1, 1), with_condition=True)
+        latent = group.run(request)
+        expected = _in_process(gpu_model, SamplingRequest(**{**request.__dict__, "noise": request.noise.cuda()}))
+        assert (latent - expected.cpu()).abs().max().item() <= TOLERANCE
+    finally:
+        group.shutdown()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -160,8 +161,29 @@ def _t5_extra_ids(folder: Path) -> int:
     return _T5_EXTRA_IDS
 
 
+def clean_clip_text(text: str) -> str:
+    """The text cleaning of the reference's slow CLIP tokenizer (Open-Sora requires ``ftfy``):
+    ``ftfy.fix_text`` (curly quotes, ligatures, full-width letters, line separators...) then collapsed
+    whitespace. Without ``ftfy`` installed only the whitespace step runs (identical for plain text)."""
+    if _ftfy is not None:
+        text = _ftfy.fix_text(text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+try:
+    import ftfy as _ftfy
+except ImportError:  # optional: plain prompts tokenise identically without it
+    _ftfy = None
+
+FTFY_AVAILABLE = _ftfy is not None
+
+
 class ClipPromptTokenizer:
-    """CLIP tokenisation as the reference calls it: truncate and pad to 77 with the pad token."""
+    """CLIP tokenisation as the reference calls it: truncate and pad to 77 with the pad token.
+
+    transformers 5's ``CLIPTokenizer`` (the ``tokenizers`` backend) gives the reference's ids once the
+    text went through :func:`clean_clip_text`, as the reference's slow tokenizer does with ``ftfy``.
+    """
 
     def __init__(self, folder: str | os.PathLike):
         from transformers import CLIPTokenizer
@@ -175,11 +197,15 @@ class ClipPromptTokenizer:
         except (OSError, ValueError) as error:
             raise TokenizerError(f"The CLIP tokenizer in {folder} cannot be read: {error}") from None
         self.source = str(folder)
+        if not FTFY_AVAILABLE:
+            logging.getLogger(__name__).warning(
+                "ftfy is not installed: CLIP prompts with curly quotes, ligatures or full-width characters are "
+                "tokenised differently from the Open-Sora reference (pip install ftfy).")
 
     def __call__(self, texts: Sequence[str], max_length: int = CLIP_MAX_LENGTH) -> torch.Tensor:
         """``[N, max_length]`` int64 ids."""
         encoding = self._tokenizer(
-            list(texts),
+            [clean_clip_text(t) for t in texts],
             truncation=True,
             max_length=max_length,
             return_length=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ from factories_text import CLIP_TOKENIZER, GOLDEN_TEXT, T5_TOKENIZER
 from safetensors.torch import load_file
 
 from comfyui_opensora.loaders.tokenizers import (
+    FTFY_AVAILABLE,
     T5PromptTokenizer,
     TokenizerError,
     load_clip_tokenizer,
+    clean_clip_text,
     load_t5_tokenizer,
 )
 from comfyui_opensora.samplers.prompt import add_prompt_suffix, final_prompts, split_prompts
@@ -120,6 +123,42 @@ def test_t5_truncation_and_padding(sentencepiece_tokenizer):
     assert ids[1, 0] == 1 and (ids[1, 1:] == 0).all()
     long_with_eos = sentencepiece_tokenizer.token_ids("ab " * 400 + "</s>")
     assert len(long_with_eos) == 512 and long_with_eos[-1] == 1
+
+
+REFERENCE_IDS = json.loads((Path(__file__).parent / "text_reference_token_ids.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", REFERENCE_IDS["t5"], ids=range(len(REFERENCE_IDS["t5"])))
+def test_t5_ids_equal_the_reference_slow_tokenizer(case, sentencepiece_tokenizer, json_tokenizer):
+    """Ids recorded from transformers 4.49's slow T5Tokenizer(legacy=True), the reference's tokenizer."""
+    assert sentencepiece_tokenizer.token_ids(case["text"]) == case["ids"]
+    assert json_tokenizer.token_ids(case["text"]) == case["ids"]
+
+
+@pytest.fixture(scope="module")
+def clip_tokenizer():
+    return load_clip_tokenizer(CLIP_TOKENIZER)
+
+
+# Texts whose reference ids depend on ftfy.fix_text (curly quotes, ligatures, full width, control chars).
+NEEDS_FTFY = {"ﬁ ligature", "ﬁ", "１２３ ｆｕｌｌ", "\u2028x\x85y", "don’t stop “quoted” ‘single’",
+              "Ａ ｆｕｌｌ－ｗｉｄｔｈ ＦＯＸ", "mojibake: cafÃ©", "\x1b[31mred\x1b[0m"}
+
+
+@pytest.mark.parametrize("case", REFERENCE_IDS["clip"], ids=range(len(REFERENCE_IDS["clip"])))
+def test_clip_ids_equal_the_reference_slow_tokenizer(case, clip_tokenizer):
+    """Ids recorded from transformers 4.49's slow CLIPTokenizer with ftfy (Open-Sora's requirements)."""
+    if case["text"] in NEEDS_FTFY and not FTFY_AVAILABLE:
+        pytest.skip("ftfy is not installed: the reference cleans this text with ftfy.fix_text")
+    ids = clip_tokenizer([case["text"]])[0].tolist()
+    assert ids[: len(case["ids"])] == case["ids"]
+    assert all(i == case["ids"][-1] for i in ids[len(case["ids"]):])
+
+
+def test_clip_text_cleaning():
+    assert clean_clip_text("  a  b\tc\n ") == "a b c"
+    if FTFY_AVAILABLE:
+        assert clean_clip_text("don’t “stop”") == "don't \"stop\""
 
 
 def test_clip_ids_equal_golden():

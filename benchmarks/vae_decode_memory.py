@@ -136,6 +136,9 @@ def real(args: argparse.Namespace) -> None:
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"  {tiling:10} peak above model {result['peak'] / GIB:6.2f} GiB   estimate "
               f"{result['estimate'] / GIB:6.2f} GiB   {result['seconds']:6.1f} s", flush=True)
+        if args.device == "cpu":
+            print("             live bytes of the same decode: ", end="")
+            live_peak(tuple(args.latent), parse_tiling(tiling), DTYPES[args.dtype])
 
 
 def main() -> None:

@@ -58,13 +58,19 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if not q.is_cuda:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, scale=softmax_scale)[:2]
-    elif q.dtype in _HALF:
+    elif q.dtype in _HALF and _cuda_flash_usable(q):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qh, kh, vh, scale=softmax_scale)[:2]
-    else:
+    else:  # fp32, or GPUs older than Ampere
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
             qh, kh, vh, None, True, scale=softmax_scale)[:2]
         lse = lse[..., : q.shape[1]]  # some releases pad the log-sum-exp rows
     return out.transpose(1, 2), lse.float()
+
+
+def _cuda_flash_usable(q: torch.Tensor) -> bool:
+    """PyTorch's FlashAttention-2 kernel: Ampere or newer, head dim up to 256, not disabled by the user."""
+    return (torch.backends.cuda.flash_sdp_enabled() and q.shape[-1] <= 256
+            and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
 class SequenceParallelGroups:

@@ -102,6 +102,7 @@ class WorkerGroup:
         self.folder: Path | None = None
         self._log = None
         self._next_job = 1
+        self.last_outcome: dict = {}  # rank 0's report of the last finished job (sampling_seconds, peak memory)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -201,7 +202,7 @@ class WorkerGroup:
                     self.store.set(cancel_key(job), "1")
                     cancel_sent = True
                 time.sleep(POLL_SECONDS)
-            outcome = decode(self.store.get(done_key(job)))
+            outcome = self.last_outcome = decode(self.store.get(done_key(job)))
             if outcome["status"] == CANCELLED:
                 raise SamplingCancelled(outcome["steps"])
             if outcome["status"] == FAILED:

@@ -114,6 +114,9 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         if cancel.item():
             raise _Cancelled(result.step + 1)
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
     try:
         latent = run_request(ShardedMMDiT(model, request.layout, groups), request, device, on_step)
     except _Cancelled as cancelled:
@@ -125,6 +128,8 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         # then stops the group and the sampler reports this message.
         store.set(error_key(job, rank), traceback.format_exc())
         os._exit(1)
+    seconds = time.perf_counter() - started
     if rank == 0:
         torch.save(latent.cpu(), files["result"])
-        store.set(done_key(job), encode({"status": OK}))
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        store.set(done_key(job), encode({"status": OK, "sampling_seconds": seconds, "peak_memory_bytes": peak}))

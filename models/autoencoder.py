@@ -176,24 +176,25 @@ def decode_to_frames(
 ) -> torch.Tensor:
     """Decode every batch element and return frames ``[B*num_frames, height, width, 3]`` in [0, 1].
 
-    Batch elements are decoded one at a time and each chunk of finished frames moves to ``out_device``
-    as it arrives; frames beyond ``num_frames`` (and pixels beyond ``height``/``width``) are cut.
-    ``on_chunk`` is called after every chunk (progress, Cancel).
+    Batch elements are decoded one at a time and each chunk of finished frames is written into the
+    result on ``out_device`` as it arrives; frames beyond ``num_frames`` (and pixels beyond
+    ``height``/``width``) are cut. ``on_chunk`` is called after every chunk (progress, Cancel).
     """
     if samples.shape[0] == 0:
         raise ValueError("The latent batch is empty: there is nothing to decode.")
-    frames: list[torch.Tensor] = []
-    for element in samples.split(1):
+    frames = torch.empty((samples.shape[0] * num_frames, height, width, 3), dtype=torch.float32, device=out_device)
+    for index, element in enumerate(samples.split(1)):
         kept = 0
         for chunk in autoencoder.decode_chunks(element, tiling):
             take = min(chunk.shape[2], num_frames - kept)
             if take > 0:
-                pixels = to_unit_range(chunk[0, :, :take, :height, :width].to(out_device))
-                frames.append(pixels.permute(1, 2, 3, 0))
+                start = index * num_frames + kept
+                pixels = chunk[0, :, :take, :height, :width].to(out_device)
+                frames[start:start + take] = to_unit_range(pixels).permute(1, 2, 3, 0)
                 kept += take
             del chunk
             if on_chunk is not None:
                 on_chunk()
         if kept < num_frames:
             raise ValueError(f"The latent decodes to {kept} frames but {num_frames} were requested.")
-    return torch.cat(frames, dim=0)
+    return frames

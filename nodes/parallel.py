@@ -14,7 +14,7 @@ from ..samplers.parallel.attention import ParallelUnavailable, yunchang_installe
 from ..samplers.parallel.group import (
     DEVICE_TYPES, GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied,
 )
-from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout
+from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
 from ..samplers.parallel.protocol import SamplingRequest, dtype_name
 from . import host
 
@@ -131,6 +131,7 @@ def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, te
     """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
     the weight dtype on the CPU (the workers load ``model.path`` themselves)."""
     layout = settings.layout(model.config.num_heads)
+    check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.world_size)
     request = SamplingRequest(model.path, dtype_name(model.dtype), method, noise, text, timesteps, layout,
                               guidance, distilled_guidance, policy, condition)
     group = worker_group(settings.group)

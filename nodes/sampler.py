@@ -11,6 +11,7 @@ from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
 from ..samplers.preview import has_preview, latent_preview
 from ..samplers.schedule import get_schedule
 from . import host
+from .parallel import ParallelSettings, sample_in_workers
 
 METHODS = ("i2v", "distill")
 # Widget value -> how the guidance branches run.
@@ -72,6 +73,9 @@ class OpenSoraSampler:
             "optional": {
                 "image_condition": ("OPENSORA_IMAGE_COND", {
                     "tooltip": "From 'Open-Sora Image Condition' (i2v / v2v); leave empty for text-to-video."}),
+                "parallel": ("OPENSORA_PARALLEL", {
+                    "tooltip": "From 'Open-Sora Parallel Settings': sample on several GPUs with a warm worker "
+                               "group (same result); leave empty to sample in ComfyUI's process."}),
             },
         }
 
@@ -90,7 +94,8 @@ class OpenSoraSampler:
     def execute(self, model, conditioning: TextConditioning, noise: dict, method: str, steps: int,
                 guidance: float, guidance_img: float, text_osci: bool, image_osci: bool,
                 scale_temporal_osci: bool, shift: bool, flow_shift: float, branch_mode: str,
-                image_condition: ImageCondition | None = None) -> tuple[dict]:
+                image_condition: ImageCondition | None = None, parallel: ParallelSettings | None = None
+                ) -> tuple[dict]:
         samples, geometry = read_latent(noise)
         geometry.validate()
         batch = samples.shape[0]
@@ -111,6 +116,11 @@ class OpenSoraSampler:
             image_condition.check_matches(geometry, batch)
         timesteps = get_schedule(steps, geometry.tokens_per_frame, geometry.latent_frames, shift,
                                  flow_shift if flow_shift > 0 else None)
+        if parallel is not None:  # a warm worker group on several GPUs loads model.path itself
+            settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
+            x = sample_in_workers(parallel, model, samples, text, timesteps, method, settings, guidance,
+                                  BRANCH_MODES[branch_mode], image_condition)
+            return (_output_latent(x, image_condition, geometry, noise),)
 
         rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
         image_tokens = geometry.latent_frames * geometry.tokens_per_frame
@@ -135,12 +145,17 @@ class OpenSoraSampler:
                                           BRANCH_MODES[branch_mode], on_step)
             else:
                 x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step)
-            if image_condition is not None:
-                x = paste_references(x, image_condition)
-        result = x.to(device=host.intermediate_device(), dtype=torch.float32)
-        del x
-        extra = {k: v for k, v in noise.items() if k not in ("samples", "type", GEOMETRY_KEY)}
-        return (make_latent(result, geometry, **extra),)
+        return (_output_latent(x, image_condition, geometry, noise),)
+
+
+def _output_latent(x: torch.Tensor, image_condition: ImageCondition | None, geometry, noise: dict) -> dict:
+    """The LATENT output: references pasted (as the reference does), float32 on the host's device."""
+    if image_condition is not None:
+        with torch.inference_mode():
+            x = paste_references(x, image_condition)
+    result = x.to(device=host.intermediate_device(), dtype=torch.float32)
+    extra = {k: v for k, v in noise.items() if k not in ("samples", "type", GEOMETRY_KEY)}
+    return make_latent(result, geometry, **extra)
 
 
 def _check_model_fits(config, geometry) -> None:

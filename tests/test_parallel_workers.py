@@ -10,6 +10,7 @@ match the in-process denoiser to 1e-5.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 
@@ -18,8 +19,12 @@ import torch
 
 from comfyui_opensora.loaders.mmdit import load_mmdit
 from comfyui_opensora.nodes import parallel as parallel_node
-from comfyui_opensora.nodes.model_loader import OpenSoraModel
+from comfyui_opensora.nodes.model_loader import OpenSoraModel, OpenSoraModelLoader
+from comfyui_opensora.nodes.noise import OpenSoraNoise
+from comfyui_opensora.nodes.parallel import OpenSoraParallelSettings
+from comfyui_opensora.nodes.sampler import OpenSoraSampler
 from comfyui_opensora.samplers import denoisers
+from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
 from comfyui_opensora.samplers.parallel.group import (
@@ -165,8 +170,11 @@ def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ra
     long_run = _request(checkpoint, ParallelLayout(2, 1), timesteps=torch.linspace(1, 0, 401).tolist())
 
     def kill_rank_1(step: int) -> None:
-        if step == 1:
+        if not killed:
+            killed.append(step)
             os.kill(victim, signal.SIGKILL)
+
+    killed: list[int] = []
 
     with pytest.raises(WorkerGroupDied, match="worker group will be started again"):
         group.run(long_run, on_progress=kill_rank_1)
@@ -194,6 +202,44 @@ def test_four_ranks_hybrid_ulysses_and_ring(checkpoint, model):
             _check_equal_to_in_process(model, request, group.run(request))
     finally:
         group.shutdown()
+
+
+# ------------------------------------------------------------------------- through the sampler node
+
+SAMPLER_ARGS = dict(method="i2v", steps=3, guidance=7.5, guidance_img=3.0, text_osci=True, image_osci=True,
+                    scale_temporal_osci=True, shift=True, flow_shift=0.0, branch_mode="fast")
+
+
+def _node_inputs(host, checkpoint):
+    shutil.copy(checkpoint, host.folder_paths(host.DIFFUSION_MODELS)[0] / "tiny.safetensors")
+    (model,) = OpenSoraModelLoader().execute("tiny.safetensors", "fp32")
+    (noise,) = OpenSoraNoise().execute("hunyuan_vae", "custom", "16:9", 80, 48, 9, 1, 0, "cpu", "fp32")
+    g = torch.Generator().manual_seed(4)
+    conditioning = TextConditioning(torch.randn(1, 5, 32, generator=g), torch.randn(1, 24, generator=g),
+                                    torch.randn(1, 5, 32, generator=g), torch.randn(1, 24, generator=g),
+                                    ("a prompt",), ("",))
+    return model, noise, conditioning
+
+
+def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkpoint, standalone_host):
+    model, noise, conditioning = _node_inputs(standalone_host, checkpoint)
+    (settings,) = OpenSoraParallelSettings().execute(2, 0, "replicated", two_ranks.port, "cpu")
+    (parallel,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS, parallel=settings)
+    (in_process,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS)
+    assert (parallel["samples"] - in_process["samples"]).abs().max().item() <= TOLERANCE
+    assert parallel["samples"].shape == (1, 16, 3, 6, 10)
+
+
+def test_sampler_node_reports_a_busy_port_and_keeps_working_in_process(checkpoint, standalone_host):
+    model, noise, conditioning = _node_inputs(standalone_host, checkpoint)
+    port = _free_port_pair()
+    (settings,) = OpenSoraParallelSettings().execute(2, 0, "split", port, "cpu")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        with pytest.raises(WorkerGroupError, match=f"Port {port} .* in use"):
+            OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS, parallel=settings)
+    (latent,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS)
+    assert torch.isfinite(latent["samples"]).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the one-GPU NCCL worker path is "

@@ -96,6 +96,20 @@ def test_golden_temporal_tiled_streams_chunks(golden):
     assert _max_err(z, io["output.temporal_tiled.encode.z_mode_scaled"]) <= ATOL
 
 
+def test_golden_end_to_end_decode_to_saved_frames(golden, golden_dir):
+    """The pipeline's last stage: final latent -> tiled decode -> IMAGE frames -> the saver's uint8 bytes."""
+    from comfyui_opensora.models.autoencoder import decode_to_frames
+
+    _, _, vae = golden
+    tensors = {k: v.clone() for k, v in load_file(golden_dir / "end_to_end" / "tensors.safetensors").items()}
+    latent = tensors["final_latent"]  # [1, 16, 3, 8, 12]; the fixture's VAE tiles at sample_size 32
+    assert _max_err(vae.decode(latent, Tiling(spatial=32)), tensors["decoded_video"]) <= 5e-5
+    frames = decode_to_frames(vae, latent, 9, 64, 96, Tiling(spatial=32), torch.device("cpu"))
+    saved = (frames * 255 + 0.5).clamp(0, 255).to(torch.uint8)  # what the reference's saver does next
+    mismatch = (saved.int() - tensors["frames_uint8"].int()).abs()
+    assert mismatch.max().item() <= 1 and (mismatch > 0).float().mean().item() < 1e-3
+
+
 def test_default_tiling_is_the_reference_spatial_tiling():
     with torch.device("meta"):
         vae = HunyuanVideoVAE(TINY_HUNYUAN_VAE)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.fp8 import is_fp8
 from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from ..samplers.image_condition import ImageCondition
 from ..samplers.parallel.attention import ParallelUnavailable, yunchang_installed
@@ -132,7 +133,7 @@ def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, te
     the weight dtype on the CPU (the workers load ``model.path`` themselves)."""
     layout = settings.layout(model.config.num_heads)
     check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.world_size)
-    request = SamplingRequest(model.path, dtype_name(model.dtype), method, noise, text, timesteps, layout,
+    request = SamplingRequest(model.path, dtype_name(_storage_dtype(model)), method, noise, text, timesteps, layout,
                               guidance, distilled_guidance, policy, condition)
     group = worker_group(settings.group)
     progress = host.Progress(request.num_steps)
@@ -160,6 +161,17 @@ def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, te
         _GROUPS.pop(settings.group, None)
         group.shutdown()
         raise
+
+
+def _storage_dtype(model) -> torch.dtype:
+    """The dtype the loader stored the weights in (fp8 block weights, else the compute dtype), so the
+    workers load the same model."""
+    module = getattr(model, "module", None)
+    if module is not None:
+        for parameter in module.parameters():
+            if is_fp8(parameter.dtype):
+                return parameter.dtype
+    return model.dtype
 
 
 NODE_CLASS_MAPPINGS = {"OpenSoraParallelSettings": OpenSoraParallelSettings}

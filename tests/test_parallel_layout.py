@@ -120,3 +120,15 @@ def test_the_pack_imports_without_yunchang():
         "assert 'OpenSoraParallelSettings' in m.NODE_CLASS_MAPPINGS\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_workers_are_asked_for_the_weights_the_loader_stored(tmp_path, standalone_host):
+    from comfyui_opensora.loaders.mmdit import load_mmdit
+    from comfyui_opensora.nodes.model_loader import OpenSoraModel
+    from factories_mmdit import write_tiny_mmdit
+
+    write_tiny_mmdit(tmp_path / "tiny.safetensors")
+    for stored, compute in ((torch.float8_e4m3fn, torch.bfloat16), (torch.float32, torch.float32)):
+        module = load_mmdit(tmp_path / "tiny.safetensors", dtype=stored)
+        model = OpenSoraModel(standalone_host.manage_model(module), module.config, compute, str(tmp_path))
+        assert parallel_node._storage_dtype(model) == stored

@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...models.fp8 import FP8_DTYPES, compute_dtype
 from ..denoisers import BranchPolicy, Guidance, StepCallback, TextInputs, denoise_distilled, denoise_i2v
 from ..geometry import VideoGeometry
 from ..image_condition import ImageCondition
 from .layout import ParallelLayout
 
 METHOD_I2V, METHOD_DISTILL = "i2v", "distill"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Weight storage dtypes a request may name (fp8: block weights in 8 bits, computed in bf16).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, **FP8_DTYPES}
 
 # Store keys.
 SHUTDOWN = "shutdown"
@@ -63,7 +65,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     for name, value in DTYPES.items():
         if value == dtype:
             return name
-    raise ValueError(f"Weights in {dtype} cannot be sampled in the worker group; use bf16, fp16 or fp32.")
+    raise ValueError(f"Weights in {dtype} cannot be sampled in the worker group; use bf16, fp16, fp32 or fp8.")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class SamplingRequest:
     """One denoising run: the checkpoint to load and everything the denoiser takes.
 
     ``noise`` is the starting latent ``[B, C, T, H', W']``; the result comes back in the weight dtype
-    (references are pasted by the caller, as in-process).
+    (references are pasted by the caller, as in-process). ``weight_dtype`` names the storage dtype.
     """
 
     checkpoint: str
@@ -123,8 +125,8 @@ def _text_tensors(text: TextInputs) -> tuple[torch.Tensor, ...]:
 def run_request(model: nn.Module | Any, request: SamplingRequest, device: torch.device,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Denoise ``request`` with ``model`` (an MMDiT or a :class:`ShardedMMDiT`), exactly as the sampler
-    node does in-process; returns the final latent in the weight dtype on ``device``."""
-    dtype = DTYPES[request.weight_dtype]
+    node does in-process; returns the final latent in the compute dtype on ``device``."""
+    dtype = compute_dtype(DTYPES[request.weight_dtype])
     x = request.noise.to(device=device, dtype=dtype)
     with torch.inference_mode():
         if request.method == METHOD_I2V:

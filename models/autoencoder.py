@@ -65,6 +65,10 @@ class VideoAutoencoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @device.setter
+    def device(self, _moved_to: torch.device) -> None:
+        """ComfyUI's ModelPatcher assigns ``.device`` after moving a model; the parameters already say where."""
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

@@ -29,6 +29,7 @@ CORE_WIDGETS: dict[str, tuple[str | None, ...]] = {
     "LoadVideo": ("file", UI_ONLY),
     "GetVideoComponents": (),
     "UNETLoader": ("unet_name", "weight_dtype"),
+    "ModelSamplingFlux": ("max_shift", "base_shift", "width", "height"),
     "DualCLIPLoader": ("clip_name1", "clip_name2", "type", "device"),
     "CLIPTextEncode": ("text",),
     "FluxGuidance": ("guidance",),
@@ -36,6 +37,7 @@ CORE_WIDGETS: dict[str, tuple[str | None, ...]] = {
     "KSampler": ("seed", UI_ONLY, "steps", "cfg", "sampler_name", "scheduler", "denoise"),
     "VAELoader": ("vae_name",),
     "VAEDecode": (),
+    "PrimitiveStringMultiline": ("value",),
 }
 
 
@@ -114,6 +116,32 @@ class UNETLoaderDouble(_Double):
 
     def execute(self, unet_name, weight_dtype):
         return ({"double": "flux", "file": unet_name},)
+
+
+class ModelSamplingFluxDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",),
+                             "max_shift": ("FLOAT", {"default": 1.15, "min": 0.0, "max": 100.0}),
+                             "base_shift": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 100.0}),
+                             "width": ("INT", {"default": 1024, "min": 16, "max": 16384}),
+                             "height": ("INT", {"default": 1024, "min": 16, "max": 16384})}}
+
+    RETURN_TYPES = ("MODEL",)
+
+    def execute(self, model, max_shift, base_shift, width, height):
+        return ({**model, "shift": (max_shift, base_shift, width, height)},)
+
+
+class PrimitiveStringMultilineDouble(_Double):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("STRING", {"multiline": True})}}
+
+    RETURN_TYPES = ("STRING",)
+
+    def execute(self, value):
+        return (value,)
 
 
 class DualCLIPLoaderDouble(_Double):
@@ -219,6 +247,8 @@ class VAEDecodeDouble(_Double):
 CORE_NODE_DOUBLES: dict[str, type] = {
     **STANDALONE_CORE_NODES,
     "UNETLoader": UNETLoaderDouble,
+    "ModelSamplingFlux": ModelSamplingFluxDouble,
+    "PrimitiveStringMultiline": PrimitiveStringMultilineDouble,
     "DualCLIPLoader": DualCLIPLoaderDouble,
     "CLIPTextEncode": CLIPTextEncodeDouble,
     "FluxGuidance": FluxGuidanceDouble,
@@ -227,3 +257,142 @@ CORE_NODE_DOUBLES: dict[str, type] = {
     "VAELoader": VAELoaderDouble,
     "VAEDecode": VAEDecodeDouble,
 }
+
+
+# ------------------------------------------------------------------------------ media for the tests
+
+
+def write_test_image(path: Path, height: int, width: int, seed: int) -> Path:
+    """A smooth colour image (PNG) to use as an i2v reference."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = seed * 0.7
+    rgb = np.stack([np.sin(x / 9 + phase), np.cos(y / 7 - phase), np.sin((x + y) / 13)], axis=-1)
+    Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(path)
+    return path
+
+
+def write_test_clip(path: Path, frames: int, height: int, width: int, fps: int = 24) -> Path:
+    """A short moving-gradient MP4 to use as a v2v reference."""
+    import imageio
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    writer = imageio.get_writer(path, fps=fps, codec="libx264", quality=None, macro_block_size=1,
+                                pixelformat="yuv420p", ffmpeg_params=["-crf", "18"])
+    try:
+        for t in range(frames):
+            rgb = np.stack([np.sin((x + 3 * t) / 8), np.cos((y - 2 * t) / 6), np.sin((x + y + t) / 11)], axis=-1)
+            writer.append_data(((rgb + 1) * 127.5).astype(np.uint8))
+    finally:
+        writer.close()
+    return path
+
+
+def read_video(path: Path) -> tuple["np.ndarray", float]:
+    """Decode a video file back: ``(uint8 frames [T, H, W, 3], fps)``."""
+    import imageio
+    import numpy as np
+
+    reader = imageio.get_reader(path, "ffmpeg")
+    try:
+        fps = float(reader.get_meta_data()["fps"])
+        frames = np.stack([np.asarray(frame) for frame in reader])
+    finally:
+        reader.close()
+    return frames, fps
+
+
+# ------------------------------------------------------------------- the example workflows, made tiny
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = PACK_ROOT / "example_workflows"
+API_DIR = WORKFLOW_DIR / "api"
+FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
+                   "EmptySD3LatentImage", "KSampler", "VAELoader", "VAEDecode")
+FLUX_WORKFLOWS = ("t2i2v",)  # the high-compression one also has a Flux first frame; see drop_flux_first_frame
+
+FIRST_FRAME = "opensora_first_frame.png"
+LAST_FRAME = "opensora_last_frame.png"
+CLIP = "opensora_clip.mp4"
+TEST_SIZES = {"hunyuan_vae": (32, 48), "dc_ae": (32, 64)}  # (height, width): the smallest sizes that tile
+TEST_STEPS = 2
+
+
+def ui_workflows() -> list[str]:
+    return sorted(p.stem for p in WORKFLOW_DIR.glob("*.json"))
+
+
+def api_twins() -> list[str]:
+    return sorted(p.stem for p in API_DIR.glob("*.json"))
+
+
+def write_test_inputs(folder: Path) -> None:
+    """The reference files the example workflows name, in ComfyUI's input folder (or a test's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_test_image(folder / FIRST_FRAME, 80, 120, seed=1)
+    write_test_image(folder / LAST_FRAME, 120, 80, seed=2)
+    write_test_clip(folder / CLIP, frames=36, height=72, width=112)
+
+
+def tiny_num_frames(graph: Mapping[str, dict]) -> int:
+    """Frames the tiny run makes: few, but enough for the workflow's condition type."""
+    noise = next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise")
+    if noise["inputs"]["autoencoder"] == "dc_ae":
+        return 8
+    conds = [n["inputs"]["cond_type"] for n in graph.values() if n["class_type"] == "OpenSoraImageCondition"]
+    return 33 if any(c.startswith("v2v") for c in conds) else 9
+
+
+def prepare_test_graph(name: str) -> dict[str, dict]:
+    """The API twin of an example workflow with tiny sizes, 2 steps and fp32 weights."""
+    graph = load_json(API_DIR / f"{name}.json")
+    frames = tiny_num_frames(graph)
+    for node in graph.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "OpenSoraNoise":
+            height, width = TEST_SIZES[inputs["autoencoder"]]
+            inputs.update(resolution="custom", width=width, height=height, num_frames=frames)
+        elif kind == "OpenSoraSampler":
+            inputs["steps"] = TEST_STEPS
+        elif kind in ("OpenSoraModelLoader", "OpenSoraTextEncoderLoader"):
+            inputs["weight_dtype"] = "fp32"
+        elif kind == "OpenSoraVAELoader":
+            inputs["dtype"] = "fp32"
+        elif kind == "KSampler":
+            inputs["steps"] = TEST_STEPS
+        elif kind in ("EmptySD3LatentImage", "ModelSamplingFlux"):
+            inputs.update(width=128, height=64)
+    return graph
+
+
+def drop_flux_first_frame(graph: dict[str, dict]) -> dict[str, dict]:
+    """The graph without its Flux first frame (text-only video): for hosts without Flux weights."""
+    flux = {i for i, n in graph.items() if n["class_type"] in FLUX_NODE_TYPES}
+    conditions = {i for i, n in graph.items() if n["class_type"] == "OpenSoraImageCondition"
+                  and n["inputs"]["image"][0] in flux}
+    primitives = {i: n["inputs"]["value"] for i, n in graph.items() if n["class_type"] == "PrimitiveStringMultiline"}
+    kept = {}
+    for node_id, node in graph.items():
+        if node_id in flux or node_id in conditions or node_id in primitives:
+            continue
+        inputs = {}
+        for key, value in node["inputs"].items():
+            if isinstance(value, list) and value and value[0] in conditions:
+                continue
+            inputs[key] = primitives[value[0]] if isinstance(value, list) and value and value[0] in primitives else value
+        kept[node_id] = {**node, "inputs": inputs}
+    return kept
+
+
+def check_video_output(graph: Mapping[str, dict], path: Path) -> "np.ndarray":
+    """The file is a playable MP4 with the frames, size and frame rate the graph asked for."""
+    noise = next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise")["inputs"]
+    save = next(n for n in graph.values() if n["class_type"] == "OpenSoraSaveVideo")["inputs"]
+    assert path.suffix == ".mp4" and path.is_file(), path
+    frames, fps = read_video(path)
+    assert frames.shape == (noise["num_frames"] * noise["batch_size"], noise["height"], noise["width"], 3), frames.shape
+    assert abs(fps - save["fps"]) < 1e-3, fps
+    return frames

@@ -136,8 +136,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
             overlap=REFERENCE_OVERLAP,
         )
 
-    def _configure(self, tiling: Tiling) -> None:
-        """Set the diffusers object's tile attributes to ``tiling`` (temporal tiling is done here)."""
+    def _configure(self, tiling: Tiling, encoding: bool) -> None:
+        """Set the diffusers object's tile attributes to ``tiling``. Encodes use diffusers' temporal
+        tiling; decodes do their own (:meth:`_temporal_tiled_decode`, which streams)."""
         if tiling.spatial is not None and tiling.spatial % self.spatial_tile_multiple:
             raise ValueError(
                 f"Spatial tile size {tiling.spatial} px is not a multiple of {self.spatial_tile_multiple}; "
@@ -151,12 +152,13 @@ class HunyuanVideoVAE(VideoAutoencoder):
             raise ValueError(f"Only the reference's tile overlap {REFERENCE_OVERLAP} is supported.")
         core = self._core
         core.use_slicing = False
-        core.use_framewise_decoding = False
         core.use_tiling = tiling.spatial is not None
         if tiling.spatial is not None:
             core.tile_sample_min_height = core.tile_sample_min_width = tiling.spatial
             core.tile_sample_stride_height = core.tile_sample_stride_width = tiling.spatial_stride
-        core.use_framewise_encoding = tiling.temporal is not None
+        temporal_encode = encoding and tiling.temporal is not None
+        # diffusers 0.32 reads use_framewise_decoding in its encode: set both for encodes, neither for decodes.
+        core.use_framewise_encoding = core.use_framewise_decoding = temporal_encode
         if tiling.temporal is not None:
             core.tile_sample_min_num_frames = tiling.temporal
             core.tile_sample_stride_num_frames = tiling.temporal_stride
@@ -168,7 +170,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
                tiling: Tiling | None = None) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"Expected pixels [B, {self.config.in_channels}, F, H, W], got {tuple(x.shape)}.")
-        self._configure(self.reference_tiling() if tiling is None else tiling)
+        self._configure(self.reference_tiling() if tiling is None else tiling, encoding=True)
         posterior = self._core.encode(x.to(self.device, self.dtype)).latent_dist
         z = posterior.sample(generator=generator) if sample else posterior.mode()
         return SCALE_FACTOR * (z - SHIFT_FACTOR)
@@ -178,7 +180,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"Expected a latent [B, {self.latent_channels}, T, H, W], got {tuple(z.shape)}.")
         tiling = self.reference_tiling() if tiling is None else tiling
-        self._configure(tiling)
+        self._configure(tiling, encoding=False)
         z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
         latent_frames = z.shape[2]
         tile_latents = None if tiling.temporal is None else tiling.temporal // TEMPORAL_COMPRESSION

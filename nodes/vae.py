@@ -106,11 +106,12 @@ class OpenSoraVAEDecode:
                 "samples": ("LATENT", {"tooltip": "The latent from an Open-Sora sampler."}),
                 "tiling": (list(TILING_MODES), {
                     "default": "reference",
-                    "tooltip": "reference: spatial tiles as the reference pipeline (256 px, overlap 1/4), "
-                               "same pixels as Open-Sora. reference_temporal: also 65-frame temporal tiles "
-                               "(the reference's stand-alone VAE config; less memory for long clips). none: "
-                               "one pass (most memory). memory_budget: the least tiling that fits the free "
-                               "device memory."}),
+                    "tooltip": "reference: the reference pipeline's tiles, same pixels as Open-Sora "
+                               "(HunyuanVideo VAE: 256 px spatial tiles, overlap 1/4; Video DC-AE: 256 px and "
+                               "32 frames). reference_temporal: also 65-frame temporal tiles for the "
+                               "HunyuanVideo VAE (the reference's stand-alone VAE config; about half the memory "
+                               "for long clips). none: one pass (most memory). memory_budget: the least "
+                               "tiling whose estimate fits the free device memory."}),
             }
         }
 

@@ -22,24 +22,38 @@ from . import host
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    """The OPENSORA_PARALLEL socket value: which worker group to use and how to cut the sequence.
+    """The OPENSORA_PARALLEL socket value: which worker group to use and how to divide the work.
 
-    ``ulysses_degree`` 0 means automatic: the largest count of ranks that can share the model's heads
-    (``gcd(ranks, heads)``); the ring degree is always ``ranks / ulysses_degree``.
+    ``cfg_degree`` groups of ``ranks / cfg_degree`` ranks share the guidance branches; inside a group
+    ``ulysses_degree`` (0 = automatic: ``gcd(group size, heads)``) ranks exchange heads and the ring
+    degree is ``group size / ulysses_degree``.
     """
 
     group: GroupSettings
     ulysses_degree: int = 0
     text: str = TEXT_SPLIT
+    cfg_degree: int = 1
+
+    def check_degrees(self) -> int:
+        """Raise if the degrees do not divide the ranks; returns the sequence group size."""
+        ranks = self.group.ranks
+        if self.cfg_degree < 1 or ranks % self.cfg_degree:
+            raise ValueError(f"cfg_degree={self.cfg_degree} does not divide ranks={ranks}: choose a divisor of {ranks}.")
+        size = ranks // self.cfg_degree
+        if self.ulysses_degree and size % self.ulysses_degree:
+            raise ValueError(f"ulysses_degree={self.ulysses_degree} does not divide the {size} ranks of a sequence "
+                             f"group (ranks / cfg_degree): choose a divisor of {size} (or 0 for automatic).")
+        return size
 
     def layout(self, num_heads: int) -> ParallelLayout:
-        ranks = self.group.ranks
-        ulysses = self.ulysses_degree or math.gcd(ranks, num_heads)
-        if ranks % ulysses:
-            raise ValueError(f"ulysses_degree={ulysses} does not divide ranks={ranks}: choose a divisor of {ranks} "
-                             "(or 0 for automatic).")
-        layout = ParallelLayout(ulysses, ranks // ulysses, self.text)
-        layout.validate(ranks, num_heads)
+        """The layout for a model with ``num_heads`` heads (resolves the automatic Ulysses degree)."""
+        size = self.check_degrees()
+        ulysses = self.ulysses_degree or math.gcd(size, num_heads)
+        if size % ulysses:
+            raise ValueError(f"ulysses_degree={ulysses} does not divide the {size} ranks of a sequence group "
+                             f"(ranks / cfg_degree): choose a divisor of {size} (or 0 for automatic).")
+        layout = ParallelLayout(ulysses, size // ulysses, self.text, self.cfg_degree)
+        layout.validate(self.group.ranks, num_heads)
         return layout
 
 
@@ -52,11 +66,16 @@ class OpenSoraParallelSettings:
             "required": {
                 "ranks": ("INT", {"default": 2, "min": 1, "max": 64,
                                   "tooltip": "Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES)."}),
+                "cfg_degree": ("INT", {
+                    "default": 1, "min": 1, "max": 3,
+                    "tooltip": "Split the guidance branches (positive / negative prompt passes) over this many "
+                               "groups of ranks / cfg_degree GPUs each; they exchange only finished velocities, "
+                               "which helps GPUs without NVLink. 1 = every GPU works on every branch."}),
                 "ulysses_degree": ("INT", {
                     "default": 0, "min": 0, "max": 64,
-                    "tooltip": "Ranks that exchange attention heads with all-to-all (Ulysses); the rest of the "
-                               "ranks form rings (ring attention): ring degree = ranks / ulysses_degree. 0 = "
-                               "automatic (as many as the 24 heads allow, e.g. 8 of 8 GPUs)."}),
+                    "tooltip": "Ranks of a sequence group (ranks / cfg_degree) that exchange attention heads with "
+                               "all-to-all (Ulysses); the others form rings (ring attention): ring degree = group "
+                               "size / ulysses_degree. 0 = automatic (as many as the 24 heads allow)."}),
                 "text": (list(TEXT_MODES), {
                     "default": TEXT_SPLIT,
                     "tooltip": "split: the text tokens are divided across ranks like the video tokens. replicated: "
@@ -81,7 +100,7 @@ class OpenSoraParallelSettings:
         "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding."
     )
 
-    def execute(self, ranks: int, ulysses_degree: int, text: str, port: int, device: str
+    def execute(self, ranks: int, cfg_degree: int, ulysses_degree: int, text: str, port: int, device: str
                 ) -> tuple[ParallelSettings]:
         if not yunchang_installed():
             raise ParallelUnavailable(
@@ -92,10 +111,9 @@ class OpenSoraParallelSettings:
             raise ValueError(f"text must be one of {TEXT_MODES}, not {text!r}.")
         group = GroupSettings(ranks, device, port)
         group.validate()
-        if ulysses_degree and ranks % ulysses_degree:
-            raise ValueError(f"ulysses_degree={ulysses_degree} does not divide ranks={ranks}: choose a divisor of "
-                             f"{ranks}, or 0 for automatic.")
-        return (ParallelSettings(group, ulysses_degree, text),)
+        settings = ParallelSettings(group, ulysses_degree, text, cfg_degree)
+        settings.check_degrees()  # the heads are checked when sampling, with the model
+        return (settings,)
 
 
 # ------------------------------------------------------------------------------ warm worker groups

@@ -45,19 +45,26 @@ def test_layout_errors_name_what_to_change():
         ParallelLayout(16, 1).validate(16, num_heads=24)
     with pytest.raises(ValueError, match="text"):
         ParallelLayout(1, 2, "sideways").validate(2)
+    ParallelLayout(2, 1, cfg_degree=3).validate(6, num_heads=24)
+    with pytest.raises(ValueError, match="cfg_degree x ulysses_degree x ring_degree = 3 x 2 x 1 = 6"):
+        ParallelLayout(2, 1, cfg_degree=3).validate(4)
     with pytest.raises(ValueError, match="fewer ranks"):
         check_sequence_fits(3, 4)
 
 
 def test_automatic_layout_gives_heads_to_ulysses_and_the_rest_to_rings():
-    def layout(ranks, ulysses, heads):
-        return parallel_node.ParallelSettings(GroupSettings(ranks, "cpu"), ulysses).layout(heads)
+    def layout(ranks, ulysses, heads, cfg=1):
+        return parallel_node.ParallelSettings(GroupSettings(ranks, "cpu"), ulysses, cfg_degree=cfg).layout(heads)
 
     assert layout(8, 0, 24) == ParallelLayout(8, 1)
     assert layout(6, 0, 4) == ParallelLayout(2, 3)
     assert layout(4, 1, 24) == ParallelLayout(1, 4)
+    assert layout(8, 0, 24, cfg=2) == ParallelLayout(4, 1, cfg_degree=2)
+    assert layout(6, 1, 24, cfg=3) == ParallelLayout(1, 2, cfg_degree=3)
     with pytest.raises(ValueError, match="divides 4"):
         layout(8, 8, 4)
+    with pytest.raises(ValueError, match="cfg_degree=3 does not divide ranks=8"):
+        layout(8, 0, 24, cfg=3)
 
 
 def test_block_attention_drops_padded_keys_exactly_and_returns_log_sum_exp():
@@ -97,17 +104,19 @@ def test_settings_node_refuses_more_ranks_than_gpus():
     node = parallel_node.OpenSoraParallelSettings()
     ranks = (torch.cuda.device_count() if torch.cuda.is_available() else 0) + 1
     with pytest.raises(ValueError, match=f"ranks={ranks} needs {ranks} CUDA GPUs"):
-        node.execute(ranks, 0, "split", 29600, "cuda")
-    settings, = node.execute(3, 0, "replicated", 29600, "cpu")
-    assert settings == parallel_node.ParallelSettings(GroupSettings(3, "cpu", 29600), 0, "replicated")
-    with pytest.raises(ValueError, match="does not divide ranks=3"):
-        node.execute(3, 2, "split", 29600, "cpu")
+        node.execute(ranks, 1, 0, "split", 29600, "cuda")
+    settings, = node.execute(3, 1, 0, "replicated", 29600, "cpu")
+    assert settings == parallel_node.ParallelSettings(GroupSettings(3, "cpu", 29600), 0, "replicated", 1)
+    with pytest.raises(ValueError, match="does not divide the 3 ranks"):
+        node.execute(3, 1, 2, "split", 29600, "cpu")
+    with pytest.raises(ValueError, match="cfg_degree=2 does not divide ranks=3"):
+        node.execute(3, 2, 0, "split", 29600, "cpu")
 
 
 def test_settings_node_names_the_missing_package(monkeypatch):
     monkeypatch.setattr(parallel_node, "yunchang_installed", lambda: False)
     with pytest.raises(RuntimeError, match="pip install yunchang"):
-        parallel_node.OpenSoraParallelSettings().execute(2, 0, "split", 29600, "cpu")
+        parallel_node.OpenSoraParallelSettings().execute(2, 1, 0, "split", 29600, "cpu")
 
 
 def test_the_pack_imports_without_yunchang():

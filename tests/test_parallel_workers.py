@@ -1,6 +1,7 @@
 """Sequence-parallel sampling on real torchrun worker groups (CPU, gloo), against the in-process sampler.
 
-One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring; text split or replicated)
+One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring, guidance branches split over
+two groups; text split or replicated)
 on a latent whose token counts do not divide evenly (45 image and 5 text tokens), survives several
 runs, a cancel and a job whose file cannot be loaded; a 4-rank group runs the hybrid layouts; a killed
 rank is reported and the group is started again. fp32, tiny model, 2-3 steps: final latents must
@@ -112,6 +113,7 @@ LAYOUTS_2 = [
     ParallelLayout(2, 1, "replicated"),
     ParallelLayout(1, 2, "split"),
     ParallelLayout(1, 2, "replicated"),
+    ParallelLayout(1, 1, "split", cfg_degree=2),
 ]
 
 
@@ -119,7 +121,7 @@ def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, c
     group = parallel_node.worker_group(two_ranks)
     pids = group.worker_pids()
     for index, layout in enumerate(LAYOUTS_2):
-        request = _request(checkpoint, layout, seed=index, with_condition=index % 2 == 1)
+        request = _request(checkpoint, layout, seed=index, with_condition=index % 2 == 0)
         steps: list[int] = []
         latent = group.run(request, on_progress=steps.append)
         _check_equal_to_in_process(model, request, latent)
@@ -197,7 +199,7 @@ def test_four_ranks_hybrid_ulysses_and_ring(checkpoint, model):
     group = WorkerGroup(GroupSettings(4, "cpu", _free_port_pair())).start()
     try:
         for index, layout in enumerate([ParallelLayout(2, 2, "split"), ParallelLayout(2, 2, "replicated"),
-                                        ParallelLayout(4, 1, "split")]):
+                                        ParallelLayout(4, 1, "split"), ParallelLayout(1, 2, "replicated", 2)]):
             request = _request(checkpoint, layout, seed=10 + index, with_condition=index == 1)
             _check_equal_to_in_process(model, request, group.run(request))
     finally:
@@ -223,7 +225,7 @@ def _node_inputs(host, checkpoint):
 
 def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkpoint, standalone_host):
     model, noise, conditioning = _node_inputs(standalone_host, checkpoint)
-    (settings,) = OpenSoraParallelSettings().execute(2, 0, "replicated", two_ranks.port, "cpu")
+    (settings,) = OpenSoraParallelSettings().execute(2, 1, 0, "replicated", two_ranks.port, "cpu")
     (parallel,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS, parallel=settings)
     (in_process,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS)
     assert (parallel["samples"] - in_process["samples"]).abs().max().item() <= TOLERANCE
@@ -233,7 +235,7 @@ def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkp
 def test_sampler_node_reports_a_busy_port_and_keeps_working_in_process(checkpoint, standalone_host):
     model, noise, conditioning = _node_inputs(standalone_host, checkpoint)
     port = _free_port_pair()
-    (settings,) = OpenSoraParallelSettings().execute(2, 0, "split", port, "cpu")
+    (settings,) = OpenSoraParallelSettings().execute(2, 1, 0, "split", port, "cpu")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         with pytest.raises(WorkerGroupError, match=f"Port {port} .* in use"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,26 +74,44 @@ def _cuda_flash_usable(q: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
-class SequenceParallelGroups:
-    """yunchang's Ulysses/Ring process groups and attention layers, made once per layout and reused.
+@dataclass(frozen=True)
+class LayoutGroups:
+    """This rank's process groups for one layout: its sequence group (yunchang's Ulysses/Ring groups
+    inside it) and its CFG group (the ranks with the same sequence position in the other groups)."""
 
-    Every rank must call :meth:`attention_layer` for the same layouts in the same order (the groups
-    are created collectively).
+    attention_layer: Any
+    sequence_group: dist.ProcessGroup
+    sequence_rank: int
+    cfg_group: dist.ProcessGroup
+    cfg_rank: int
+
+
+class SequenceParallelGroups:
+    """Process groups and yunchang attention layers, made once per layout and reused.
+
+    Every rank must call :meth:`for_layout` for the same layouts in the same order (the groups are
+    created collectively).
     """
 
     def __init__(self, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
-        self._layers: dict[tuple[int, int], Any] = {}
+        self._layouts: dict[tuple[int, int, int], LayoutGroups] = {}
 
-    def attention_layer(self, layout: ParallelLayout) -> Any:
-        key = (layout.ulysses_degree, layout.ring_degree)
-        if key not in self._layers:
+    def for_layout(self, layout: ParallelLayout) -> LayoutGroups:
+        key = (layout.cfg_degree, layout.ulysses_degree, layout.ring_degree)
+        if key not in self._layouts:
             yunchang = _yunchang()
+            size = layout.sequence_size
+            # yunchang builds its Ulysses/Ring groups inside each block of `size` consecutive ranks.
             yunchang.set_seq_parallel_pg(layout.ulysses_degree, layout.ring_degree, self.rank, self.world_size)
             # attn_type=None: yunchang then calls attn_processor for every key block.
-            self._layers[key] = yunchang.LongContextAttention(
-                ring_impl_type="basic", attn_type=None, attn_processor=block_attention)
-        return self._layers[key]
+            layer = yunchang.LongContextAttention(ring_impl_type="basic", attn_type=None,
+                                                  attn_processor=block_attention)
+            sequence_groups = [dist.new_group(list(range(g * size, (g + 1) * size))) for g in range(layout.cfg_degree)]
+            cfg_groups = [dist.new_group(list(range(i, self.world_size, size))) for i in range(size)]
+            self._layouts[key] = LayoutGroups(layer, sequence_groups[self.rank // size], self.rank % size,
+                                              cfg_groups[self.rank % size], self.rank // size)
+        return self._layouts[key]
 
 
 class SequenceParallelAttention:
@@ -101,11 +120,11 @@ class SequenceParallelAttention:
     Called with this rank's ``q, k, v`` ``[B, H, L, D]`` (RoPE applied) for the sequence
     ``[text rows, image rows]``: the text rows are this rank's padded text piece (``split``) or the
     whole text (``replicated``: each rank attends for its own piece and the text outputs are
-    all-gathered). Returns ``[B, H, L, D]`` for the same rows.
+    all-gathered within the sequence group). Returns ``[B, H, L, D]`` for the same rows.
     """
 
-    def __init__(self, layer: Any, layout: ParallelLayout, text: TokenSplit, image: TokenSplit, rank: int):
-        self.layer = layer
+    def __init__(self, groups: LayoutGroups, layout: ParallelLayout, text: TokenSplit, image: TokenSplit):
+        self.layer, self.group, rank = groups.attention_layer, groups.sequence_group, groups.sequence_rank
         self.replicated = layout.text == TEXT_REPLICATED
         self.text, self.rank = text, rank
         self.padding = torch.cat((text.padding_rows(rank), image.padding_rows(rank)))
@@ -129,5 +148,5 @@ class SequenceParallelAttention:
         chunk = self.text.chunk
         own = out[:, :, :chunk].contiguous()
         pieces = [torch.empty_like(own) for _ in range(self.text.ranks)]
-        dist.all_gather(pieces, own)
+        dist.all_gather(pieces, own, group=self.group)
         return torch.cat((self.text.unshard(pieces, dim=2), out[:, :, chunk:]), dim=2)

@@ -20,33 +20,41 @@ TEXT_MODES = (TEXT_SPLIT, TEXT_REPLICATED)
 
 @dataclass(frozen=True)
 class ParallelLayout:
-    """Sequence-parallel degrees of one sampling run.
+    """Parallel degrees of one sampling run.
 
     ``ulysses_degree`` ranks exchange heads for tokens with all-to-all (DeepSpeed-Ulysses: needs the head
     count divisible by it); ``ring_degree`` ranks pass key/value blocks round a ring (ring attention).
-    Their product is the number of ranks. ``text``: ``split`` cuts the text tokens across ranks like the
-    image tokens; ``replicated`` keeps every text token on every rank (text-stream work is repeated,
-    the text attention rows are still computed once and all-gathered).
+    Their product is the sequence-parallel group size. ``cfg_degree`` such groups share the batch rows
+    (the guidance branches) and exchange only the finished velocities, which suits GPUs without NVLink.
+    ``text``: ``split`` cuts the text tokens across ranks like the image tokens; ``replicated`` keeps
+    every text token on every rank (text-stream work is repeated, the text attention rows are still
+    computed once and all-gathered). Ranks ``g * sp .. (g + 1) * sp - 1`` form sequence group ``g``.
     """
 
     ulysses_degree: int = 1
     ring_degree: int = 1
     text: str = TEXT_SPLIT
+    cfg_degree: int = 1
+
+    @property
+    def sequence_size(self) -> int:
+        return self.ulysses_degree * self.ring_degree
 
     @property
     def world_size(self) -> int:
-        return self.ulysses_degree * self.ring_degree
+        return self.cfg_degree * self.sequence_size
 
     def validate(self, world_size: int, num_heads: int | None = None) -> None:
         """Raise a ValueError that says what to change if this layout cannot run."""
-        if self.ulysses_degree < 1 or self.ring_degree < 1:
-            raise ValueError("ulysses_degree and ring_degree must be at least 1.")
+        if min(self.ulysses_degree, self.ring_degree, self.cfg_degree) < 1:
+            raise ValueError("ulysses_degree, ring_degree and cfg_degree must be at least 1.")
         if self.text not in TEXT_MODES:
             raise ValueError(f"text must be one of {TEXT_MODES}, not {self.text!r}.")
         if self.world_size != world_size:
             raise ValueError(
-                f"ulysses_degree x ring_degree = {self.ulysses_degree} x {self.ring_degree} = {self.world_size}, "
-                f"but the worker group has {world_size} ranks: make the product equal the number of ranks."
+                f"cfg_degree x ulysses_degree x ring_degree = {self.cfg_degree} x {self.ulysses_degree} x "
+                f"{self.ring_degree} = {self.world_size}, but the worker group has {world_size} ranks: make the "
+                "product equal the number of ranks."
             )
         if num_heads is not None and num_heads % self.ulysses_degree:
             raise ValueError(

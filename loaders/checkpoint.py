@@ -171,6 +171,36 @@ def check_keys(
         )
 
 
+def _data_offsets(path: str | os.PathLike) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Start of the data section and each tensor's ``(begin, end)`` inside it (header checked by read_header)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    offsets = {k: tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"}
+    return 8 + header_len, offsets
+
+
+def _read_cast(file, start: int, stored: torch.dtype, shape: list[int], target: torch.dtype,
+               chunk_bytes: int = 16 << 20) -> torch.Tensor:
+    """One tensor read with plain file reads in chunks, each cast into the result as it arrives.
+
+    The page cache the reads pass through is not this process's memory, and only one chunk of the
+    stored dtype exists at a time, so the result is all that stays.
+    """
+    out = torch.empty(shape, dtype=target)
+    flat = out.view(-1)
+    per_chunk = max(1, chunk_bytes // stored.itemsize)
+    buffer = torch.empty(min(flat.numel(), per_chunk) * stored.itemsize, dtype=torch.uint8)
+    file.seek(start)
+    for first in range(0, flat.numel(), per_chunk):
+        count = min(per_chunk, flat.numel() - first)
+        chunk = buffer[: count * stored.itemsize]
+        if file.readinto(chunk.numpy()) != chunk.numel():
+            raise CheckpointError(f"{Path(file.name).name} ended early while reading a tensor. Download it again.")
+        flat[first:first + count] = chunk.view(stored)
+    return out
+
+
 def load_tensors(
     path: str | os.PathLike,
     dtype: torch.dtype | Callable[[str, torch.dtype], torch.dtype] | None = None,
@@ -180,17 +210,22 @@ def load_tensors(
     """Read every tensor of a safetensors file one at a time, cast as it is read.
 
     ``dtype`` is a dtype for all floating tensors, a function ``(key, stored_dtype) -> dtype``, or
-    ``None`` to keep the stored dtypes. Casting tensor by tensor means host memory peaks at the
-    loaded result plus one tensor, never two full copies.
+    ``None`` to keep the stored dtypes. Tensors kept in their stored dtype are memory-mapped (no
+    copy); tensors that are cast are read with plain file reads, so host memory peaks at the loaded
+    result plus one tensor, never the mapped file plus its cast copy.
     """
     out: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
+    data_start, offsets = _data_offsets(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as f, open(path, "rb") as raw:
         for key in f.keys():
-            tensor = f.get_tensor(key)
-            if dtype is not None and tensor.is_floating_point():
-                target = dtype(key, tensor.dtype) if callable(dtype) else dtype
-                if target != tensor.dtype:
-                    tensor = tensor.to(target)
+            view = f.get_slice(key)
+            stored = _DTYPES.get(view.get_dtype())
+            target = dtype(key, stored) if callable(dtype) and stored is not None else dtype
+            if target is None or stored is None or target == stored or not stored.is_floating_point:
+                tensor = f.get_tensor(key)
+            else:
+                tensor = _read_cast(raw, data_start + offsets[key][0], stored, view.get_shape(), target)
+                tensor = tensor.to(device)
             out[rename(key) if rename else key] = tensor
     return out
 

@@ -1,11 +1,10 @@
 """Sequence-parallel sampling on real torchrun worker groups (CPU, gloo), against the in-process sampler.
 
-One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring, guidance branches split over
-two groups; text split or replicated)
-on a latent whose token counts do not divide evenly (45 image and 5 text tokens), survives several
-runs, a cancel and a job whose file cannot be loaded; a 4-rank group runs the hybrid layouts; a killed
-rank is reported and the group is started again. fp32, tiny model, 2-3 steps: final latents must
-match the in-process denoiser to 1e-5.
+One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring, guidance branches on two
+groups; text split or replicated) on a latent whose token counts do not divide evenly (45 image and 5
+text tokens), survives several runs, a cancel and a job whose file cannot be loaded; a 4-rank group
+runs the hybrid layouts; a killed rank is reported and the group is started again. fp32, tiny model,
+3 steps: final latents must match the in-process denoiser (and the in-process sampler node) to 1e-5.
 """
 
 from __future__ import annotations

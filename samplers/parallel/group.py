@@ -220,6 +220,6 @@ class WorkerGroup:
         code = self.process.returncode
         errors = [self.store.get(error_key(job, r)).decode() for r in range(self.settings.ranks)
                   if self.store.check([error_key(job, r)])]
-        detail = errors[0].strip() if errors else self.log_tail()
+        detail = "\n".join(errors[0].strip().splitlines()[-6:]) if errors else self.log_tail()
         return (f"A sampling worker stopped (torchrun exit code {code}); the worker group will be started "
                 f"again on the next run. Cause:\n{detail}")

@@ -3,7 +3,8 @@
 For each rank count a worker group is started (torchrun, CPU/gloo or GPU/NCCL), one warm-up job
 loads the checkpoint, then a timed job runs; the table gives seconds per step measured on rank 0
 around the denoising loop (loading excluded), the speed-up over 1 rank, and on GPUs rank 0's peak
-memory. In-process sampling on one device is timed as the baseline.
+memory. In-process sampling on one device is timed as the baseline (on the CPU every process,
+the baseline included, uses one thread, so N ranks use N cores).
 
     python benchmarks/parallel_scaling.py --device cpu --max-ranks 2            # small synthetic model
     python benchmarks/parallel_scaling.py --device cuda --max-ranks 8 \
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -98,6 +100,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
+    if args.device == "cpu":  # one thread per process, so that N ranks use N cores against 1 core in-process
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = args.checkpoint
         if checkpoint is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 from dataclasses import dataclass
 
@@ -119,13 +120,14 @@ class OpenSoraParallelSettings:
 # ------------------------------------------------------------------------------ warm worker groups
 
 _GROUPS: dict[GroupSettings, WorkerGroup] = {}
+_log = logging.getLogger(__name__)
 
 
 def worker_group(settings: GroupSettings) -> WorkerGroup:
     """The warm group for ``settings``; started (after stopping any other group) when absent or dead."""
     group = _GROUPS.get(settings)
     if group is not None and not group.alive():
-        print(f"[Open-Sora] The parallel worker group stopped; starting it again.\n{group.log_tail(10)}")
+        _log.warning("The parallel worker group stopped; starting it again. Last output:\n%s", group.log_tail(10))
         _GROUPS.pop(settings).shutdown()
         group = None
     if group is None:
@@ -148,9 +150,9 @@ def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, te
                       method: str, guidance: Guidance, distilled_guidance: float, policy: BranchPolicy,
                       condition: ImageCondition | None) -> torch.Tensor:
     """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
-    the weight dtype on the CPU (the workers load ``model.path`` themselves)."""
+    the compute dtype on the CPU (the workers load ``model.path`` themselves)."""
     layout = settings.layout(model.config.num_heads)
-    check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.world_size)
+    check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.sequence_size)
     request = SamplingRequest(model.path, dtype_name(_storage_dtype(model)), method, noise, text, timesteps, layout,
                               guidance, distilled_guidance, policy, condition)
     group = worker_group(settings.group)

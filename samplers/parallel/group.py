@@ -154,7 +154,10 @@ class WorkerGroup:
                 self.store.set(SHUTDOWN, "1")
                 self.process.wait(timeout=timeout)
             except (subprocess.TimeoutExpired, RuntimeError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                if hasattr(os, "killpg"):  # the launcher and its workers form their own session
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                else:
+                    self.process.terminate()
                 self.process.wait(timeout=timeout)
         self.process = None
         self.store = None

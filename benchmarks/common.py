@@ -87,8 +87,8 @@ def random_model(config: MMDiTConfig, weight_dtype: torch.dtype, device: torch.d
     """An MMDiT with random weights (std ``0.5/sqrt(fan_in)``, norms 1) made directly on ``device``."""
     store = torch.bfloat16 if weight_dtype in FP8_DTYPES.values() else weight_dtype
     with torch.device("meta"):
-        model = MMDiT(config)
-    model = model.to_empty(device=device).to(store)
+        model = MMDiT(config).to(store)  # cast while sizes only: the device never holds fp32 weights
+    model = model.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
         if name.endswith("scale"):
@@ -137,4 +137,7 @@ def machine_description(device: torch.device) -> str:
 
 
 def gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+    """Bytes as GiB (MiB below 1 GiB); ``-`` for no reading."""
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

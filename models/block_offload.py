@@ -5,7 +5,8 @@ copies are asynchronous). A forward pre-hook gives each streamed block a compute
 weights right before it runs, and a forward hook drops that copy right after: weights never change
 during inference, so nothing is copied back. On CUDA the copy of the next streamed block is started
 on a side stream while the current block computes (prefetch), and the first streamed block is
-prefetched when the model's forward starts. At most two streamed blocks occupy the GPU at a time.
+prefetched when the model's forward starts. At most three streamed blocks hold GPU memory at a time
+(the CPU waits for the GPU when it runs further ahead).
 
 Blocks are ``model.double_blocks`` then ``model.single_blocks`` (execution order); the last
 ``count`` of them are streamed, the others and all non-block modules stay on the compute device.
@@ -44,7 +45,8 @@ class _Streamed:
     block: nn.Module
     host: dict[str, torch.Tensor]
     on_device: dict[str, torch.Tensor] | None = None
-    ready: torch.cuda.Event | None = None
+    ready: torch.cuda.Event | None = None  # copy finished (side stream)
+    done: torch.cuda.Event | None = None  # block's compute finished (compute stream)
 
 
 @dataclass
@@ -84,15 +86,19 @@ class BlockOffload:
                 tensor.data = host
 
     @torch.inference_mode(False)
-    def _prefetch(self, entry: _Streamed) -> None:
+    def _prefetch(self, index: int) -> None:
         # Normal (not inference-mode) tensors: CPU kernels treat inference-tensor weights differently,
         # which would change the last bits of the output compared with the model without offload.
+        entry = self.streamed[index]
         if entry.on_device is not None:
             return
         if self.stream is None:
             entry.on_device = {n: t.to(self.compute_device, copy=True) for n, t in entry.host.items()}
             return
-        self.stream.wait_stream(torch.cuda.current_stream(self.compute_device))
+        if index >= 2 and self.streamed[index - 2].done is not None:
+            # The CPU runs ahead of the GPU: wait until the GPU finished the block two back, so that at
+            # most three streamed blocks hold device memory however far ahead the CPU got.
+            self.streamed[index - 2].done.synchronize()
         with torch.cuda.stream(self.stream):
             entry.on_device = {n: t.to(self.compute_device, non_blocking=True) for n, t in entry.host.items()}
             entry.ready = torch.cuda.Event()
@@ -113,12 +119,12 @@ class BlockOffload:
             else:
                 module.to(self.compute_device)
         if self.streamed:
-            self._prefetch(self.streamed[0])
+            self._prefetch(0)
 
     def _before_block(self, index: int):
         def hook(block: nn.Module, _args) -> None:
             entry = self.streamed[index]
-            self._prefetch(entry)
+            self._prefetch(index)
             if entry.ready is not None:
                 current = torch.cuda.current_stream(self.compute_device)
                 current.wait_event(entry.ready)
@@ -127,7 +133,7 @@ class BlockOffload:
             for name, tensor in self._tensors(block).items():
                 tensor.data = entry.on_device[name]
             if index + 1 < len(self.streamed):
-                self._prefetch(self.streamed[index + 1])
+                self._prefetch(index + 1)
             self.max_loaded = max(self.max_loaded, self._loaded_count())
 
         return hook
@@ -138,6 +144,9 @@ class BlockOffload:
             for name, tensor in self._tensors(block).items():
                 tensor.data = entry.host[name]
             entry.on_device, entry.ready = None, None
+            if self.stream is not None:
+                entry.done = torch.cuda.Event()
+                entry.done.record(torch.cuda.current_stream(self.compute_device))
 
         return hook
 

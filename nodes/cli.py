@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,10 +34,16 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "num_frames": (("OpenSoraNoise", "num_frames"),),
     "resolution": (("OpenSoraNoise", "resolution"),),
     "aspect_ratio": (("OpenSoraNoise", "aspect_ratio"),),
+    "width": (("OpenSoraNoise", "width"),),
+    "height": (("OpenSoraNoise", "height"),),
     "steps": (("OpenSoraSampler", "steps"),),
-    "weight_dtype": (("OpenSoraModelLoader", "weight_dtype"),),
+    "weight_dtype": (("OpenSoraModelLoader", "weight_dtype"), ("OpenSoraTextEncoderLoader", "weight_dtype"),
+                     ("OpenSoraVAELoader", "dtype")),
     "name": (("OpenSoraSaveVideo", "filename_prefix"),),
 }
+# ComfyUI's own Flux nodes (the t2i2v first frame): not available outside ComfyUI.
+FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
+                   "EmptySD3LatentImage", "KSampler", "VAELoader", "VAEDecode")
 # Nodes that read reference media, in the order ``ref`` paths (separated by ';') are given to them.
 REFERENCE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"), ("LoadVideo", "file"))
 
@@ -90,6 +98,30 @@ def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
         prompt[node_id]["inputs"][input_name] = str(Path(references[min(index, len(references) - 1)]).resolve())
 
 
+def without_flux_first_frame(prompt: dict[str, dict]) -> dict[str, dict]:
+    """The workflow without its Flux-dev first frame: a text-to-video graph with the same video nodes.
+
+    Removes the Flux nodes and the image condition they feed; a prompt node shared with the video's text
+    encoder is folded into it as plain text.
+    """
+    flux = {i for i, n in prompt.items() if n["class_type"] in FLUX_NODE_TYPES}
+    conditions = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraImageCondition"
+                  and isinstance(n["inputs"].get("image"), list) and n["inputs"]["image"][0] in flux}
+    texts = {i: n["inputs"]["value"] for i, n in prompt.items() if n["class_type"] == "PrimitiveStringMultiline"}
+    kept: dict[str, dict] = {}
+    for node_id, node in prompt.items():
+        if node_id in flux or node_id in conditions or node_id in texts:
+            continue
+        inputs: dict[str, Any] = {}
+        for name, value in node["inputs"].items():
+            source = value[0] if isinstance(value, list) and value else None
+            if source in conditions:
+                continue
+            inputs[name] = texts[source] if source in texts else value
+        kept[node_id] = {**node, "inputs": inputs}
+    return kept
+
+
 def apply_settings(prompt: dict[str, dict], settings: dict[str, Any]) -> dict[str, dict]:
     """A copy of ``prompt`` with the command-line settings applied (``None`` values are left alone)."""
     prompt = copy.deepcopy(prompt)
@@ -141,11 +173,33 @@ def run_rows(prompt: dict[str, dict], rows: Iterable[dict[str, str]], settings: 
 # ----------------------------------------------------------------------------------------- commands
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "seed": args.seed, "num_frames": args.num_frames, "resolution": args.resolution,
         "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
     }
+    if args.width or args.height:
+        if not (args.width and args.height):
+            raise SystemExit("Give both --width and --height (or neither).")
+        settings.update(resolution="custom", width=args.width, height=args.height)
+    return settings
+
+
+def prepare_workflow(name: str, text_only: bool = False) -> dict[str, dict]:
+    """Load an example workflow's API twin for a standalone run (optionally without its Flux first frame)."""
+    prompt = load_api_workflow(workflow_path(name))
+    if text_only:
+        prompt = without_flux_first_frame(prompt)
+    missing = sorted({n["class_type"] for n in prompt.values()} - set(node_classes()))
+    if missing:
+        hint = (" Run it inside ComfyUI, or add --text-only to drop the Flux-dev first frame."
+                if set(missing) & set(FLUX_NODE_TYPES) else "")
+        raise SystemExit(f"The workflow '{name}' uses nodes that exist only inside ComfyUI: {', '.join(missing)}.{hint}")
+    return prompt
+
+
+def _generate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     if args.smoke:
         return _smoke(args, settings)
     if args.models_dir is None:
@@ -155,7 +209,7 @@ def _generate(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
-    prompt = load_api_workflow(workflow_path(args.workflow))
+    prompt = prepare_workflow(args.workflow, args.text_only)
     rows = read_prompt_rows(args.csv, args.prompt, args.negative, args.ref)
     try:
         written = run_rows(prompt, rows, settings)
@@ -175,7 +229,7 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         output_dir = Path(args.output_dir) if args.output_dir else Path(scratch) / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")
-        prompt = load_api_workflow(workflow_path("t2v_256px"))
+        prompt = prepare_workflow("t2v_256px")
         smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
         rows = [{"text": args.prompt or "a red panda rides a bicycle through a snowy forest", "name": "smoke"}]
         written = run_rows(prompt, rows, smoke_settings)
@@ -197,24 +251,41 @@ MAIN_REPO = "hpcai-tech/Open-Sora-v2"
 DC_AE_REPO = "hpcai-tech/Open-Sora-v2-Video-DC-AE"
 FLUX_TEXT_REPO = "comfyanonymous/flux_text_encoders"
 
-# (repo, file or folder in the repo, models sub-folder, name there); folders end with "/".
+
+@dataclass(frozen=True)
+class Download:
+    """One file (or, with ``files``, some files of a repo folder) and where it goes under ``models/``."""
+
+    repo: str
+    source: str
+    folder: str
+    name: str
+    files: tuple[str, ...] = ()
+
+
+# T5 and CLIP as the single safetensors files ComfyUI users have (the Open-Sora-v2 repo's T5 folder holds
+# pickled .bin shards, which this pack does not read); their tokenizers come from the Open-Sora-v2 folders
+# (ComfyUI has its own; the command line needs these).
 _VIDEO_FILES = (
-    (MAIN_REPO, "Open_Sora_v2.safetensors", "diffusion_models", "Open_Sora_v2.safetensors"),
-    (MAIN_REPO, "hunyuan_vae.safetensors", "vae", "hunyuan_vae.safetensors"),
-    (MAIN_REPO, "google/t5-v1_1-xxl/", "text_encoders", "t5-v1_1-xxl"),
-    (MAIN_REPO, "openai/clip-vit-large-patch14/", "text_encoders", "clip-vit-large-patch14"),
+    Download(MAIN_REPO, "Open_Sora_v2.safetensors", "diffusion_models", "Open_Sora_v2.safetensors"),
+    Download(MAIN_REPO, "hunyuan_vae.safetensors", "vae", "hunyuan_vae.safetensors"),
+    Download(FLUX_TEXT_REPO, "t5xxl_fp16.safetensors", "text_encoders", "t5xxl_fp16.safetensors"),
+    Download(FLUX_TEXT_REPO, "clip_l.safetensors", "text_encoders", "clip_l.safetensors"),
+    Download(MAIN_REPO, "google/t5-v1_1-xxl", "text_encoders", "t5xxl_fp16_tokenizer",
+             ("spiece.model", "tokenizer_config.json", "special_tokens_map.json")),
+    Download(MAIN_REPO, "openai/clip-vit-large-patch14", "text_encoders", "clip_l_tokenizer",
+             ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")),
 )
-_FLUX_FILES = (  # ComfyUI's own Flux nodes (t2i2v first frame): UNETLoader, VAELoader, DualCLIPLoader
-    (MAIN_REPO, "flux1-dev.safetensors", "diffusion_models", "flux1-dev.safetensors"),
-    (MAIN_REPO, "flux1-dev-ae.safetensors", "vae", "flux1-dev-ae.safetensors"),
-    (FLUX_TEXT_REPO, "t5xxl_fp16.safetensors", "text_encoders", "t5xxl_fp16.safetensors"),
-    (FLUX_TEXT_REPO, "clip_l.safetensors", "text_encoders", "clip_l.safetensors"),
+_FLUX_FILES = (  # ComfyUI's own Flux nodes (t2i2v first frame): UNETLoader, VAELoader; DualCLIPLoader shares T5/CLIP
+    Download(MAIN_REPO, "flux1-dev.safetensors", "diffusion_models", "flux1-dev.safetensors"),
+    Download(MAIN_REPO, "flux1-dev-ae.safetensors", "vae", "flux1-dev-ae.safetensors"),
 )
 _DC_AE_FILES = (
-    (DC_AE_REPO, "Open_Sora_v2_Video_DC_AE.safetensors", "diffusion_models", "Open_Sora_v2_Video_DC_AE.safetensors"),
-    (DC_AE_REPO, "F32T4C128_AE.safetensors", "vae", "F32T4C128_AE.safetensors"),
+    Download(DC_AE_REPO, "Open_Sora_v2_Video_DC_AE.safetensors", "diffusion_models",
+             "Open_Sora_v2_Video_DC_AE.safetensors"),
+    Download(DC_AE_REPO, "F32T4C128_AE.safetensors", "vae", "F32T4C128_AE.safetensors"),
 )
-DOWNLOADS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+DOWNLOADS: dict[str, tuple[Download, ...]] = {
     "t2v": _VIDEO_FILES,
     "i2v": _VIDEO_FILES,
     "t2i2v": _VIDEO_FILES + _FLUX_FILES,
@@ -223,7 +294,7 @@ DOWNLOADS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
 
 
 def download(what: str, models_dir: Path, log=print) -> list[Path]:
-    """Fetch the released weights a workflow family needs into ``models_dir`` (ComfyUI layout).
+    """Fetch the released weights a workflow family needs into ``models_dir`` (ComfyUI's layout).
 
     Files already present are skipped. Needs ``pip install huggingface_hub`` (imported only here).
     """
@@ -231,22 +302,27 @@ def download(what: str, models_dir: Path, log=print) -> list[Path]:
         import huggingface_hub
     except ImportError:
         raise SystemExit("Downloading needs huggingface_hub: python3 -m pip install huggingface_hub") from None
+    staging = models_dir / ".download"
     placed: list[Path] = []
-    for repo, source, folder, name in DOWNLOADS[what]:
-        target = models_dir / folder / name
+    for item in DOWNLOADS[what]:
+        target = models_dir / item.folder / item.name
+        placed.append(target)
         if target.exists():
             log(f"have {target}")
-            placed.append(target)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        log(f"downloading {repo}/{source} -> {target}")
-        staging = models_dir / ".download"
-        if source.endswith("/"):
-            huggingface_hub.snapshot_download(repo, allow_patterns=[source + "*"], local_dir=staging)
-        else:
-            huggingface_hub.hf_hub_download(repo, source, local_dir=staging)
-        (staging / source.rstrip("/")).rename(target)
-        placed.append(target)
+        log(f"downloading {item.repo}: {item.source} -> {target}")
+        if not item.files:
+            huggingface_hub.hf_hub_download(item.repo, item.source, local_dir=staging)
+            (staging / item.source).rename(target)
+            continue
+        patterns = [f"{item.source}/{name}" for name in item.files]
+        huggingface_hub.snapshot_download(item.repo, allow_patterns=patterns, local_dir=staging)
+        target.mkdir()
+        for name in item.files:
+            if (staging / item.source / name).is_file():
+                (staging / item.source / name).rename(target / name)
+    shutil.rmtree(staging, ignore_errors=True)  # download metadata only: every file was moved out
     return placed
 
 
@@ -281,9 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-frames", type=int, help="4k+1 frames (Hunyuan VAE) or 4k (DC-AE)")
     generate.add_argument("--resolution", choices=("256px", "768px"))
     generate.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1, 2.39:1")
+    generate.add_argument("--width", type=int, help="custom width in pixels (with --height; multiple of 16, or 32 for DC-AE)")
+    generate.add_argument("--height", type=int, help="custom height in pixels (with --width)")
     generate.add_argument("--steps", type=int, help="sampling steps (reference: 50)")
     generate.add_argument("--weight-dtype", choices=("bf16", "fp16", "fp32"))
     generate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    generate.add_argument("--text-only", action="store_true",
+                          help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "
+                               "only inside ComfyUI) and generate from the text alone")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(handler=_generate)

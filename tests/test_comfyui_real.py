@@ -23,16 +23,9 @@ import pytest
 
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
+from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
 
-from workflow_doubles import (
-    FLUX_NODE_TYPES,
-    PACK_ROOT,
-    api_twins,
-    check_video_output,
-    drop_flux_first_frame,
-    prepare_test_graph,
-    write_test_inputs,
-)
+from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, write_test_inputs
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -177,7 +170,7 @@ def test_workflow_runs_in_comfyui(comfy, name):
     if any(n["class_type"] in FLUX_NODE_TYPES for n in graph.values()):
         if name == "t2i2v":
             pytest.skip(f"t2i2v: {NO_TINY_FLUX}; without it the graph is t2v_256px (run above)")
-        graph = drop_flux_first_frame(graph)  # still runs the Video DC-AE model and autoencoder
+        graph = without_flux_first_frame(graph)  # still runs the Video DC-AE model and autoencoder
     entry = comfy.run(graph)
     status = entry["status"]
     assert status["status_str"] == "success", _execution_error(status)

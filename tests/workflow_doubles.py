@@ -310,9 +310,6 @@ def read_video(path: Path) -> tuple["np.ndarray", float]:
 PACK_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = PACK_ROOT / "example_workflows"
 API_DIR = WORKFLOW_DIR / "api"
-FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
-                   "EmptySD3LatentImage", "KSampler", "VAELoader", "VAEDecode")
-FLUX_WORKFLOWS = ("t2i2v",)  # the high-compression one also has a Flux first frame; see drop_flux_first_frame
 
 FIRST_FRAME = "opensora_first_frame.png"
 LAST_FRAME = "opensora_last_frame.png"
@@ -366,25 +363,6 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
         elif kind in ("EmptySD3LatentImage", "ModelSamplingFlux"):
             inputs.update(width=128, height=64)
     return graph
-
-
-def drop_flux_first_frame(graph: dict[str, dict]) -> dict[str, dict]:
-    """The graph without its Flux first frame (text-only video): for hosts without Flux weights."""
-    flux = {i for i, n in graph.items() if n["class_type"] in FLUX_NODE_TYPES}
-    conditions = {i for i, n in graph.items() if n["class_type"] == "OpenSoraImageCondition"
-                  and n["inputs"]["image"][0] in flux}
-    primitives = {i: n["inputs"]["value"] for i, n in graph.items() if n["class_type"] == "PrimitiveStringMultiline"}
-    kept = {}
-    for node_id, node in graph.items():
-        if node_id in flux or node_id in conditions or node_id in primitives:
-            continue
-        inputs = {}
-        for key, value in node["inputs"].items():
-            if isinstance(value, list) and value and value[0] in conditions:
-                continue
-            inputs[key] = primitives[value[0]] if isinstance(value, list) and value and value[0] in primitives else value
-        kept[node_id] = {**node, "inputs": inputs}
-    return kept
 
 
 def check_video_output(graph: Mapping[str, dict], path: Path) -> "np.ndarray":

@@ -6,6 +6,7 @@ import atexit
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -148,20 +149,22 @@ atexit.register(shutdown_worker_groups)
 
 def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, text: TextInputs, timesteps: list[float],
                       method: str, guidance: Guidance, distilled_guidance: float, policy: BranchPolicy,
-                      condition: ImageCondition | None) -> torch.Tensor:
+                      condition: ImageCondition | None, preview: Callable[[torch.Tensor], Any] | None = None
+                      ) -> torch.Tensor:
     """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
-    the compute dtype on the CPU (the workers load ``model.path`` themselves)."""
+    the compute dtype on the CPU (the workers load ``model.path`` themselves). ``preview`` turns each
+    step's first-frame estimate ``[1, C, 1, H', W']`` into the progress bar's picture."""
     layout = settings.layout(model.config.num_heads)
     check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.sequence_size)
     request = SamplingRequest(model.path, dtype_name(_storage_dtype(model)), method, noise, text, timesteps, layout,
-                              guidance, distilled_guidance, policy, condition)
+                              guidance, distilled_guidance, policy, condition, preview is not None)
     group = worker_group(settings.group)
     progress = host.Progress(request.num_steps)
     interrupts: list[Exception] = []
 
-    def on_progress(done: int) -> None:
+    def on_progress(done: int, latent: torch.Tensor | None) -> None:
         try:
-            progress.update(done - progress.value)
+            progress.update(done - progress.value, None if latent is None else preview(latent))
         except Exception as exc:  # Cancel raised by the host's progress bar outside ComfyUI
             interrupts.append(exc)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ..samplers import denoisers
@@ -116,10 +118,12 @@ class OpenSoraSampler:
             image_condition.check_matches(geometry, batch)
         timesteps = get_schedule(steps, geometry.tokens_per_frame, geometry.latent_frames, shift,
                                  flow_shift if flow_shift > 0 else None)
+        previews = host.previews_enabled() and has_preview(geometry.kind)
         if parallel is not None:  # a warm worker group on several GPUs loads model.path itself
             settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
             x = sample_in_workers(parallel, model, samples, text, timesteps, method, settings, guidance,
-                                  BRANCH_MODES[branch_mode], image_condition)
+                                  BRANCH_MODES[branch_mode], image_condition,
+                                  partial(latent_preview, kind=geometry.kind) if previews else None)
             return (_output_latent(x, image_condition, geometry, noise),)
 
         rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
@@ -129,7 +133,6 @@ class OpenSoraSampler:
         module = model.module
         device = host.torch_device()
         progress = host.Progress(steps)
-        previews = host.previews_enabled() and has_preview(geometry.kind)
 
         def on_step(result: denoisers.StepResult) -> None:
             preview = latent_preview(result.denoised(), geometry.kind) if previews else None

@@ -122,7 +122,7 @@ def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, c
     for index, layout in enumerate(LAYOUTS_2):
         request = _request(checkpoint, layout, seed=index, with_condition=index % 2 == 0)
         steps: list[int] = []
-        latent = group.run(request, on_progress=steps.append)
+        latent = group.run(request, on_progress=lambda done, preview: steps.append(done))
         _check_equal_to_in_process(model, request, latent)
         assert steps[-1] == 3
     assert parallel_node.worker_group(two_ranks) is group and group.worker_pids() == pids
@@ -133,7 +133,7 @@ def test_cancel_stops_all_ranks_at_one_step_and_the_group_keeps_working(two_rank
     long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 201).tolist())
     seen: list[int] = []
     with pytest.raises(SamplingCancelled) as cancelled:
-        group.run(long_run, on_progress=seen.append, cancel_requested=lambda: bool(seen))
+        group.run(long_run, on_progress=lambda done, preview: seen.append(done), cancel_requested=lambda: bool(seen))
     assert 1 <= cancelled.value.steps_done < 200
     request = _request(checkpoint, ParallelLayout(2, 1), seed=7)
     _check_equal_to_in_process(model, request, group.run(request))
@@ -170,7 +170,7 @@ def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ra
     victim = group.worker_pids()[1]
     long_run = _request(checkpoint, ParallelLayout(2, 1), timesteps=torch.linspace(1, 0, 401).tolist())
 
-    def kill_rank_1(step: int) -> None:
+    def kill_rank_1(step: int, preview) -> None:
         if not killed:
             killed.append(step)
             os.kill(victim, signal.SIGKILL)
@@ -222,13 +222,30 @@ def _node_inputs(host, checkpoint):
     return model, noise, conditioning
 
 
-def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkpoint, standalone_host):
-    model, noise, conditioning = _node_inputs(standalone_host, checkpoint)
+def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkpoint, standalone_host,
+                                                               monkeypatch):
+    host = standalone_host
+    images: dict[str, list] = {"parallel": [], "in-process": []}
+    run = ["parallel"]
+
+    class RecordingProgress(host.Progress):
+        def update(self, steps=1, preview=None):
+            images[run[0]].append(preview)
+            super().update(steps, preview)
+
+    monkeypatch.setattr(host, "Progress", RecordingProgress)
+    monkeypatch.setattr(host, "previews_enabled", lambda: True)
+    model, noise, conditioning = _node_inputs(host, checkpoint)
     (settings,) = OpenSoraParallelSettings().execute(2, 1, 0, "replicated", two_ranks.port, "cpu")
     (parallel,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS, parallel=settings)
+    run[0] = "in-process"
     (in_process,) = OpenSoraSampler().execute(model, conditioning, noise, **SAMPLER_ARGS)
     assert (parallel["samples"] - in_process["samples"]).abs().max().item() <= TOLERANCE
     assert parallel["samples"].shape == (1, 16, 3, 6, 10)
+    # Latent previews come back from rank 0: the last step's picture equals the in-process one.
+    assert images["parallel"] and images["parallel"][-1].size == images["in-process"][-1].size == (10, 6)
+    difference = torch.tensor(list(images["parallel"][-1].tobytes())) - torch.tensor(list(images["in-process"][-1].tobytes()))
+    assert difference.abs().max().item() <= 1  # one 8-bit level for rounding
 
 
 def test_sampler_node_reports_a_busy_port_and_keeps_working_in_process(checkpoint, standalone_host):

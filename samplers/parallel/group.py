@@ -176,9 +176,12 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------------------------ jobs
 
-    def run(self, request: SamplingRequest, on_progress: Callable[[int], None] | None = None,
+    def run(self, request: SamplingRequest, on_progress: Callable[[int, torch.Tensor | None], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None) -> torch.Tensor:
         """Send ``request``, report finished steps to ``on_progress``, and return the final latent.
+
+        ``on_progress(steps_done, preview)`` gets, when ``request.preview`` is set, the latest step's
+        estimate of the clean first frame ``[1, C, 1, H', W']`` (else ``None``).
 
         When ``cancel_requested()`` turns true the workers stop after their current step and
         :class:`SamplingCancelled` is raised. Raises :class:`WorkerGroupError` when the job failed on
@@ -189,8 +192,10 @@ class WorkerGroup:
         job = self._next_job
         self._next_job += 1
         request_path, result_path = self.folder / f"request_{job}.pt", self.folder / f"result_{job}.pt"
+        preview_path = self.folder / f"preview_{job}.pt"
         request.save(request_path)
-        self.store.set(job_key(job), encode({"request": str(request_path), "result": str(result_path)}))
+        self.store.set(job_key(job), encode({"request": str(request_path), "result": str(result_path),
+                                             "preview": str(preview_path)}))
         reported, cancel_sent = 0, False
         try:
             while not self.store.check([done_key(job)]):
@@ -200,7 +205,7 @@ class WorkerGroup:
                     done = int(self.store.get(progress_key(job)))
                     if done > reported:
                         reported = done
-                        on_progress(done)
+                        on_progress(done, _load_preview(preview_path, request))
                 if not cancel_sent and cancel_requested is not None and cancel_requested():
                     self.store.set(cancel_key(job), "1")
                     cancel_sent = True
@@ -213,11 +218,11 @@ class WorkerGroup:
             if outcome["status"] != OK:
                 raise WorkerGroupError(f"Unexpected worker outcome {outcome}.")
             if on_progress is not None and reported < request.num_steps:
-                on_progress(request.num_steps)
+                on_progress(request.num_steps, _load_preview(preview_path, request))
             return torch.load(result_path, weights_only=True)
         finally:
-            request_path.unlink(missing_ok=True)
-            result_path.unlink(missing_ok=True)
+            for path in (request_path, result_path, preview_path):
+                path.unlink(missing_ok=True)
 
     def _death_message(self, job: int) -> str:
         code = self.process.returncode
@@ -226,3 +231,7 @@ class WorkerGroup:
         detail = "\n".join(errors[0].strip().splitlines()[-6:]) if errors else self.log_tail()
         return (f"A sampling worker stopped (torchrun exit code {code}); the worker group will be started "
                 f"again on the next run. Cause:\n{detail}")
+
+
+def _load_preview(path: Path, request: SamplingRequest) -> torch.Tensor | None:
+    return torch.load(path, weights_only=True) if request.preview else None

@@ -87,6 +87,7 @@ class SamplingRequest:
     distilled_guidance: float = 4.0
     policy: BranchPolicy = field(default_factory=BranchPolicy)
     condition: ImageCondition | None = None
+    preview: bool = False  # rank 0 writes each step's estimate of frame 0 for latent previews
 
     @property
     def num_steps(self) -> int:
@@ -103,7 +104,7 @@ class SamplingRequest:
             "noise": self.noise.cpu(), "text": [t.cpu() for t in _text_tensors(self.text)],
             "timesteps": [float(t) for t in self.timesteps], "layout": asdict(self.layout),
             "guidance": asdict(self.guidance), "distilled_guidance": float(self.distilled_guidance),
-            "policy": asdict(self.policy), "condition": condition,
+            "policy": asdict(self.policy), "condition": condition, "preview": self.preview,
         }, path)
 
     @classmethod
@@ -115,7 +116,7 @@ class SamplingRequest:
                                        condition["mask"], condition["masked_ref"])
         return cls(data["checkpoint"], data["weight_dtype"], data["method"], data["noise"], TextInputs(*data["text"]),
                    data["timesteps"], ParallelLayout(**data["layout"]), Guidance(**data["guidance"]),
-                   data["distilled_guidance"], BranchPolicy(**data["policy"]), condition)
+                   data["distilled_guidance"], BranchPolicy(**data["policy"]), condition, data["preview"])
 
 
 def _text_tensors(text: TextInputs) -> tuple[torch.Tensor, ...]:

@@ -108,6 +108,9 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
 
     def on_step(result: StepResult) -> None:
         if rank == 0:
+            if request.preview:  # first frame of element 0, written before the progress that announces it
+                torch.save(result.denoised()[:1, :, :1].cpu(), files["preview"] + ".tmp")
+                os.replace(files["preview"] + ".tmp", files["preview"])
             store.set(progress_key(job), str(result.step + 1))
             cancel.fill_(int(store.check([cancel_key(job)])))
         dist.broadcast(cancel, 0)

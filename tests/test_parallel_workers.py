@@ -32,7 +32,7 @@ from comfyui_opensora.samplers.parallel.group import (
 )
 from comfyui_opensora.samplers.parallel.layout import ParallelLayout
 from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
-from factories_mmdit import write_tiny_mmdit
+from factories_mmdit import TINY_FLUX_CONFIG, write_tiny_mmdit
 
 pytest.importorskip("yunchang", reason="the parallel worker tests need yunchang: pip install -r requirements-test.txt")
 
@@ -128,13 +128,26 @@ def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, c
     assert parallel_node.worker_group(two_ranks) is group and group.worker_pids() == pids
 
 
+def test_distilled_flux_model_through_the_workers(two_ranks, tmp_path):
+    path = tmp_path / "tiny_flux.safetensors"
+    write_tiny_mmdit(path, TINY_FLUX_CONFIG)
+    flux = load_mmdit(path, dtype=torch.float32)
+    noise, text, _ = _inputs(seed=9)
+    request = SamplingRequest(str(path), "fp32", "distill", noise, text, TIMESTEPS, ParallelLayout(1, 2, "replicated"),
+                              distilled_guidance=3.5)
+    latent = parallel_node.worker_group(two_ranks).run(request)
+    with torch.inference_mode():
+        expected = denoisers.denoise_distilled(flux, noise, text.txt, text.y_vec, TIMESTEPS, 3.5)
+    assert (latent - expected).abs().max().item() <= TOLERANCE
+
+
 def test_cancel_stops_all_ranks_at_one_step_and_the_group_keeps_working(two_ranks, checkpoint, model):
     group = parallel_node.worker_group(two_ranks)
-    long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 201).tolist())
+    long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 1001).tolist())
     seen: list[int] = []
     with pytest.raises(SamplingCancelled) as cancelled:
         group.run(long_run, on_progress=lambda done, preview: seen.append(done), cancel_requested=lambda: bool(seen))
-    assert 1 <= cancelled.value.steps_done < 200
+    assert 1 <= cancelled.value.steps_done < 1000
     request = _request(checkpoint, ParallelLayout(2, 1), seed=7)
     _check_equal_to_in_process(model, request, group.run(request))
 
@@ -147,7 +160,7 @@ def test_cancel_through_the_host_raises_the_hosts_interrupt(two_ranks, checkpoin
     model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, torch.float32, checkpoint)
     try:
         with pytest.raises(host.Interrupted):
-            parallel_node.sample_in_workers(settings, model_value, noise, text, torch.linspace(1, 0, 201).tolist(),
+            parallel_node.sample_in_workers(settings, model_value, noise, text, torch.linspace(1, 0, 1001).tolist(),
                                             "i2v", denoisers.Guidance(), 4.0, denoisers.BranchPolicy(), None)
     finally:
         remove()

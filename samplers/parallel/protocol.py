@@ -72,7 +72,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 class SamplingRequest:
     """One denoising run: the checkpoint to load and everything the denoiser takes.
 
-    ``noise`` is the starting latent ``[B, C, T, H', W']``; the result comes back in the weight dtype
+    ``noise`` is the starting latent ``[B, C, T, H', W']``; the result comes back in the compute dtype
     (references are pasted by the caller, as in-process). ``weight_dtype`` names the storage dtype.
     """
 

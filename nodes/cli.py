@@ -222,7 +222,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     from ..loaders.tiny_checkpoints import write_tiny_model_folder
 
+    import torch
+
     started = time.perf_counter()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add start-up and contention costs
     with tempfile.TemporaryDirectory(prefix="opensora-smoke-") as scratch:
         models = Path(scratch) / "models"
         write_tiny_model_folder(models, "t2v")

@@ -13,16 +13,8 @@ import torch
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
 from comfyui_opensora.nodes import cli
 
+from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
 from workflow_doubles import PACK_ROOT, WORKFLOW_DIR, load_json, read_video, write_test_clip, write_test_image
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up and contention cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

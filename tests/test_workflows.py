@@ -19,6 +19,7 @@ from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, workflow_runner
 from comfyui_opensora.nodes.workflow_runner import WorkflowError, run_workflow, validate_workflow
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
+from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
 from workflow_doubles import (
     API_DIR,
     CORE_NODE_DOUBLES,
@@ -35,15 +36,6 @@ from workflow_doubles import (
 )
 
 ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up and contention cost far more than the arithmetic (10x on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -52,21 +52,27 @@ class ShardedMMDiT:
         size, rank = self.layout.sequence_size, self.groups.sequence_rank
         image = TokenSplit(img.shape[1], size)
         text = TokenSplit(txt.shape[1], size)
-        attention = SequenceParallelAttention(self.groups, self.layout, text, image)
-        for block in (*self.model.double_blocks, *self.model.single_blocks):
-            block.attention_backend = attention
         if self.layout.text == TEXT_SPLIT:
             txt, txt_ids = text.shard(txt, rank), text.shard(txt_ids, rank)
-        local = self.model(
-            img=image.shard(img, rank),
-            img_ids=image.shard(img_ids, rank),
-            txt=txt,
-            txt_ids=txt_ids,
-            timesteps=timesteps,
-            y_vec=y_vec,
-            cond=None if cond is None else image.shard(cond, rank),
-            guidance=guidance,
-        )
+        blocks = (*self.model.double_blocks, *self.model.single_blocks)
+        kernels = [block.attention_backend for block in blocks]
+        attention = SequenceParallelAttention(self.groups, self.layout, text, image)
+        for block in blocks:
+            block.attention_backend = attention
+        try:
+            local = self.model(
+                img=image.shard(img, rank),
+                img_ids=image.shard(img_ids, rank),
+                txt=txt,
+                txt_ids=txt_ids,
+                timesteps=timesteps,
+                y_vec=y_vec,
+                cond=None if cond is None else image.shard(cond, rank),
+                guidance=guidance,
+            )
+        finally:
+            for block, kernel in zip(blocks, kernels):
+                block.attention_backend = kernel
         return image.unshard(_all_gather(local, size, self.groups.sequence_group))
 
 

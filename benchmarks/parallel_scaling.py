@@ -152,7 +152,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         memory = "-" if row["peak_memory_bytes"] is None else f"{row['peak_memory_bytes'] / 2**30:.2f} GiB"
-        print(f"| {row['ranks']} | {row['layout']} | {row['seconds_per_step']:.3f} | {row['speedup']:.2f}x | {memory} |")
+        print(f"| {row['ranks']} | {row['layout']} | {row['seconds_per_step']:.3f} | {row['speedup']:.2f}x "
+              f"| {memory} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

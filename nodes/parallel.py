@@ -40,7 +40,8 @@ class ParallelSettings:
         """Raise if the degrees do not divide the ranks; returns the sequence group size."""
         ranks = self.group.ranks
         if self.cfg_degree < 1 or ranks % self.cfg_degree:
-            raise ValueError(f"cfg_degree={self.cfg_degree} does not divide ranks={ranks}: choose a divisor of {ranks}.")
+            raise ValueError(f"cfg_degree={self.cfg_degree} does not divide ranks={ranks}: choose a divisor of "
+                             f"{ranks}.")
         size = ranks // self.cfg_degree
         if self.ulysses_degree and size % self.ulysses_degree:
             raise ValueError(f"ulysses_degree={self.ulysses_degree} does not divide the {size} ranks of a sequence "
@@ -67,7 +68,8 @@ class OpenSoraParallelSettings:
         return {
             "required": {
                 "ranks": ("INT", {"default": 2, "min": 1, "max": 64,
-                                  "tooltip": "Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES)."}),
+                                  "tooltip": "Worker processes, one per GPU (GPUs 0..ranks-1 of "
+                                             "CUDA_VISIBLE_DEVICES)."}),
                 "cfg_degree": ("INT", {
                     "default": 1, "min": 1, "max": 3,
                     "tooltip": "Split the guidance branches (positive / negative prompt passes) over this many "

@@ -258,7 +258,8 @@ def test_sampler_node_with_parallel_settings_equals_in_process(two_ranks, checkp
     assert parallel["samples"].shape == (1, 16, 3, 6, 10)
     # Latent previews come back from rank 0: the last step's picture equals the in-process one.
     assert images["parallel"] and images["parallel"][-1].size == images["in-process"][-1].size == (10, 6)
-    difference = torch.tensor(list(images["parallel"][-1].tobytes())) - torch.tensor(list(images["in-process"][-1].tobytes()))
+    pixels = {run: torch.tensor(list(pictures[-1].tobytes())) for run, pictures in images.items()}
+    difference = pixels["parallel"] - pixels["in-process"]
     assert difference.abs().max().item() <= 1  # one 8-bit level for rounding
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
 from comfyui_opensora.nodes import cli

@@ -1,9 +1,12 @@
-"""Helpers for the workflow tests: a UI-format -> API-format converter, and stand-ins for the core
-ComfyUI nodes the example workflows use (only for in-process runs; a real ComfyUI runs the real ones).
+"""Shared helpers of the workflow tests (in-process and real ComfyUI):
 
-The converter follows what ComfyUI's frontend does when it queues a UI graph: ``widgets_values`` are
-positional, in widget order (the node's inputs that are widgets, required then optional), with one extra
-UI-only entry after a seed widget (``control_after_generate``) and after an upload combo.
+- a UI-format -> API-format converter following what ComfyUI's frontend does when it queues a UI graph:
+  ``widgets_values`` are positional, in widget order (the node's inputs that are widgets, required then
+  optional), with one extra UI-only entry after a seed widget (``control_after_generate``) and after an
+  upload combo;
+- stand-ins for the core ComfyUI nodes the example workflows use (only for in-process runs; a real
+  ComfyUI runs the real ones);
+- reference media, the example workflows made tiny, and checks of the videos they write.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pytest
 import torch
 
@@ -275,7 +279,6 @@ CORE_NODE_DOUBLES: dict[str, type] = {
 
 def write_test_image(path: Path, height: int, width: int, seed: int) -> Path:
     """A smooth colour image (PNG) to use as an i2v reference."""
-    import numpy as np
     from PIL import Image
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -288,7 +291,6 @@ def write_test_image(path: Path, height: int, width: int, seed: int) -> Path:
 def write_test_clip(path: Path, frames: int, height: int, width: int, fps: int = 24) -> Path:
     """A short moving-gradient MP4 to use as a v2v reference."""
     import imageio
-    import numpy as np
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     writer = imageio.get_writer(path, fps=fps, codec="libx264", quality=None, macro_block_size=1,
@@ -302,10 +304,9 @@ def write_test_clip(path: Path, frames: int, height: int, width: int, fps: int =
     return path
 
 
-def read_video(path: Path) -> tuple["np.ndarray", float]:
+def read_video(path: Path) -> tuple[np.ndarray, float]:
     """Decode a video file back: ``(uint8 frames [T, H, W, 3], fps)``."""
     import imageio
-    import numpy as np
 
     reader = imageio.get_reader(path, "ffmpeg")
     try:
@@ -376,7 +377,7 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
     return graph
 
 
-def check_video_output(graph: Mapping[str, dict], path: Path) -> "np.ndarray":
+def check_video_output(graph: Mapping[str, dict], path: Path) -> np.ndarray:
     """The file is a playable MP4 with the frames, size and frame rate the graph asked for."""
     noise = next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise")["inputs"]
     save = next(n for n in graph.values() if n["class_type"] == "OpenSoraSaveVideo")["inputs"]

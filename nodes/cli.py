@@ -156,18 +156,31 @@ def run_rows(prompt: dict[str, dict], rows: Iterable[dict[str, str]], settings: 
     """Run the workflow once per row; returns the files written."""
     written: list[Path] = []
     classes = node_classes()
-    for index, row in enumerate(rows):
-        row_settings = dict(settings, prompt=row.get("text"), negative=row.get("neg") or None,
-                            ref=row.get("ref") or None)
-        if row.get("name"):
-            row_settings["name"] = row["name"]
-        started = time.perf_counter()
-        graph = apply_settings(prompt, row_settings)
-        result = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}"))
-        files = result.files()
-        written.extend(files)
-        log(f"sample {index}: {', '.join(map(str, files)) or '(no file)'} ({time.perf_counter() - started:.1f} s)")
+    remove_listener = host.add_progress_listener(_print_progress)
+    try:
+        for index, row in enumerate(rows):
+            written.extend(_run_row(prompt, classes, index, row, settings, log))
+    finally:
+        remove_listener()
     return written
+
+
+def _print_progress(value: int, total: int) -> None:
+    """Progress of the running node (sampling steps, decoded chunks, saved frames) on one terminal line."""
+    print(f"\r    {value}/{total}", end="\n" if value >= total else "", file=sys.stderr, flush=True)
+
+
+def _run_row(prompt: dict[str, dict], classes: dict[str, type], index: int, row: dict[str, str],
+             settings: dict[str, Any], log) -> list[Path]:
+    """One sample: the row's prompt, negative, references and name on top of the command-line settings."""
+    row_settings = dict(settings, prompt=row.get("text"), negative=row.get("neg") or None, ref=row.get("ref") or None)
+    if row.get("name"):
+        row_settings["name"] = row["name"]
+    started = time.perf_counter()
+    graph = apply_settings(prompt, row_settings)
+    files = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}")).files()
+    log(f"sample {index}: {', '.join(map(str, files)) or '(no file)'} ({time.perf_counter() - started:.1f} s)")
+    return files
 
 
 # ----------------------------------------------------------------------------------------- commands

@@ -323,8 +323,7 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = PACK_ROOT / "example_workflows"
 API_DIR = WORKFLOW_DIR / "api"
 
-FIRST_FRAME = "opensora_first_frame.png"
-LAST_FRAME = "opensora_last_frame.png"
+IMAGE = "example.png"  # ComfyUI ships input/example.png; the i2v workflows preselect it
 CLIP = "opensora_clip.mp4"
 TEST_SIZES = {"hunyuan_vae": (32, 48), "dc_ae": (32, 64)}  # (height, width): the smallest sizes that tile
 TEST_STEPS = 2
@@ -341,8 +340,7 @@ def api_twins() -> list[str]:
 def write_test_inputs(folder: Path) -> None:
     """The reference files the example workflows name, in ComfyUI's input folder (or a test's)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_test_image(folder / FIRST_FRAME, 80, 120, seed=1)
-    write_test_image(folder / LAST_FRAME, 120, 80, seed=2)
+    write_test_image(folder / IMAGE, 80, 120, seed=1)
     write_test_clip(folder / CLIP, frames=36, height=72, width=112)
 
 

@@ -40,6 +40,10 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "weight_dtype": (("OpenSoraModelLoader", "weight_dtype"), ("OpenSoraTextEncoderLoader", "weight_dtype"),
                      ("OpenSoraVAELoader", "dtype")),
     "name": (("OpenSoraSaveVideo", "filename_prefix"),),
+    "model": (("OpenSoraModelLoader", "model_name"),),
+    "vae": (("OpenSoraVAELoader", "vae_name"),),
+    "t5": (("OpenSoraTextEncoderLoader", "t5_name"),),
+    "clip": (("OpenSoraTextEncoderLoader", "clip_name"),),
 }
 # ComfyUI's own Flux nodes (the t2i2v first frame): not available outside ComfyUI.
 FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
@@ -190,6 +194,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "seed": args.seed, "num_frames": args.num_frames, "resolution": args.resolution,
         "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
+        "model": args.model, "vae": args.vae, "t5": args.t5, "clip": args.clip,
     }
     if args.width or args.height:
         if not (args.width and args.height):
@@ -377,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, help="custom height in pixels (with --width)")
     generate.add_argument("--steps", type=int, help="sampling steps (reference: 50)")
     generate.add_argument("--weight-dtype", choices=("bf16", "fp16", "fp32"))
+    generate.add_argument("--model", help="diffusion model file in diffusion_models/ (default: the workflow's)")
+    generate.add_argument("--vae", help="autoencoder file in vae/ (default: the workflow's)")
+    generate.add_argument("--t5", help="T5 file or Hugging Face folder in text_encoders/ (default: t5xxl_fp16.safetensors)")
+    generate.add_argument("--clip", help="CLIP file or Hugging Face folder in text_encoders/ (default: clip_l.safetensors)")
     generate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     generate.add_argument("--text-only", action="store_true",
                           help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "

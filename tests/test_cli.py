@@ -74,6 +74,8 @@ def test_clear_errors_for_what_cannot_run(tiny_models, tmp_path):
         cli.main(["generate", "--workflow", "t2v_256px", "--prompt", "x", "--ref", "a.png", *common])
     with pytest.raises(SystemExit, match="Unknown workflow 'nope'.*t2v_256px"):
         cli.main(["generate", "--workflow", "nope", "--prompt", "x", *common])
+    with pytest.raises(SystemExit, match="cannot run: .*'missing.safetensors' is not one of the choices"):
+        cli.main(["generate", "--prompt", "x", "--model", "missing.safetensors", *common])
     with pytest.raises(SystemExit, match="'text' column"):
         (tmp_path / "bad.csv").write_text("prompt\nhello\n")
         cli.main(["generate", "--csv", str(tmp_path / "bad.csv"), *common])

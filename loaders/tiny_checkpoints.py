@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -59,7 +60,7 @@ CLIP_FILE = "clip_l.safetensors"
 TOKENIZER_SUFFIX = "_tokenizer"  # a single-file encoder's tokenizer: "<file stem>_tokenizer/" beside it
 
 
-def _seeded_state_dict(build: "callable", seed: int) -> dict[str, torch.Tensor]:
+def _seeded_state_dict(build: Callable[[], torch.nn.Module], seed: int) -> dict[str, torch.Tensor]:
     """State dict of ``build()`` created under ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -209,6 +210,8 @@ def write_tiny_model_folder(root: str | os.PathLike, what: str = "t2v", seed: in
     ``what``: ``"t2v"`` / ``"i2v"`` (video MMDiT, Hunyuan VAE, T5 and CLIP files with tokenizers) or
     ``"high_compression"`` (adds the DC-AE MMDiT and the Video DC-AE).
     """
+    if what not in ("t2v", "i2v", "high_compression"):
+        raise ValueError(f"Unknown model family '{what}'; choose t2v, i2v or high_compression.")
     root = Path(root)
     for folder in ("diffusion_models", "vae", "text_encoders"):
         (root / folder).mkdir(parents=True, exist_ok=True)

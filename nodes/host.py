@@ -46,6 +46,7 @@ class _Standalone:
     device: torch.device | None = None
     interrupt_requested: bool = False
     progress_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+    loaded_models: list[Any] = field(default_factory=list)  # StandaloneModels on their load device
 
 
 _standalone = _Standalone()
@@ -147,8 +148,18 @@ def load_models(managed: Iterable[Any], memory_required: int = 0) -> None:
     if IN_COMFY:
         _mm.load_models_gpu(managed, memory_required=memory_required)
         return
+    # Like ComfyUI, keep only what is asked for on the device: the text encoders and the VAE go
+    # back to RAM while the diffusion model samples (simpler than ComfyUI: every other model goes).
+    evicted = [h for h in _standalone.loaded_models if all(h is not m for m in managed)]
+    for handle in evicted:
+        handle.offload()
+        _standalone.loaded_models.remove(handle)
+    if evicted:
+        empty_cache()
     for handle in managed:
         handle.load()
+        if all(handle is not h for h in _standalone.loaded_models):
+            _standalone.loaded_models.append(handle)
 
 
 def unwrap_model(managed: Any) -> torch.nn.Module:

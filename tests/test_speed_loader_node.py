@@ -42,3 +42,24 @@ def test_auto_attention_on_cpu_is_sdpa_and_offload_is_skipped_without_a_gpu(stan
     assert {b.attention_backend for b in blocks} == {"sdpa"}
     assert not hasattr(model.module, "block_offload")  # compute and offload device are both the CPU
     assert all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in blocks)  # compiled lazily
+
+
+def test_outside_comfyui_loading_a_model_sends_the_others_back_to_ram(standalone_host, monkeypatch):
+    """ComfyUI evicts text encoders and VAEs from the GPU when the sampler loads the MMDiT; so does
+    the standalone host (here the 'device' is a dtype change, so the moves are visible on the CPU)."""
+    class Handle(standalone_host.StandaloneModel):
+        def load(self):
+            self.model.to(torch.float64)
+
+        def offload(self):
+            self.model.to(torch.float32)
+
+    text_encoder = Handle(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    diffusion_model = Handle(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    monkeypatch.setattr(standalone_host._standalone, "loaded_models", [])
+    standalone_host.load_models([text_encoder])
+    assert text_encoder.model.weight.dtype == torch.float64
+    standalone_host.load_models([diffusion_model])
+    assert text_encoder.model.weight.dtype == torch.float32 and diffusion_model.model.weight.dtype == torch.float64
+    standalone_host.load_models([diffusion_model])
+    assert standalone_host._standalone.loaded_models == [diffusion_model]

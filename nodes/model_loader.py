@@ -86,7 +86,8 @@ class OpenSoraModelLoader:
     CATEGORY = "Open-Sora"
     DESCRIPTION = (
         "Loads an Open-Sora 2.0 MMDiT (or Flux-dev) checkpoint with strict key checks. The weights go to "
-        "ComfyUI's offload device in the chosen precision; samplers move them to the GPU when they run."
+        "ComfyUI's offload device in the chosen precision; samplers move them to the GPU when they run. "
+        "For 24 GB cards: fp8 weights (about 12 GB) or bf16 with offload_blocks (blocks streamed from RAM)."
     )
 
     def execute(self, model_name: str, weight_dtype: str, attention: str = "auto", offload_blocks: int = 0,

@@ -1,19 +1,19 @@
-"""Block offload: keep some transformer blocks on the GPU and stream the others in just in time.
+"""Block offload: run transformer blocks whose weights live in host memory, copying them in just in time.
 
-The streamed blocks keep their weights in host memory (pinned when the compute device is CUDA, so
-copies are asynchronous). A forward pre-hook gives each streamed block a compute-device copy of its
-weights right before it runs, and a forward hook drops that copy right after: weights never change
-during inference, so nothing is copied back. On CUDA the copy of the next streamed block is started
-on a side stream while the current block computes (prefetch), and the first streamed block is
-prefetched when the model's forward starts. At most three streamed blocks hold GPU memory at a time
-(the CPU waits for the GPU when it runs further ahead).
+A block's weights that are not on the compute device when it runs are copied there right before
+(forward pre-hook) and dropped right after (forward hook); weights never change during inference,
+so nothing is copied back. Two kinds of blocks are streamed this way:
 
-Blocks are ``model.double_blocks`` then ``model.single_blocks`` (execution order); the last
-``count`` of them are streamed, the others and all non-block modules stay on the compute device.
-``model.to(...)`` leaves streamed blocks in host memory (their ``_apply`` is a no-op while streamed).
-Inside ComfyUI, whose loader moves layers one by one, a streamed block that the host moved to the
-GPU is pointed back at its host copy at the next forward, and resident modules the host left in RAM
-(a partial load) are brought in.
+* the last ``count`` blocks, which :func:`install_block_offload` keeps in host memory (pinned when
+  the compute device is CUDA, so copies are asynchronous; ``model.to(...)`` leaves them there);
+* any other block the host left (partly) in RAM: ComfyUI's partial loading moves layers one by one
+  until its memory budget is used, which plain ``nn.Linear`` layers could not otherwise run with.
+
+On CUDA the copy of the next block is started on a side stream while the current block computes
+(prefetch), and the first block's copy when the model's forward starts. The CPU waits for the GPU
+when it runs more than two blocks ahead, so at most three blocks' copies hold GPU memory.
+Blocks are ``model.double_blocks`` then ``model.single_blocks`` (execution order); non-block
+modules are moved to the compute device when the model's forward starts (they are small).
 """
 
 from __future__ import annotations
@@ -38,15 +38,22 @@ def _pinned(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
 
+def _tensors(block: nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(block.named_parameters())
+    named.update(block.named_buffers())
+    return named
+
+
 @dataclass
-class _Streamed:
-    """A streamed block: its weights' host copies, and its compute-device copies while loaded."""
+class _Block:
+    """One transformer block and the copies it runs with during the current call."""
 
     block: nn.Module
-    host: dict[str, torch.Tensor]
-    on_device: dict[str, torch.Tensor] | None = None
+    kept_in_host_memory: bool
+    host: dict[str, torch.Tensor] = field(default_factory=dict)  # host copies of a kept block
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors swapped out for this call
+    on_device: dict[str, torch.Tensor] | None = None  # compute-device copies, once prefetched
     ready: torch.cuda.Event | None = None  # copy finished (side stream)
-    done: torch.cuda.Event | None = None  # block's compute finished (compute stream)
 
 
 @dataclass
@@ -56,28 +63,28 @@ class BlockOffload:
     model: nn.Module
     compute_device: torch.device
     offload_device: torch.device
-    streamed: list[_Streamed]
+    blocks: list[_Block]
     handles: list[RemovableHandle] = field(default_factory=list)
     stream: torch.cuda.Stream | None = None
-    max_loaded: int = 0  # most streamed blocks on the compute device at once (for tests/benchmarks)
+    pending: list[tuple[int, torch.cuda.Event]] = field(default_factory=list)  # (block index, compute done)
+    max_loaded: int = 0  # most blocks holding compute-device copies at once (for tests/benchmarks)
 
     @property
     def streamed_blocks(self) -> list[nn.Module]:
-        return [s.block for s in self.streamed]
+        """The blocks kept in host memory."""
+        return [b.block for b in self.blocks if b.kept_in_host_memory]
 
-    def _tensors(self, block: nn.Module) -> dict[str, torch.Tensor]:
-        named = dict(block.named_parameters())
-        named.update(block.named_buffers())
-        return named
+    def _on_compute_device(self, tensor: torch.Tensor) -> bool:
+        return tensor.device == self.compute_device
 
     @torch.inference_mode(False)
-    def _store(self, entry: _Streamed) -> None:
-        """Point a streamed block at its host copies, taking them on first use.
+    def _keep_in_host_memory(self, entry: _Block) -> None:
+        """Point a kept block at its host copies, taking them on first use.
 
         If the host (ComfyUI's loader) moved the block to the GPU meanwhile, the GPU copy is dropped
         in favour of the host copy kept from before: inference never changes weights.
         """
-        for name, tensor in self._tensors(entry.block).items():
+        for name, tensor in _tensors(entry.block).items():
             host = entry.host.get(name)
             if host is None:
                 host = tensor.data.to(self.offload_device)
@@ -85,117 +92,125 @@ class BlockOffload:
             if tensor.device != host.device or tensor.data_ptr() != host.data_ptr():
                 tensor.data = host
 
+    def _away(self, entry: _Block) -> dict[str, torch.Tensor]:
+        """The block's tensors that are not on the compute device now."""
+        if entry.kept_in_host_memory:
+            return entry.host
+        return {n: t.data for n, t in _tensors(entry.block).items() if not self._on_compute_device(t)}
+
     @torch.inference_mode(False)
     def _prefetch(self, index: int) -> None:
         # Normal (not inference-mode) tensors: CPU kernels treat inference-tensor weights differently,
         # which would change the last bits of the output compared with the model without offload.
-        entry = self.streamed[index]
+        entry = self.blocks[index]
         if entry.on_device is not None:
             return
-        if self.stream is None:
-            entry.on_device = {n: t.to(self.compute_device, copy=True) for n, t in entry.host.items()}
+        entry.originals = self._away(entry)
+        if not entry.originals:
+            entry.on_device = {}
             return
-        if index >= 2 and self.streamed[index - 2].done is not None:
-            # The CPU runs ahead of the GPU: wait until the GPU finished the block two back, so that at
-            # most three streamed blocks hold device memory however far ahead the CPU got.
-            self.streamed[index - 2].done.synchronize()
+        if self.stream is None:
+            entry.on_device = {n: t.to(self.compute_device, copy=True) for n, t in entry.originals.items()}
+            return
+        while self.pending and self.pending[0][0] <= index - 2:
+            self.pending.pop(0)[1].synchronize()  # the GPU finished that block: its copies are free
         with torch.cuda.stream(self.stream):
-            entry.on_device = {n: t.to(self.compute_device, non_blocking=True) for n, t in entry.host.items()}
+            entry.on_device = {
+                n: t.to(self.compute_device, non_blocking=True) for n, t in entry.originals.items()
+            }
             entry.ready = torch.cuda.Event()
             entry.ready.record(self.stream)
 
-    def _loaded_count(self) -> int:
-        return sum(s.on_device is not None for s in self.streamed)
-
     def _before_model(self, _module: nn.Module, _args) -> None:
-        streamed_ids = {id(s.block) for s in self.streamed}
-        for entry in self.streamed:
-            self._store(entry)
+        # Copies still in use by the previous call count as blocks before this call's first one.
+        self.pending = [(index - len(self.blocks), done) for index, done in self.pending]
+        for entry in self.blocks:
+            if entry.kept_in_host_memory:
+                self._keep_in_host_memory(entry)
         for name, module in self.model.named_children():
-            if isinstance(module, nn.ModuleList) and name in ("double_blocks", "single_blocks"):
-                for block in module:
-                    if id(block) not in streamed_ids:
-                        block.to(self.compute_device)
-            else:
+            if name not in ("double_blocks", "single_blocks"):
                 module.to(self.compute_device)
-        if self.streamed:
-            self._prefetch(0)
+        self._prefetch(0)
 
     def _before_block(self, index: int):
         def hook(block: nn.Module, _args) -> None:
-            entry = self.streamed[index]
+            entry = self.blocks[index]
             self._prefetch(index)
             if entry.ready is not None:
                 current = torch.cuda.current_stream(self.compute_device)
                 current.wait_event(entry.ready)
                 for tensor in entry.on_device.values():
                     tensor.record_stream(current)
-            for name, tensor in self._tensors(block).items():
-                tensor.data = entry.on_device[name]
-            if index + 1 < len(self.streamed):
+            tensors = _tensors(block)
+            for name, copy in entry.on_device.items():
+                tensors[name].data = copy
+            if index + 1 < len(self.blocks):
                 self._prefetch(index + 1)
-            self.max_loaded = max(self.max_loaded, self._loaded_count())
+            self.max_loaded = max(self.max_loaded, sum(bool(b.on_device) for b in self.blocks))
 
         return hook
 
     def _after_block(self, index: int):
         def hook(block: nn.Module, _args, _output) -> None:
-            entry = self.streamed[index]
-            for name, tensor in self._tensors(block).items():
-                tensor.data = entry.host[name]
-            entry.on_device, entry.ready = None, None
-            if self.stream is not None:
-                entry.done = torch.cuda.Event()
-                entry.done.record(torch.cuda.current_stream(self.compute_device))
+            entry = self.blocks[index]
+            tensors = _tensors(block)
+            for name, original in entry.originals.items():
+                tensors[name].data = original
+            if entry.on_device and self.stream is not None:
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.compute_device))
+                self.pending.append((index, done))
+            entry.originals, entry.on_device, entry.ready = {}, None, None
 
         return hook
 
     def remove(self) -> None:
-        """Remove the hooks; streamed blocks stay in host memory (move the model to use it plainly)."""
+        """Remove the hooks; kept blocks stay in host memory (move the model to use it plainly)."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        for entry in self.streamed:
-            entry.on_device, entry.ready = None, None
+        self.pending.clear()
+        for entry in self.blocks:
+            entry.originals, entry.on_device, entry.ready = {}, None, None
             entry.block.__dict__.pop("_apply", None)
         if getattr(self.model, "block_offload", None) is self:
             del self.model.block_offload
 
 
-def _keep_in_host_memory(block: nn.Module, fn, recurse: bool = True) -> nn.Module:
-    """``_apply`` of a streamed block: ``model.to(device)`` must not pull its weights onto the GPU."""
+def _ignore_moves(block: nn.Module, fn, recurse: bool = True) -> nn.Module:
+    """``_apply`` of a kept block: ``model.to(device)`` must not pull its weights onto the GPU."""
     return block
 
 
 def install_block_offload(model: nn.Module, count: int, compute_device: torch.device | str,
-                          offload_device: torch.device | str = "cpu") -> BlockOffload | None:
-    """Stream the last ``count`` transformer blocks of ``model`` from ``offload_device``.
+                          offload_device: torch.device | str = "cpu") -> BlockOffload:
+    """Run ``model``'s blocks with just-in-time copies; keep the last ``count`` in host memory.
 
-    ``count`` 0 removes any offload installed before and returns ``None``. The streamed blocks are
-    moved to ``offload_device`` now; the rest of the model is moved to ``compute_device`` at each
-    forward. The returned object is also stored as ``model.block_offload``.
+    With ``count`` 0 nothing is forced into host memory, but blocks the host leaves there (partial
+    loading) still run. Replaces an offload installed before; the returned object is also stored as
+    ``model.block_offload``.
     """
     previous = getattr(model, "block_offload", None)
     if previous is not None:
         previous.remove()
-    if count <= 0:
-        return None
     blocks = transformer_blocks(model)
-    if count > len(blocks):
-        raise ValueError(f"offload_blocks is {count} but this model has only {len(blocks)} blocks.")
+    if not 0 <= count <= len(blocks):
+        raise ValueError(f"offload_blocks is {count} but this model has {len(blocks)} blocks.")
     compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
+    if compute_device.type == "cuda" and compute_device.index is None:
+        compute_device = torch.device("cuda", torch.cuda.current_device())
+    kept = len(blocks) - count
     offload = BlockOffload(
         model, compute_device, offload_device,
-        streamed=[_Streamed(block, host={}) for block in blocks[len(blocks) - count:]],
+        blocks=[_Block(block, kept_in_host_memory=i >= kept) for i, block in enumerate(blocks)],
         stream=torch.cuda.Stream(compute_device) if compute_device.type == "cuda" else None,
     )
-    for entry in offload.streamed:
-        offload._store(entry)
-    for index, entry in enumerate(offload.streamed):
+    for index, entry in enumerate(offload.blocks):
+        if entry.kept_in_host_memory:
+            offload._keep_in_host_memory(entry)
+            entry.block._apply = _ignore_moves.__get__(entry.block)
         offload.handles.append(entry.block.register_forward_pre_hook(offload._before_block(index)))
         offload.handles.append(entry.block.register_forward_hook(offload._after_block(index)))
     offload.handles.append(model.register_forward_pre_hook(offload._before_model))
-    for entry in offload.streamed:
-        entry.block._apply = _keep_in_host_memory.__get__(entry.block)
     model.block_offload = offload
     return offload

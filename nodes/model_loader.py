@@ -100,7 +100,7 @@ class OpenSoraModelLoader:
         backend = resolve_backend(attention, device, compute_dtype(dtype))
         module = load_mmdit(path, dtype=dtype, device=host.offload_device())
         set_attention_backend(module, backend)
-        if offload_blocks and device != host.offload_device():
+        if device != host.offload_device():  # also runs blocks ComfyUI's partial loading leaves in RAM
             install_block_offload(module, offload_blocks, device, host.offload_device())
         if compile:
             compile_blocks(module)

@@ -54,16 +54,42 @@ def test_streamed_blocks_hold_compute_copies_only_while_they_run():
         assert all(a != b for a, b in zip(seen[id(block)], home[id(block)])), "ran on host weights"
         assert [p.data_ptr() for p in block.parameters()] == home[id(block)], "copy kept after the block ran"
     assert offload.max_loaded == 2  # the running block and the prefetched next one
-    assert all(s.on_device is None for s in offload.streamed)
+    assert all(b.on_device is None for b in offload.blocks)
 
 
-def test_zero_removes_the_hooks_and_too_many_blocks_is_an_error():
+def test_blocks_the_host_left_in_ram_are_streamed_too(monkeypatch):
+    """With offload_blocks 0 nothing is forced into RAM, but a block whose weights the host left there
+    (ComfyUI's partial loading) gets compute copies while it runs. Off-device is simulated on the CPU."""
     model = _tiny_model()
-    install_block_offload(model, 2, "cpu")
-    assert install_block_offload(model, 0, "cpu") is None
+    inputs = tiny_mmdit_inputs(TINY_VIDEO_CONFIG)
+    with torch.inference_mode():
+        plain = model(**inputs)
+    offload = install_block_offload(model, 0, "cpu")
+    assert offload.streamed_blocks == []
+    left_in_ram = model.single_blocks[0]
+    away = {id(t) for t in left_in_ram.parameters()}
+    monkeypatch.setattr(type(offload), "_on_compute_device", lambda self, t: id(t) not in away)
+    home = [p.data_ptr() for p in left_in_ram.parameters()]
+    seen = []
+    left_in_ram.register_forward_pre_hook(lambda b, _a: seen.append([p.data_ptr() for p in b.parameters()]))
+    with torch.inference_mode():
+        streamed = model(**inputs)
+    assert torch.equal(plain, streamed)
+    assert all(a != b for a, b in zip(seen[0], home)) and [p.data_ptr() for p in left_in_ram.parameters()] == home
+    assert offload.max_loaded == 1
+
+
+def test_reinstalling_replaces_and_too_many_blocks_is_an_error():
+    model = _tiny_model()
+    first = install_block_offload(model, 2, "cpu")
+    second = install_block_offload(model, 1, "cpu")
+    assert model.block_offload is second and not first.handles
+    assert second.streamed_blocks == transformer_blocks(model)[-1:]
+    assert sum(len(b._forward_pre_hooks) for b in transformer_blocks(model)) == 4
+    second.remove()
     assert not hasattr(model, "block_offload")
     assert all(not b._forward_pre_hooks for b in transformer_blocks(model))
-    with pytest.raises(ValueError, match="only 4 blocks"):
+    with pytest.raises(ValueError, match="has 4 blocks"):
         install_block_offload(model, 5, "cpu")
 
 

@@ -136,7 +136,7 @@ def test_moving_the_model_leaves_streamed_blocks_in_host_memory():
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_blocks_run_with_offload_and_match_eager():
-    """torch.compile of the blocks (about 10 s on 2 cores for this 1+1 block model) with offload hooks."""
+    """torch.compile of the blocks (about 20 s cold on 2 cores for this 1+1 block model) with offload hooks."""
     from comfyui_opensora.models.block_compile import compile_blocks
 
     config = TINY_VIDEO_CONFIG.with_changes(depth=1, depth_single_blocks=1)

@@ -23,7 +23,7 @@ from comfyui_opensora.loaders.mmdit import (
 from comfyui_opensora.models.mmdit import MMDiT, MMDiTConfig
 
 # The workspace's dumps of every key and shape of the real checkpoints (not shipped with the pack).
-KEY_DUMPS = Path(__file__).resolve().parents[2] / "shared" / "docs" / "key_dumps"
+KEY_DUMPS = Path(__file__).resolve().parent / "key_dumps"  # copied from the workspace's shared/docs/key_dumps
 
 # Same flags as the released video model (split q/k/v, cond_in, rotate-half RoPE), tiny sizes; equal to
 # the golden mmdit_forward "video" configuration. Latent: 16 channels, patch 2 -> 64 packed features.
@@ -100,10 +100,8 @@ def tiny_mmdit_inputs(config: MMDiTConfig = TINY_VIDEO_CONFIG, batch: int = 1, f
     return inputs
 
 
-def official_key_dump(name: str) -> dict[str, tuple[int, ...]] | None:
-    """Keys and shapes of a real checkpoint from the workspace's key dumps (``None`` if not available)."""
+def official_key_dump(name: str) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of a real checkpoint, from the key dumps copied into ``tests/key_dumps``."""
     path = KEY_DUMPS / name
-    if not path.is_file():
-        return None
     rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
     return {key: tuple(int(d) for d in shape.strip("[] ").split(",") if d) for key, shape in rows}

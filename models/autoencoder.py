@@ -200,5 +200,11 @@ def decode_to_frames(
             if on_chunk is not None:
                 on_chunk()
         if kept < num_frames:
-            raise ValueError(f"The latent decodes to {kept} frames but {num_frames} were requested.")
+            hint = (
+                " With these temporal tiles the last tile holds a single latent frame, which the reference's "
+                "tiling decodes to one frame: decode without temporal tiling, or choose another frame count."
+                if tiling is not None and tiling.temporal is not None
+                else ""
+            )
+            raise ValueError(f"The latent decodes to {kept} frames but {num_frames} were requested.{hint}")
     return frames

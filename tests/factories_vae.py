@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from comfyui_opensora.loaders.tiny_checkpoints import TINY_HUNYUAN_VAE  # the golden fixture's shape
 from comfyui_opensora.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
-# The golden fixture's shape: the released block structure (8x spatial, 4x temporal) with narrow widths.
-TINY_HUNYUAN_VAE = HunyuanVAEConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
 # The released model's widths (246M parameters), for shape checks on the meta device and benchmarks.
 RELEASED_HUNYUAN_VAE = HunyuanVAEConfig()
 

@@ -296,15 +296,6 @@ def output_directory() -> Path:
     return _standalone.output_dir
 
 
-def comfy_module(name: str) -> Any:
-    """Import a ComfyUI module by name inside ComfyUI; ``None`` outside it (for optional features)."""
-    if not IN_COMFY:
-        return None
-    from importlib import import_module
-
-    return import_module(name)
-
-
 # ------------------------------------------------------------------------ saving outputs (issue 6)
 
 

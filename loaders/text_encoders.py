@@ -211,7 +211,8 @@ def _build_t5(config: T5Config, found: dict[str, tuple[Path, TensorInfo]], dtype
         return torch.float32 if keep_fp32 and ".DenseReluDense.wo." in key else dtype
 
     state = _read_state_dict(found, rename, dtype_of)
-    model.load_state_dict(state, strict=False, assign=True)
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied to the shared embedding
+    model.load_state_dict(state, strict=True, assign=True)
     model.encoder.embed_tokens = model.shared
     return model.eval().requires_grad_(False)
 

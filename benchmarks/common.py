@@ -11,10 +11,13 @@ import math
 import os
 import platform
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "comfyui_opensora"
@@ -141,3 +144,33 @@ def gib(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+class LiveStorageBytes(TorchDispatchMode):
+    """Bytes of the storages created inside the mode that are still alive, and their peak.
+
+    Works on the meta device too, so activation peaks of released-size models cost no memory.
+    """
+
+    def __init__(self, preexisting: list[torch.UntypedStorage]) -> None:
+        super().__init__()
+        self.tracked = {id(s) for s in preexisting}
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.tracked.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if id(storage) not in self.tracked:
+                    nbytes = storage.nbytes()
+                    self.tracked.add(id(storage))
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._release, id(storage), nbytes)
+        return out

@@ -17,7 +17,6 @@ temporary file (official key layout). Needs ``yunchang`` (``pip install yunchang
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -28,19 +27,7 @@ from pathlib import Path
 
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "comfyui_opensora"
-
-
-def _import_pack():
-    spec = importlib.util.spec_from_file_location(PACKAGE, PACK_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(PACK_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-
-
-_import_pack()
+from common import PACK_ROOT  # imports the pack as comfyui_opensora
 sys.path.insert(0, str(PACK_ROOT / "tests"))
 
 from comfyui_opensora.loaders.mmdit import load_mmdit  # noqa: E402

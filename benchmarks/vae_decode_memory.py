@@ -18,27 +18,15 @@ Run: ``python3 benchmarks/vae_decode_memory.py`` (live, about a minute on 2 CPU 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import resource
 import subprocess
 import sys
 import time
-import weakref
-from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-ROOT = Path(__file__).resolve().parent.parent
-if "comfyui_opensora" not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        "comfyui_opensora", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_opensora"] = package
-    spec.loader.exec_module(package)
+from common import LiveStorageBytes  # imports the pack as comfyui_opensora
 
 from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, decode_to_frames  # noqa: E402
 from comfyui_opensora.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE  # noqa: E402
@@ -47,31 +35,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30
 
 
-class LiveStorageBytes(TorchDispatchMode):
-    """Bytes of the storages created inside the mode that are still alive, and their peak."""
-
-    def __init__(self, preexisting: list[torch.UntypedStorage]) -> None:
-        super().__init__()
-        self.tracked = {id(s) for s in preexisting}
-        self.live = 0
-        self.peak = 0
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.tracked.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                if id(storage) not in self.tracked:
-                    nbytes = storage.nbytes()
-                    self.tracked.add(id(storage))
-                    self.live += nbytes
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._release, id(storage), nbytes)
-        return out
 
 
 def parse_tiling(text: str) -> Tiling:

@@ -206,8 +206,9 @@ def load_tensors(
     dtype: torch.dtype | Callable[[str, torch.dtype], torch.dtype] | None = None,
     device: str | torch.device = "cpu",
     rename: Callable[[str], str] | None = None,
+    keys: Iterable[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read every tensor of a safetensors file one at a time, cast as it is read.
+    """Read the tensors of a safetensors file (all, or only ``keys``) one at a time, cast as read.
 
     ``dtype`` is a dtype for all floating tensors, a function ``(key, stored_dtype) -> dtype``, or
     ``None`` to keep the stored dtypes. Tensors kept in their stored dtype are memory-mapped (no
@@ -217,7 +218,7 @@ def load_tensors(
     out: dict[str, torch.Tensor] = {}
     data_start, offsets = _data_offsets(path)
     with safe_open(str(path), framework="pt", device=str(device)) as f, open(path, "rb") as raw:
-        for key in f.keys():
+        for key in f.keys() if keys is None else keys:
             view = f.get_slice(key)
             stored = _DTYPES.get(view.get_dtype())
             target = dtype(key, stored) if callable(dtype) and stored is not None else dtype

@@ -27,7 +27,15 @@ import torch
 from safetensors import safe_open
 from transformers import AttentionInterface, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from .checkpoint import CheckpointError, TensorInfo, check_keys, describe_file, detect_kind, read_header
+from .checkpoint import (
+    CheckpointError,
+    TensorInfo,
+    check_keys,
+    describe_file,
+    detect_kind,
+    load_tensors,
+    read_header,
+)
 from .tokenizers import (
     CLIP_MAX_LENGTH,
     T5_MAX_LENGTH,
@@ -140,14 +148,15 @@ def _read_state_dict(found: dict[str, tuple[Path, TensorInfo]], rename: dict[str
         by_file.setdefault(found[key][0], []).append(key)
     out: dict[str, torch.Tensor] = {}
     for path, keys in by_file.items():
-        with safe_open(str(path), framework="pt") as f:
-            for key in keys:
-                tensor = f.get_tensor(key)
-                if key in scales:
-                    scale = _read_tensor(found[scales[key]][0], scales[key])
-                    tensor = tensor.to(torch.float32) * scale.to(torch.float32)
-                target = dtype_of(rename[key])
-                out[rename[key]] = tensor.to(target) if tensor.dtype != target else tensor
+        # scaled fp8 weights are read as stored and cast after their scale is folded in
+        tensors = load_tensors(path, dtype=lambda key, stored: stored if key in scales else dtype_of(rename[key]),
+                               keys=keys)
+        for key in keys:
+            tensor = tensors.pop(key)
+            if key in scales:
+                scale = _read_tensor(found[scales[key]][0], scales[key])
+                tensor = (tensor.to(torch.float32) * scale.to(torch.float32)).to(dtype_of(rename[key]))
+            out[rename[key]] = tensor
     return out
 
 

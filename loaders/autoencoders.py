@@ -11,7 +11,15 @@ import torch
 from ..models.autoencoder import VideoAutoencoder
 from ..models.dc_ae import VideoDCAE, dc_ae_config_from_shapes
 from ..models.hunyuan_vae import HunyuanVideoVAE, config_from_shapes
-from .checkpoint import CheckpointError, assign_state_dict, check_keys, detect_kind, load_tensors, read_header
+from .checkpoint import (
+    CheckpointError,
+    TensorInfo,
+    assign_state_dict,
+    check_keys,
+    detect_kind,
+    load_tensors,
+    read_header,
+)
 
 HUNYUAN_NAME = "a HunyuanVideo causal VAE (hunyuan_vae.safetensors)"
 DC_AE_NAME = "a Video DC-AE (F32T4C128_AE.safetensors)"
@@ -27,9 +35,9 @@ _WHERE_INSTEAD = {
 }
 
 
-def autoencoder_kind_of(path: str | os.PathLike) -> str:
+def autoencoder_kind_of(path: str | os.PathLike, header: dict[str, TensorInfo] | None = None) -> str:
     """``"hunyuan_vae"`` or ``"dc_ae"`` for an autoencoder file, else a CheckpointError saying what it is."""
-    header = read_header(path)
+    header = read_header(path) if header is None else header
     found = detect_kind(header)
     if found is not None and found[0] in ("hunyuan_vae", "dc_ae"):
         return found[0]
@@ -45,46 +53,39 @@ def autoencoder_kind_of(path: str | os.PathLike) -> str:
     )
 
 
+def _hunyuan_from_shapes(shapes: dict[str, tuple[int, ...]], name: str) -> HunyuanVideoVAE:
+    try:
+        config = config_from_shapes(shapes)
+    except KeyError as missing:
+        raise CheckpointError(f"{name} is not {HUNYUAN_NAME}: it lacks the key {missing}.") from None
+    return HunyuanVideoVAE(config)
+
+
+def _dc_ae_from_shapes(shapes: dict[str, tuple[int, ...]], name: str) -> VideoDCAE:
+    try:
+        config = dc_ae_config_from_shapes(shapes)
+    except ValueError as problem:
+        raise CheckpointError(f"{name} is not {DC_AE_NAME}: {problem}") from None
+    return VideoDCAE(config)
+
+
+# kind -> (module built from the file's shapes, the model name used in errors)
+_BUILDERS = {"hunyuan_vae": (_hunyuan_from_shapes, HUNYUAN_NAME), "dc_ae": (_dc_ae_from_shapes, DC_AE_NAME)}
+
+
 def load_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                      device: str | torch.device = "cpu") -> VideoAutoencoder:
     """Build the autoencoder stored in ``path`` with weights in ``dtype`` on ``device`` (eval mode, no grads).
 
     The kind is detected from the keys; the architecture is read off the tensor shapes; keys and shapes
-    are checked strictly. The module is built on the meta device and the weights assigned as they are
-    read, so memory holds one copy.
+    are checked strictly before any tensor is read. The module is built on
+    the meta device and the weights assigned as they are read, so memory holds one copy.
     """
-    kind = autoencoder_kind_of(path)
-    if kind == "hunyuan_vae":
-        module = _load_hunyuan(path, dtype, device)
-    else:
-        module = _load_dc_ae(path, dtype, device)
+    header = read_header(path)
+    build, model_name = _BUILDERS[autoencoder_kind_of(path, header)]
+    with torch.device("meta"):
+        module = build({key: info.shape for key, info in header.items()}, Path(path).name)
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    check_keys(expected, header, model_name, path)
+    module = assign_state_dict(module, load_tensors(path, dtype, device), model_name, path)
     return module.eval().requires_grad_(False)
-
-
-def _load_hunyuan(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> HunyuanVideoVAE:
-    header = read_header(path)
-    shapes = {key: info.shape for key, info in header.items()}
-    try:
-        config = config_from_shapes(shapes)
-    except KeyError as missing:
-        raise CheckpointError(
-            f"{Path(path).name} is not {HUNYUAN_NAME}: it lacks the key {missing}."
-        ) from None
-    with torch.device("meta"):
-        module = HunyuanVideoVAE(config)
-    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
-    check_keys(expected, header, HUNYUAN_NAME, path)
-    return assign_state_dict(module, load_tensors(path, dtype, device), HUNYUAN_NAME, path)
-
-
-def _load_dc_ae(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> VideoDCAE:
-    header = read_header(path)
-    try:
-        config = dc_ae_config_from_shapes({key: info.shape for key, info in header.items()})
-    except ValueError as problem:
-        raise CheckpointError(f"{Path(path).name} is not {DC_AE_NAME}: {problem}") from None
-    with torch.device("meta"):
-        module = VideoDCAE(config)
-    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
-    check_keys(expected, header, DC_AE_NAME, path)
-    return assign_state_dict(module, load_tensors(path, dtype, device), DC_AE_NAME, path)

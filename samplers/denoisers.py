@@ -89,6 +89,15 @@ class StepResult:
 StepCallback = Callable[[StepResult], None]
 
 
+def _euler_step(x: torch.Tensor, velocity: torch.Tensor, step: int, num_steps: int, t: float, t_next: float,
+                shape: tuple[int, int, int, int], callback: StepCallback | None) -> torch.Tensor:
+    """``x + (t_next - t) * v`` (the reference's Euler update, ``t_next - t`` a Python float); reports the step."""
+    x_next = x + (t_next - t) * velocity
+    if callback is not None:
+        callback(StepResult(step, num_steps, t, x, velocity, shape))
+    return x_next
+
+
 class _ModelRunner:
     """Calls the MMDiT with the constant inputs of one sampling run."""
 
@@ -204,11 +213,7 @@ def denoise_i2v(
                 + text_scale * (v[CONDITIONAL] - v[UNCONDITIONAL])
             )
         del outputs, v
-        state = x
-        x = x + (t_next - t) * velocity
-        if callback is not None:
-            callback(StepResult(step, num_steps, t, state, velocity, shape))
-        del state, velocity
+        x = _euler_step(x, velocity, step, num_steps, t, t_next, shape, callback)
     return unpack(x, *shape)
 
 
@@ -262,12 +267,7 @@ def denoise_distilled(
         cond = torch.zeros(batch, x.shape[1], config.cond_in_channels, dtype=dtype, device=device)
     num_steps = len(timesteps) - 1
     for step, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
-        velocity = run(x, txt, y_vec, cond, t, guidance)
-        state = x
-        x = x + (t_next - t) * velocity
-        if callback is not None:
-            callback(StepResult(step, num_steps, t, state, velocity, shape))
-        del state, velocity
+        x = _euler_step(x, run(x, txt, y_vec, cond, t, guidance), step, num_steps, t, t_next, shape, callback)
     return unpack(x, *shape)
 
 

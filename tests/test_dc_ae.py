@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from factories_dc_ae import TINY_DC_AE, tiny_dc_ae_state_dict, write_dc_ae_checkpoint
+from golden_tolerance import Reductions, assert_matches
 from safetensors.torch import load_file
 
 from comfyui_opensora.loaders.checkpoint import assign_state_dict, load_tensors, read_header
@@ -14,7 +15,6 @@ from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, VideoAutoenco
 from comfyui_opensora.models.dc_ae import DCAEConfig, VideoDCAE, dc_ae_config_from_shapes
 from comfyui_opensora.models.dc_ae import layers
 
-GOLDEN_ATOL = 1e-4
 # The fixture's tiled model: tiles of 128 px / 16 frames (4 latents each), overlap 0.25.
 GOLDEN_TILING = Tiling(spatial=128, temporal=16, overlap=0.25)
 
@@ -59,17 +59,14 @@ def test_golden_parity(golden, name):
     method, source, tiling, target = GOLDEN_CASES[name]
     out = getattr(model, method)(tensors[source], tiling=tiling)
     expected = tensors[target]
-    assert out.shape == expected.shape
-    error = (out - expected).abs().max().item()
-    print(f"dc_ae golden {name}: max abs error {error:.3g}")
-    assert error <= GOLDEN_ATOL
+    assert_matches(out, expected, Reductions.of_module(model), f"dc_ae {name}")
 
 
 def test_golden_reference_tiling_dispatch(golden):
     """The fixture's inputs are smaller than the released 256 px / 32 frame tiles: no tiling happens."""
     model, tensors = golden
     out = model.decode(tensors["input.decode.z"])  # tiling=None -> reference_tiling()
-    assert (out - tensors["output.decode"]).abs().max() <= GOLDEN_ATOL
+    assert_matches(out, tensors["output.decode"], Reductions.of_module(model), "dc_ae decode, reference tiling")
 
 
 def test_released_config_parameter_count_and_inference():

@@ -9,6 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.samplers import geometry, noise, packing
+from golden_tolerance import assert_within, gaussian_noise_bound
+
+BFLOAT16_ULP = 2.0**-7  # relative spacing of bfloat16 numbers: a float32 difference can flip one rounding
 
 
 def _items(golden_dir):
@@ -38,10 +41,12 @@ def test_noise_packing_and_ids_match_reference(golden_dir):
         g = _geometry(item)
         p = args["patch_size"]
         z = noise.get_noise(g, args["num_samples"], args["seed"], "cpu", torch.float32)
-        assert torch.equal(z, tensors[item["noise"]["key"]])
+        reference = tensors[item["noise"]["key"]]
+        assert_within(z, reference, gaussian_noise_bound(reference), f"noise {item['noise']['key']}")
 
+        # Packing and ids are pure indexing: identical on any machine.
+        assert torch.equal(packing.pack(reference, p), tensors[item["packed"]["key"]])
         packed = packing.pack(z, p)
-        assert torch.equal(packed, tensors[item["packed"]["key"]])
         back = packing.unpack(packed, g.latent_frames, g.latent_height, g.latent_width, p)
         assert torch.equal(back, z)
 
@@ -52,7 +57,9 @@ def test_noise_packing_and_ids_match_reference(golden_dir):
 
         if "bf16_variant" in item:
             bf16 = noise.get_noise(g, args["num_samples"], args["seed"], "cpu", torch.bfloat16)
-            assert torch.equal(bf16.float(), tensors[item["bf16_variant"]["tensor"]["key"]])
+            expected = tensors[item["bf16_variant"]["tensor"]["key"]]
+            bound = gaussian_noise_bound(expected) + BFLOAT16_ULP * expected.double().abs()
+            assert_within(bf16.float(), expected, bound, "bf16 noise")
 
 
 def test_noise_shapes_of_real_configs():

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -262,27 +262,72 @@ def list_files(folder: str, extensions: Iterable[str] = MODEL_EXTENSIONS, direct
         if not root.is_dir():
             continue
         if not IN_COMFY:
-            for path in root.rglob("*"):
-                if path.is_file() and path.suffix.lower() in extensions:
-                    names.add(path.relative_to(root).as_posix())
+            names.update(n for n in _walk_files(root) if Path(n).suffix.lower() in extensions)
         if directories:
             names.update(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return sorted(names)
 
 
+def _walk_files(root: Path) -> Iterator[str]:
+    """Relative names of the files below ``root``, following symlinked files and folders (a shared model
+    store linked into the folder), each real folder once so that a link loop ends."""
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        relative = Path(folder).relative_to(root)
+        for name in files:
+            if os.path.isfile(os.path.join(folder, name)):
+                yield (relative / name).as_posix()
+
+
+def _inside(name: str) -> bool:
+    """Whether ``name`` stays inside the folder it is looked up in, by its words alone: no absolute path,
+    no ``..``. Links are followed afterwards: where a link points is the user's choice."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return bool(parts) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).anchor \
+        and ".." not in parts
+
+
+def _dangling_link(root: Path, name: str) -> Path | None:
+    """The first link on the way from ``root`` to ``name`` whose target does not exist, if any."""
+    path = root
+    for part in PurePosixPath(name.replace("\\", "/")).parts:
+        path = path / part
+        if path.is_symlink() and not path.exists():
+            return path
+    return None
+
+
 def resolve_file(folder: str, name: str) -> Path:
-    """The full path of ``name`` in a model folder, or a FileNotFoundError that says where we looked."""
+    """The full path of ``name`` in a model folder, or a FileNotFoundError that says where we looked.
+
+    Files and folders reached through symbolic links inside the model folder are found; names that climb
+    out of the folder (``..``, absolute paths) are refused, and a dangling link is named with its target.
+    """
     if IN_COMFY:
         found = _folder_paths.get_full_path(folder, name)
         if found:
             return Path(found)
     roots = folder_paths(folder)
+    if not _inside(name):
+        raise FileNotFoundError(
+            f"'{name}' is not a name inside the '{folder}' model folder: use a name relative to that folder, "
+            "without '..' (link other places into the folder instead)."
+        )
     for root in roots:
-        candidate = (root / name).resolve()
-        if root.resolve() not in candidate.parents:
-            continue  # refuse names that walk out of the model folder
+        candidate = root / name
         if candidate.exists():
             return candidate
+        link = _dangling_link(root, name)
+        if link is not None:
+            raise FileNotFoundError(
+                f"'{name}' in the '{folder}' model folder goes through the link {link} -> "
+                f"{os.readlink(link)}, which points to nothing: fix or remove the link."
+            )
     looked = ", ".join(str(r) for r in roots) or "(no folders)"
     raise FileNotFoundError(f"'{name}' is not in the '{folder}' model folder (looked in: {looked}).")
 

@@ -194,13 +194,12 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tile no longer needs them: tiles of ``T+1`` latents every ``stride`` latents, later tiles drop
         their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail."""
         tile_latents = tiling.temporal // TEMPORAL_COMPRESSION
-        stride_latents = tiling.temporal_stride // TEMPORAL_COMPRESSION
         stride_frames = tiling.temporal_stride
         blend = tiling.temporal - stride_frames
         total = self.decoded_frames(z.shape[2])
         emitted = 0
         previous: torch.Tensor | None = None
-        for start in range(0, z.shape[2], stride_latents):
+        for start in self._temporal_tile_starts(z.shape[2], tiling):
             tile = self._core.decode(z[:, :, start:start + tile_latents + 1], return_dict=False)[0]
             if previous is None:
                 keep = stride_frames + 1
@@ -212,8 +211,25 @@ class HunyuanVideoVAE(VideoAutoencoder):
             if chunk.shape[2] > 0:
                 emitted += chunk.shape[2]
                 yield chunk
+
+    def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
+        """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,
+        stopping at the tile that finishes the video."""
+        tile_latents = tiling.temporal // TEMPORAL_COMPRESSION
+        stride_latents = tiling.temporal_stride // TEMPORAL_COMPRESSION
+        total = self.decoded_frames(latent_frames)
+        emitted = 0
+        starts: list[int] = []
+        for start in range(0, latent_frames, stride_latents):
+            frames = self.decoded_frames(min(tile_latents + 1, latent_frames - start))
+            # The first tile keeps stride + 1 frames; later ones drop their first frame and keep stride.
+            keep, available = (tiling.temporal_stride + 1, frames) if not starts else (tiling.temporal_stride,
+                                                                                         frames - 1)
+            starts.append(start)
+            emitted += max(0, min(keep, available, total - emitted))
             if emitted >= total:
-                return
+                break
+        return starts
 
     def decoded_frames(self, latent_frames: int) -> int:
         return TEMPORAL_COMPRESSION * (latent_frames - 1) + 1
@@ -224,6 +240,18 @@ class HunyuanVideoVAE(VideoAutoencoder):
             return 1
         stride = tiling.temporal_stride
         return max(1, -(-(self.decoded_frames(latent_frames) - 1) // stride))
+
+    def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        tiling = self.reference_tiling() if tiling is None else tiling
+        _, _, latent_frames, height, width = latent_shape
+        spatial = 1
+        tile = None if tiling.spatial is None else tiling.spatial // SPATIAL_COMPRESSION
+        if tile is not None and (height > tile or width > tile):  # when diffusers' tiled_decode runs
+            stride = tiling.spatial_stride // SPATIAL_COMPRESSION
+            spatial = len(range(0, height, stride)) * len(range(0, width, stride))
+        if tiling.temporal is None or latent_frames <= tiling.temporal // TEMPORAL_COMPRESSION:
+            return spatial
+        return spatial * len(self._temporal_tile_starts(latent_frames, tiling))
 
     # ---------------------------------------------------------------------------- memory estimate
 

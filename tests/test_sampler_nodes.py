@@ -100,7 +100,8 @@ def test_nodes_are_registered_with_frozen_inputs():
     assert list(OpenSoraSampler.INPUT_TYPES()["required"]) == [
         "model", "conditioning", "noise", "method", "steps", "guidance", "guidance_img", "text_osci",
         "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode"]
-    assert list(OpenSoraSampler.INPUT_TYPES()["optional"]) == ["image_condition", "parallel"]
+    assert list(OpenSoraSampler.INPUT_TYPES()["optional"]) == ["image_condition", "parallel", "cache_threshold",
+                                                              "cache_start", "cache_end"]
     assert list(OpenSoraImageCondition.INPUT_TYPES()["required"]) == [
         "vae", "image", "noise", "cond_type", "posterior", "seed"]
     assert list(OpenSoraImageCondition.INPUT_TYPES()["optional"]) == ["last_image"]

@@ -1,0 +1,88 @@
+"""HunyuanVideo VAE decode: the pack against the official Open-Sora code, same weights and latent.
+
+Needs a checkout of hpcaitech/Open-Sora (``--reference PATH``; imported unmodified through
+``reference_code.py``). Both models get the same random weights at the released widths (bf16 by
+default); the latent is random. Time: process CPU time of one thread, the two implementations
+alternating in this process, best of ``--repeats``, printed as pack / reference. Outputs are compared
+(max abs difference). ``--memory`` also measures each implementation's peak RSS above its loaded
+state, each in a fresh process.
+
+Run: ``python3 benchmarks/vae_side_by_side.py --reference ../Open-Sora --latent 3 24 42``
+(9 frames at 192x336, the reference's spatial tiling: about 4 minutes per repeat on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import reference_code
+from common import machine_description
+from comfyui_opensora.models.autoencoder import NO_TILING
+from comfyui_opensora.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def build(args):
+    torch.manual_seed(0)
+    pack = HunyuanVideoVAE(HunyuanVAEConfig()).to(DTYPES[args.dtype]).eval()
+    reference = reference_code.reference_hunyuan_vae(args.reference, pack.state_dict(), DTYPES[args.dtype],
+                                                     spatial_tiling=args.tiling == "reference", temporal_tiling=False)
+    z = torch.randn(1, 16, *args.latent, generator=torch.Generator().manual_seed(1)).to(DTYPES[args.dtype])
+    pack_tiling = None if args.tiling == "reference" else NO_TILING
+    return {"pack": lambda: pack.decode(z, pack_tiling), "reference": lambda: reference.decode(z)}
+
+
+def memory(args, which: str) -> int:
+    decode = build(args)[which]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        decode()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="an Open-Sora checkout (hpcaitech/Open-Sora)")
+    parser.add_argument("--latent", type=int, nargs=3, default=(3, 24, 42), metavar=("T", "H", "W"))
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    parser.add_argument("--tiling", choices=("reference", "none"), default="reference")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--child", choices=("pack", "reference"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.child:
+        print(json.dumps(memory(args, args.child)))
+        return
+    decoders = build(args)
+    best = {name: float("inf") for name in decoders}
+    outputs = {}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for name, decode in decoders.items():
+                start = time.process_time()
+                outputs[name] = decode()
+                best[name] = min(best[name], time.process_time() - start)
+    difference = (outputs["pack"].float() - outputs["reference"].float()).abs().max().item()
+    print(f"machine: {machine_description(torch.device('cpu'))}; latent {tuple(args.latent)} {args.dtype}, "
+          f"tiling {args.tiling}, best of {args.repeats} alternating")
+    print(f"time: pack {best['pack']:.2f} s, reference {best['reference']:.2f} s, "
+          f"pack / reference {best['pack'] / best['reference']:.3f}; max abs output difference {difference:.3g}")
+    if args.memory:
+        argv = [sys.executable, __file__, *sys.argv[1:]]
+        peaks = {name: int(subprocess.run([*argv, "--child", name], capture_output=True, text=True,
+                                          check=True).stdout.split()[-1]) for name in decoders}
+        print(f"peak RSS above loaded: pack {peaks['pack'] / 2**20:.0f} MiB, reference "
+              f"{peaks['reference'] / 2**20:.0f} MiB, pack / reference {peaks['pack'] / peaks['reference']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

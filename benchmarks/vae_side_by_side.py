@@ -1,4 +1,4 @@
-"""HunyuanVideo VAE decode: the pack against the official Open-Sora code, same weights and latent.
+"""HunyuanVideo VAE decode (or encode): the pack against the official Open-Sora code, same weights and latent.
 
 Needs a checkout of hpcaitech/Open-Sora (``--reference PATH``; imported unmodified through
 ``reference_code.py``). Both models get the same random weights at the released widths (bf16 by
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -35,23 +34,42 @@ def build(args):
     pack = HunyuanVideoVAE(HunyuanVAEConfig()).to(DTYPES[args.dtype]).eval()
     reference = reference_code.reference_hunyuan_vae(args.reference, pack.state_dict(), DTYPES[args.dtype],
                                                      spatial_tiling=args.tiling == "reference", temporal_tiling=False)
-    z = torch.randn(1, 16, *args.latent, generator=torch.Generator().manual_seed(1)).to(DTYPES[args.dtype])
     pack_tiling = None if args.tiling == "reference" else NO_TILING
+    generator = torch.Generator().manual_seed(1)
+    if args.stage == "encode":  # the pixels the latent size stands for, in [-1, 1]
+        frames, height, width = 4 * (args.latent[0] - 1) + 1, 8 * args.latent[1], 8 * args.latent[2]
+        x = (torch.rand(1, 3, frames, height, width, generator=generator) * 2 - 1).to(DTYPES[args.dtype])
+        return {"pack": lambda: pack.encode(x, tiling=pack_tiling),
+                "reference": lambda: reference.encode(x, sample_posterior=False)}
+    z = torch.randn(1, 16, *args.latent, generator=generator).to(DTYPES[args.dtype])
     return {"pack": lambda: pack.decode(z, pack_tiling), "reference": lambda: reference.decode(z)}
 
 
+def _status_bytes(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def memory(args, which: str) -> int:
+    """Peak RSS of one decode above the resident memory before it (Linux: the peak is reset after
+    building the models, whose float32 construction would otherwise be the high-water mark)."""
     decode = build(args)[which]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = _status_bytes("VmRSS")
     with torch.no_grad():
         decode()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return _status_bytes("VmHWM") - before
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="an Open-Sora checkout (hpcaitech/Open-Sora)")
     parser.add_argument("--latent", type=int, nargs=3, default=(3, 24, 42), metavar=("T", "H", "W"))
+    parser.add_argument("--stage", choices=("decode", "encode"), default="decode",
+                        help="encode: the pixels of that latent size through both encoders (posterior mean)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     parser.add_argument("--tiling", choices=("reference", "none"), default="reference")
     parser.add_argument("--repeats", type=int, default=2)
@@ -72,7 +90,7 @@ def main() -> None:
                 outputs[name] = decode()
                 best[name] = min(best[name], time.process_time() - start)
     difference = (outputs["pack"].float() - outputs["reference"].float()).abs().max().item()
-    print(f"machine: {machine_description(torch.device('cpu'))}; latent {tuple(args.latent)} {args.dtype}, "
+    print(f"machine: {machine_description(torch.device('cpu'))}; {args.stage}, latent {tuple(args.latent)} {args.dtype}, "
           f"tiling {args.tiling}, best of {args.repeats} alternating")
     print(f"time: pack {best['pack']:.2f} s, reference {best['reference']:.2f} s, "
           f"pack / reference {best['pack'] / best['reference']:.3f}; max abs output difference {difference:.3g}")

@@ -170,7 +170,7 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
 def work_modules(network: nn.Module) -> list[nn.Module]:
     """The convolutions of an encoder or decoder. Each runs once per pass and together they are nearly
     all of its work, so a callback after each one moves progress and checks Cancel at a fine, even grain
-    (a fraction of a second on a GPU, a few seconds for the largest on a CPU at 768px)."""
+    (a fraction of a second on a GPU; on a CPU the largest full-resolution ones of a big tile take seconds)."""
     return [module for module in network.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d))]
 
 

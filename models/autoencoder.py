@@ -8,8 +8,9 @@ the ``AutoencoderKind``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -108,8 +109,18 @@ class VideoAutoencoder(nn.Module):
         raise NotImplementedError
 
     def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
-        """How many chunks :meth:`decode_chunks` yields per batch element (for progress bars)."""
+        """How many chunks :meth:`decode_chunks` yields per batch element."""
         return 1
+
+    def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        """How many times :meth:`decode_chunks` runs the decoder network for one batch element of
+        ``latent_shape`` (one pass per spatial tile of every temporal tile)."""
+        raise NotImplementedError
+
+    def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        """Work units (decoder convolutions run) of decoding one batch element: the progress total of
+        :func:`decode_to_frames`'s ``on_work``."""
+        return self.decode_passes(latent_shape, tiling) * len(work_modules(self.decoder))
 
     def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
         """The least-tiled setting whose estimated decode fits ``budget_bytes``.
@@ -156,6 +167,28 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
     raise ValueError(f"Unknown tiling mode {mode!r}; choose one of {list(TILING_MODES)}.")
 
 
+def work_modules(network: nn.Module) -> list[nn.Module]:
+    """The convolutions of an encoder or decoder. Each runs once per pass and together they are nearly
+    all of its work, so a callback after each one moves progress and checks Cancel at a fine, even grain
+    (a fraction of a second on a GPU; on a CPU the largest full-resolution ones of a big tile take seconds)."""
+    return [module for module in network.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d))]
+
+
+@contextmanager
+def reporting_work(modules: Iterable[nn.Module], callback: Callable[[], None] | None) -> Iterator[None]:
+    """Call ``callback()`` after every forward of ``modules`` while the block runs (progress, Cancel:
+    an exception it raises stops the network there). The hooks are removed on exit, also on errors."""
+    if callback is None:
+        yield
+        return
+    handles = [module.register_forward_hook(lambda *_: callback()) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _descending_multiples(limit: int, multiple: int, smallest_factor: int) -> list[int]:
     """Multiples of ``multiple`` below ``limit``, largest first, down to ``smallest_factor * multiple``."""
     top = (limit - 1) // multiple
@@ -176,29 +209,29 @@ def decode_to_frames(
     width: int,
     tiling: Tiling | None,
     out_device: torch.device,
-    on_chunk: Callable[[], None] | None = None,
+    on_work: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Decode every batch element and return frames ``[B*num_frames, height, width, 3]`` in [0, 1].
 
     Batch elements are decoded one at a time and each chunk of finished frames is written into the
     result on ``out_device`` as it arrives; frames beyond ``num_frames`` (and pixels beyond
-    ``height``/``width``) are cut. ``on_chunk`` is called after every chunk (progress, Cancel).
+    ``height``/``width``) are cut. ``on_work`` is called after every decoder convolution (progress,
+    Cancel), :meth:`VideoAutoencoder.decode_work` times per batch element.
     """
     if samples.shape[0] == 0:
         raise ValueError("The latent batch is empty: there is nothing to decode.")
     frames = torch.empty((samples.shape[0] * num_frames, height, width, 3), dtype=torch.float32, device=out_device)
     for index, element in enumerate(samples.split(1)):
         kept = 0
-        for chunk in autoencoder.decode_chunks(element, tiling):
-            take = min(chunk.shape[2], num_frames - kept)
-            if take > 0:
-                start = index * num_frames + kept
-                pixels = chunk[0, :, :take, :height, :width].to(out_device)
-                frames[start:start + take] = to_unit_range(pixels).permute(1, 2, 3, 0)
-                kept += take
-            del chunk
-            if on_chunk is not None:
-                on_chunk()
+        with reporting_work(work_modules(autoencoder.decoder), on_work):
+            for chunk in autoencoder.decode_chunks(element, tiling):
+                take = min(chunk.shape[2], num_frames - kept)
+                if take > 0:
+                    start = index * num_frames + kept
+                    pixels = chunk[0, :, :take, :height, :width].to(out_device)
+                    frames[start:start + take] = to_unit_range(pixels).permute(1, 2, 3, 0)
+                    kept += take
+                del chunk
         if kept < num_frames:
             hint = (
                 " With these temporal tiles the last tile holds a single latent frame, which the reference's "

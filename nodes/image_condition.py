@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.autoencoder import reporting_work, work_modules
 from ..samplers import image_condition
 from ..samplers.latent import read_latent
 from . import host
@@ -73,7 +74,8 @@ class OpenSoraImageCondition:
             module = vae.module
             if posterior == "sample" and not generator:
                 generator.append(torch.Generator(device=module.device).manual_seed(int(seed)))
-            with torch.inference_mode():
+            # Cancel is honoured after every encoder convolution, not only between references.
+            with torch.inference_mode(), reporting_work(work_modules(module), host.check_interrupt):
                 return module.encode(pixels.to(module.device, module.dtype), sample=posterior == "sample",
                                      generator=generator[0] if generator else None)
 

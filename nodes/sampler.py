@@ -78,6 +78,19 @@ class OpenSoraSampler:
                 "parallel": ("OPENSORA_PARALLEL", {
                     "tooltip": "From 'Open-Sora Parallel Settings': sample on several GPUs with a warm worker "
                                "group (same result); leave empty to sample in ComfyUI's process."}),
+                "cache_threshold": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Step caching (off at 0): skip the model on a step and reuse the previous "
+                               "outputs (all guidance branches together) while the predicted relative change "
+                               "of the model output stays below this. Larger = faster, further from the "
+                               "uncached video; try 0.05-0.2. Needs no calibration; quality on the released "
+                               "weights is not measured yet."}),
+                "cache_start": ("FLOAT", {
+                    "default": 0.2, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Step caching never skips before this fraction of the steps (the layout forms early)."}),
+                "cache_end": ("FLOAT", {
+                    "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Step caching never skips from this fraction of the steps on (fine detail at the end)."}),
             },
         }
 
@@ -96,8 +109,8 @@ class OpenSoraSampler:
     def execute(self, model, conditioning: TextConditioning, noise: dict, method: str, steps: int,
                 guidance: float, guidance_img: float, text_osci: bool, image_osci: bool,
                 scale_temporal_osci: bool, shift: bool, flow_shift: float, branch_mode: str,
-                image_condition: ImageCondition | None = None, parallel: ParallelSettings | None = None
-                ) -> tuple[dict]:
+                image_condition: ImageCondition | None = None, parallel: ParallelSettings | None = None,
+                cache_threshold: float = 0.0, cache_start: float = 0.2, cache_end: float = 0.9) -> tuple[dict]:
         samples, geometry = read_latent(noise)
         geometry.validate()
         batch = samples.shape[0]
@@ -107,6 +120,10 @@ class OpenSoraSampler:
             raise ValueError(f"branch_mode must be one of {list(BRANCH_MODES)}, not {branch_mode!r}.")
         if steps < 1:
             raise ValueError(f"steps={steps}: at least 1 sampling step is needed.")
+        cache = denoisers.StepCacheSettings(cache_threshold, cache_start, cache_end)
+        if cache.enabled and parallel is not None:
+            raise ValueError("Step caching runs in ComfyUI's process only: set cache_threshold to 0 or disconnect "
+                             "the parallel settings.")
         _check_model_fits(model.config, geometry)
         denoisers.check_text_fits(conditioning, model.config)
         text = denoisers.text_inputs_for_batch(conditioning, batch)
@@ -145,9 +162,10 @@ class OpenSoraSampler:
             if method == "i2v":
                 settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
                 x = denoisers.denoise_i2v(module, x, text, timesteps, settings, image_condition,
-                                          BRANCH_MODES[branch_mode], on_step)
+                                          BRANCH_MODES[branch_mode], on_step, cache)
             else:
-                x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step)
+                x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step,
+                                                cache)
         return (_output_latent(x, image_condition, geometry, noise),)
 
 

@@ -135,14 +135,15 @@ class OpenSoraVAEDecode:
         else:
             plan = choose_tiling(module, tiling, shape)
             host.load_models([vae.managed], memory_required=module.decode_bytes(shape, plan, vae.dtype))
-        progress = host.Progress(latent.shape[0] * module.decode_chunk_count(latent.shape[2], plan))
+        # Progress and Cancel after every decoder convolution: within a tile, not only between chunks.
+        progress = host.Progress(latent.shape[0] * module.decode_work(shape, plan))
 
-        def on_chunk() -> None:
+        def on_work() -> None:
             progress.update()
             host.check_interrupt()
 
         frames = decode_to_frames(module, latent, geometry.num_frames, geometry.height, geometry.width, plan,
-                                  host.intermediate_device(), on_chunk)
+                                  host.intermediate_device(), on_work)
         host.empty_cache()
         return (frames,)
 

@@ -21,6 +21,7 @@ from .conditioning import TextConditioning
 from .image_condition import ImageCondition
 from .packing import image_ids, pack, text_ids, unpack
 from .schedule import guidance_scales, temporal_image_scales
+from .step_cache import StepCache, StepCacheSettings
 
 # Branch names: text + image condition, negative text + image condition, negative text alone.
 CONDITIONAL, UNCONDITIONAL, UNCONDITIONAL_NO_IMAGE = "cond", "uncond", "uncond_no_image"
@@ -155,13 +156,15 @@ def denoise_i2v(
     condition: ImageCondition | None = None,
     policy: BranchPolicy = BranchPolicy(),
     callback: StepCallback | None = None,
+    cache: StepCacheSettings = StepCacheSettings(),
 ) -> torch.Tensor:
     """Sample with the reference's three-branch guidance and return the final latent ``[B, C, T, H', W']``.
 
     ``noise`` is on the model's device in the model dtype; ``text`` tensors have ``B`` rows; without a
     ``condition`` this is text-to-video (the model still receives an all-zero condition).
     Velocity per step: ``v_u2 + s_img * (v_u - v_u2) + s_txt * (v_c - v_u)`` (§6.3), where the image
-    scale may ramp over latent frames for i2v types.
+    scale may ramp over latent frames for i2v types. ``cache`` may reuse the branch outputs of an
+    earlier step (:mod:`.step_cache`; off by default).
     """
     p = _check_latent(model, noise)
     _check_steps(timesteps)
@@ -190,13 +193,18 @@ def denoise_i2v(
     temporal = guidance.temporal_image_scaling and condition is not None and condition.temporal_image_guidance
     tokens_per_frame = x.shape[1] // frames
     num_steps = len(timesteps) - 1
+    step_cache = StepCache(cache, num_steps)
 
     for step, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         text_scale, image_scale = guidance_scales(
             step, guidance.text_scale, guidance.image_scale, guidance.text_oscillation, guidance.image_oscillation
         )
         names = _needed_branches(text_scale, image_scale, condition is not None, policy.skip_redundant)
-        outputs = _run_branches(run, x, [branch_inputs[n] for n in names], t, guidance.text_scale, policy.batched)
+        outputs = step_cache.lookup(step, x, names)
+        if outputs is None:
+            outputs = _run_branches(run, x, [branch_inputs[n] for n in names], t, guidance.text_scale,
+                                    policy.batched)
+            step_cache.store(x, dict(zip(names, outputs)))
         v = dict(zip(names, outputs))
         if len(names) == 1:
             velocity = v[CONDITIONAL]
@@ -245,9 +253,11 @@ def denoise_distilled(
     timesteps: list[float],
     guidance: float = 4.0,
     callback: StepCallback | None = None,
+    cache: StepCacheSettings = StepCacheSettings(),
 ) -> torch.Tensor:
     """Single-branch sampling of a guidance-distilled model (Flux-dev): ``guidance`` enters through the
-    model's guidance embedding; no negative prompt. Returns ``[B, C, T, H', W']``."""
+    model's guidance embedding; no negative prompt. ``cache`` as in :func:`denoise_i2v`. Returns
+    ``[B, C, T, H', W']``."""
     p = _check_latent(model, noise)
     _check_steps(timesteps)
     config = model.config
@@ -266,8 +276,15 @@ def denoise_distilled(
     if config.cond_embed:
         cond = torch.zeros(batch, x.shape[1], config.cond_in_channels, dtype=dtype, device=device)
     num_steps = len(timesteps) - 1
+    step_cache = StepCache(cache, num_steps)
     for step, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
-        x = _euler_step(x, run(x, txt, y_vec, cond, t, guidance), step, num_steps, t, t_next, shape, callback)
+        cached = step_cache.lookup(step, x, (CONDITIONAL,))
+        if cached is None:
+            velocity = run(x, txt, y_vec, cond, t, guidance)
+            step_cache.store(x, {CONDITIONAL: velocity})
+        else:
+            velocity = cached[0]
+        x = _euler_step(x, velocity, step, num_steps, t, t_next, shape, callback)
     return unpack(x, *shape)
 
 

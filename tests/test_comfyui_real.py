@@ -182,3 +182,37 @@ def test_workflow_runs_in_comfyui(comfy, name):
     assert files, f"No output file reported: {entry['outputs']}"
     for path in files:
         check_video_output(graph, path)
+
+
+def test_cancel_during_a_long_decode_takes_effect_within_2_s(comfy):
+    """Cancel (POST /interrupt) while VAE Decode runs one long untiled pass stops it within 2 s: the pack
+    checks ComfyUI's interrupt flag after every decoder convolution, not only between chunks."""
+    graph = {
+        "1": {"class_type": "OpenSoraVAELoader", "inputs": {"vae_name": "hunyuan_vae.safetensors", "dtype": "fp32"}},
+        "2": {"class_type": "OpenSoraNoise", "inputs": {
+            "autoencoder": "hunyuan_vae", "resolution": "custom", "aspect_ratio": "1:1", "width": 256, "height": 256,
+            "num_frames": 97, "batch_size": 1, "seed": 1, "noise_device": "cpu", "noise_dtype": "fp32"}},
+        "3": {"class_type": "OpenSoraVAEDecode", "inputs": {"vae": ["1", 0], "samples": ["2", 0], "tiling": "none"}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    status, answer = _post(f"{comfy.url}/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 200, answer
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + 30
+    while not _get(f"{comfy.url}/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3)  # loader and noise take well under a second; the decode alone takes tens of seconds here
+    asked = time.monotonic()
+    interrupt = urllib.request.Request(f"{comfy.url}/interrupt", b"{}", {"Content-Type": "application/json"})
+    with urllib.request.urlopen(interrupt, timeout=30) as response:  # answers with an empty body
+        assert response.status == 200
+    while time.monotonic() < asked + 30:
+        entry = _get(f"{comfy.url}/history/{prompt_id}").get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.05)
+    stopped_after = time.monotonic() - asked
+    events = dict((event, data) for event, data in entry["status"]["messages"])
+    assert "execution_interrupted" in events, entry["status"]
+    assert events["execution_interrupted"]["node_type"] == "OpenSoraVAEDecode"  # it was mid-decode
+    assert stopped_after < 2.0, f"Cancel took {stopped_after:.1f} s"

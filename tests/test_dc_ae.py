@@ -162,6 +162,17 @@ def test_temporal_tiling_keeps_the_reference_single_latent_edge_tile(tiny):
     assert [c.shape[2] for c in tiny.decode_chunks(z, GOLDEN_TILING)] == [12, 12, 1]
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 5, 1, 1), (1, 16, 7, 5, 5), (1, 16, 2, 5, 3)])
+def test_decode_work_counts_every_decoder_convolution(tiny, shape):
+    """The progress total (decode_work) is exactly the number of decoder convolutions run."""
+    from comfyui_opensora.models.autoencoder import reporting_work, work_modules
+
+    calls = []
+    with reporting_work(work_modules(tiny.decoder), lambda: calls.append(1)):
+        tiny.decode(torch.randn(shape), GOLDEN_TILING)
+    assert len(calls) == tiny.decode_work(shape, GOLDEN_TILING) > 0
+
+
 def test_spatial_tiles_blend_linearly(tiny):
     z = torch.randn(1, 16, 1, 5, 5)
     tiled = tiny.decode(z, Tiling(spatial=128))

@@ -145,3 +145,17 @@ def test_memory_budget_picks_less_tiling_for_more_memory(vae):
     assert tiny.temporal is not None and tiny.spatial == 128  # smallest tiles when nothing fits
     with pytest.raises(ValueError, match="Unknown tiling mode"):
         choose_tiling(vae, "fastest", shape)
+
+
+@pytest.mark.parametrize("tiling", [NO_TILING, Tiling(spatial=64), Tiling(temporal=16),
+                                    Tiling(spatial=64, temporal=16)])
+def test_decode_work_counts_every_decoder_convolution(vae, tiling):
+    """The progress total (decode_work) is exactly the number of decoder convolutions run."""
+    from comfyui_opensora.models.autoencoder import reporting_work, work_modules
+
+    z = smooth_latent(8, 4, 10, seed=5)
+    calls = []
+    with reporting_work(work_modules(vae.decoder), lambda: calls.append(1)):
+        video = vae.decode(z, tiling)
+    assert video.shape[2] == 29
+    assert len(calls) == vae.decode_work(tuple(z.shape), tiling) > 0

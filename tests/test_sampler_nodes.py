@@ -102,7 +102,8 @@ def test_nodes_are_registered_with_frozen_inputs():
     assert list(OpenSoraSampler.INPUT_TYPES()["required"]) == [
         "model", "conditioning", "noise", "method", "steps", "guidance", "guidance_img", "text_osci",
         "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode"]
-    assert list(OpenSoraSampler.INPUT_TYPES()["optional"]) == ["image_condition", "parallel"]
+    assert list(OpenSoraSampler.INPUT_TYPES()["optional"]) == ["image_condition", "parallel", "cache_threshold",
+                                                              "cache_start", "cache_end"]
     assert list(OpenSoraImageCondition.INPUT_TYPES()["required"]) == [
         "vae", "image", "noise", "cond_type", "posterior", "seed"]
     assert list(OpenSoraImageCondition.INPUT_TYPES()["optional"]) == ["last_image"]
@@ -363,3 +364,18 @@ def test_v2v_condition_through_the_nodes(tiny_model, standalone_host):
     assert latent["samples"].shape == (1, 16, 10, 8, 12) and torch.isfinite(latent["samples"]).all()
     with pytest.raises(ValueError, match="needs a video of at least 33 frames"):
         OpenSoraImageCondition().execute(vae, video, _noise(), "v2v_tail", "mean", 0)
+
+
+def test_cancel_during_the_image_encode_stops_at_the_next_convolution(standalone_host):
+    from comfyui_opensora.nodes.vae import OpenSoraVAELoader
+    from factories_vae import write_tiny_hunyuan_vae
+
+    write_tiny_hunyuan_vae(standalone_host.folder_paths(standalone_host.VAE)[0] / "hunyuan_vae.safetensors")
+    (vae,) = OpenSoraVAELoader().execute("hunyuan_vae.safetensors", "fp32")
+    encoder = vae.module.encoder
+    later = []
+    encoder.conv_in.register_forward_pre_hook(lambda *_: standalone_host.request_interrupt())  # Cancel pressed
+    encoder.down_blocks[0].register_forward_pre_hook(lambda *_: later.append(1))
+    with pytest.raises(standalone_host.Interrupted):
+        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
+    assert later == []  # stopped right after the first convolution

@@ -65,7 +65,10 @@ def test_decode_gives_all_frames_in_unit_range(loaded_vae, standalone_host):
     finally:
         remove()
     assert frames.shape == (18, 32, 48, 3) and frames.dtype == torch.float32 and frames.device.type == "cpu"
-    assert updates == [(1, 2), (2, 2)]
+    # The bar moves after every decoder convolution, not once per batch element.
+    module = loaded_vae.module
+    total = 2 * module.decode_work(tuple(latent["samples"][:1].shape), module.reference_tiling())
+    assert total > 2 * 10 and updates == [(value, total) for value in range(1, total + 1)]
     decoded = loaded_vae.module.decode(latent["samples"], NO_TILING)
     expected = ((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).reshape(18, 32, 48, 3)
     assert (frames - expected).abs().max() < 1e-5  # one batch element at a time vs the whole batch
@@ -83,7 +86,8 @@ def test_decode_streams_temporal_tiles_and_cuts_frames(loaded_vae):
     calls = []
     frames = decode_to_frames(module, z, 19, 16, 16, Tiling(temporal=16), torch.device("cpu"),
                               lambda: calls.append(1))
-    assert frames.shape == (19, 16, 16, 3) and len(calls) == 2
+    assert module.decode_passes(tuple(z.shape), Tiling(temporal=16)) == 2  # two temporal tiles
+    assert frames.shape == (19, 16, 16, 3) and len(calls) == module.decode_work(tuple(z.shape), Tiling(temporal=16))
     full = decode_to_frames(module, z, 21, 16, 16, Tiling(temporal=16), torch.device("cpu"))
     assert torch.equal(frames, full[:19])
     with pytest.raises(ValueError, match="decodes to 21 frames but 25 were requested"):
@@ -94,6 +98,29 @@ def test_decode_can_be_cancelled(loaded_vae, standalone_host):
     standalone_host.request_interrupt()
     with pytest.raises(standalone_host.Interrupted):
         vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, _latent(batch=1), "reference")
+
+
+def test_cancel_during_a_decode_stops_it_at_the_next_convolution(loaded_vae, standalone_host):
+    """Cancel pressed while the decoder runs (one tile, one chunk) takes effect at the next decoder
+    convolution, not after the whole decode; the progress hooks are gone afterwards."""
+    seen = []
+
+    def cancel_at_third(value: int, total: int) -> None:
+        seen.append(value)
+        if value == 3:
+            standalone_host.request_interrupt()
+
+    remove = standalone_host.add_progress_listener(cancel_at_third)
+    try:
+        with pytest.raises(standalone_host.Interrupted):
+            vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, _latent(batch=1), "none")
+    finally:
+        remove()
+    assert seen == [1, 2, 3]  # no convolution ran after the interrupt was raised
+    decoder = loaded_vae.module.decoder
+    assert all(not module._forward_hooks for module in decoder.modules())
+    (frames,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, _latent(batch=1), "none")
+    assert frames.shape == (9, 32, 48, 3)  # the next run is unaffected
 
 
 def test_decode_errors_say_what_is_wrong(loaded_vae):

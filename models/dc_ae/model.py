@@ -200,6 +200,20 @@ class VideoDCAE(VideoAutoencoder):
         else:
             yield decode_frames(z)
 
+    def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        tiling = self._checked(self.reference_tiling() if tiling is None else tiling)
+        _, _, latent_frames, height, width = latent_shape
+        spatial = 1
+        if tiling.spatial is not None:
+            tile = tiling.spatial // self.spatial_compression
+            if max(height, width) > tile:
+                stride = int(tile * (1 - tiling.overlap))
+                spatial = len(range(0, height, stride)) * len(range(0, width, stride))
+        if tiling.temporal is not None and latent_frames > tiling.temporal // self.temporal_compression:
+            stride = int(tiling.temporal // self.temporal_compression * (1 - tiling.overlap))
+            return spatial * len(range(0, latent_frames, stride))
+        return spatial
+
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
         """Estimated peak activation bytes of decoding one batch element (weights and conv workspace
         not included).

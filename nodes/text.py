@@ -23,6 +23,7 @@ from ..samplers.prompt import (
     from_native_conditioning,
 )
 from . import host
+from .output_guard import check_finite, precision_remedy
 
 host.register_folders()
 log = logging.getLogger(__name__)
@@ -145,7 +146,19 @@ class OpenSoraTextEncode:
         host.check_interrupt()
         conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
                                            host.intermediate_device())
+        _check_conditioning(text_encoder, conditioning)
         return (conditioning,)
+
+
+def _check_conditioning(text_encoder: OpenSoraTextEncoder, conditioning: TextConditioning) -> None:
+    """Stop on NaN/inf encoder outputs (fp16 T5 overflow) before the sampler spends minutes on them."""
+    remedy_widget = "weight_dtype on the Open-Sora Text Encoder Loader"
+    for name, encoder, states in (("T5", text_encoder.t5, (conditioning.t5, conditioning.neg_t5)),
+                                  ("CLIP", text_encoder.clip, (conditioning.clip, conditioning.neg_clip))):
+        dtype = next(encoder.parameters()).dtype
+        for values in states:
+            check_finite(values, f"Open-Sora Text Encode ({name})", dtype, next(encoder.parameters()).device,
+                         precision_remedy(dtype, remedy_widget))
 
 
 class OpenSoraConditioningFromNative:

@@ -189,18 +189,33 @@ def _encoder_args(video_format: VideoFormat, crf: int, pix_fmt: str) -> list[str
     return args + ["-pix_fmt", pix_fmt] + _BT709_TAGS
 
 
+# The widest crf range any offered codec accepts (VP9); the bound when the format is not known yet.
+MAX_CRF = max(f.max_crf for f in VIDEO_FORMATS.values() if f.max_crf is not None)
+
+
+def check_encoder_settings(video_format: str | None, crf: int | None, pix_fmt: str | None) -> None:
+    """Validate format, crf and pixel format together; a None (not known yet) is skipped. Errors say
+    which values are allowed: each codec has its own crf range (H.264 0-51, VP9 0-63)."""
+    if video_format is not None and video_format not in VIDEO_FORMATS:
+        raise ValueError(f"Unknown video format '{video_format}'; choose one of {sorted(VIDEO_FORMATS)}.")
+    if pix_fmt is not None and pix_fmt not in PIXEL_FORMATS:
+        raise ValueError(f"Unknown pixel format '{pix_fmt}'; choose one of {list(PIXEL_FORMATS)}.")
+    if crf is None:
+        return
+    chosen = VIDEO_FORMATS.get(video_format) if video_format is not None else None
+    if chosen is not None and chosen.max_crf is not None:
+        if not 0 <= crf <= chosen.max_crf:
+            raise ValueError(f"crf for {video_format} must be between 0 and {chosen.max_crf}, got {crf}.")
+    elif not 0 <= crf <= MAX_CRF:
+        raise ValueError(f"crf must be between 0 and {MAX_CRF}, got {crf}.")
+
+
 def check_video_settings(video_format: str, fps: float, crf: int, pix_fmt: str) -> VideoFormat:
     """Validate the save settings; return the format. Errors say which values are allowed."""
-    if video_format not in VIDEO_FORMATS:
-        raise ValueError(f"Unknown video format '{video_format}'; choose one of {sorted(VIDEO_FORMATS)}.")
-    chosen = VIDEO_FORMATS[video_format]
+    check_encoder_settings(video_format, crf, pix_fmt)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}.")
-    if chosen.max_crf is not None and not 0 <= crf <= chosen.max_crf:
-        raise ValueError(f"crf for {video_format} must be between 0 and {chosen.max_crf}, got {crf}.")
-    if pix_fmt not in PIXEL_FORMATS:
-        raise ValueError(f"Unknown pixel format '{pix_fmt}'; choose one of {list(PIXEL_FORMATS)}.")
-    return chosen
+    return VIDEO_FORMATS[video_format]
 
 
 def write_video(

@@ -77,6 +77,21 @@ class OpenSoraSaveVideo:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None, format: str | None = None,
+                        crf: int | None = None, pix_fmt: str | None = None) -> bool | str:
+        """Check the save settings when the prompt is queued, so ComfyUI refuses a bad prefix or
+        encoder setting (HTTP 400) before any model runs. ComfyUI skips its own list and range checks
+        for the inputs named here; these checks cover them. A linked input arrives as None and is
+        checked when the node runs."""
+        try:
+            if filename_prefix is not None:
+                host.check_filename_prefix(filename_prefix)
+            media.check_encoder_settings(format, crf, pix_fmt)
+        except ValueError as error:
+            return str(error)
+        return True
+
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The same frames, unchanged, so the graph can go on.",)

@@ -150,6 +150,31 @@ class OpenSoraTextEncode:
         return (conditioning,)
 
 
+# Inputs of ComfyUI's text encode nodes that hold the prompt, T5's first (CLIPTextEncodeFlux has two).
+_NATIVE_TEXT_INPUTS = ("t5xxl", "text", "prompt", "value", "string")
+_NATIVE_LINK_DEPTH = 8
+
+
+def native_prompt_text(graph: dict | None, node_id: str | None, input_name: str) -> str | None:
+    """The prompt text behind a CONDITIONING input, read from ComfyUI's prompt graph (the hidden PROMPT
+    input): follow the link to the encode node and take its text widget, through text nodes linked into
+    it. None when ComfyUI gave no graph or the text is computed at run time (it is not in the graph)."""
+    if not isinstance(graph, dict) or node_id is None:
+        return None
+    value = graph.get(str(node_id), {}).get("inputs", {}).get(input_name)
+    for _ in range(_NATIVE_LINK_DEPTH):
+        if not (isinstance(value, list) and len(value) == 2):
+            return None
+        inputs = graph.get(str(value[0]), {}).get("inputs", {})
+        names = [n for n in _NATIVE_TEXT_INPUTS if n in inputs]
+        if not names:
+            return None
+        value = inputs[names[0]]
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _check_conditioning(text_encoder: OpenSoraTextEncoder, conditioning: TextConditioning) -> None:
     """Stop on NaN/inf encoder outputs (fp16 T5 overflow) before the sampler spends minutes on them."""
     remedy_widget = "weight_dtype on the Open-Sora Text Encoder Loader"
@@ -174,7 +199,8 @@ class OpenSoraConditioningFromNative:
                 "negative": ("CONDITIONING", {
                     "tooltip": "Required: the reference's negative is the empty prompt, so wire a "
                                "CLIPTextEncode with empty text from the same DualCLIPLoader."}),
-            }
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = ("OPENSORA_COND",)
@@ -192,8 +218,10 @@ class OpenSoraConditioningFromNative:
         "reference's for prompts under 77 tokens. For exact results use 'Open-Sora Text Encode'."
     )
 
-    def execute(self, positive: list, negative: list) -> tuple[TextConditioning]:
-        conditioning, changed = from_native_conditioning(positive, negative)
+    def execute(self, positive: list, negative: list, prompt: dict | None = None,
+                unique_id: str | None = None) -> tuple[TextConditioning]:
+        texts = [native_prompt_text(prompt, unique_id, name) for name in ("positive", "negative")]
+        conditioning, changed = from_native_conditioning(positive, negative, *texts)
         if changed:
             log.warning("Open-Sora: native T5 states were brought to 512 tokens; the conditioning is close to, "
                         "not equal to, the reference's (use 'Open-Sora Text Encode' for exact results).")

@@ -75,14 +75,17 @@ def test_saves_reference_mp4_with_sidecar_preview_and_passthrough(standalone_hos
 def test_counter_continues_and_prompt_text_and_batch_prompts(standalone_host):
     frames = torch.rand(5, 16, 16, 3)
     save(images=frames, prompt_text="first")
-    second = save(images=frames, conditioning=conditioning("one", "two"), prompt_text="ignored")
+    second = save(images=frames, conditioning=conditioning("one", "two"))
     third = save(images=frames)  # no prompt: no sidecar
+    fourth = save(images=frames, conditioning=conditioning("one", "two"), prompt_text="wins when connected")
     folder = standalone_host.output_directory() / "OpenSora"
     assert second["ui"]["images"][0]["filename"] == "video_00002_.mp4"
     assert third["ui"]["images"][0]["filename"] == "video_00003_.mp4"
     assert (folder / "video_00001_.txt").read_text() == "first"
     assert (folder / "video_00002_.txt").read_text() == "one\ntwo"
     assert not (folder / "video_00003_.txt").exists()
+    assert fourth["ui"]["images"][0]["filename"] == "video_00004_.mp4"
+    assert (folder / "video_00004_.txt").read_text() == "wins when connected"
 
 
 def test_prefix_variables_subfolders_and_formats(standalone_host):

@@ -140,3 +140,28 @@ def test_native_bad_input():
         OpenSoraConditioningFromNative().execute(sd_cond, native(256))
     with pytest.raises(ValueError, match="negative input is not a CONDITIONING"):
         OpenSoraConditioningFromNative().execute(native(256), [])
+
+
+def test_native_bridge_carries_the_prompt_text_from_the_graph():
+    """ComfyUI hands the node its prompt graph (hidden PROMPT) and id: the sidecar text is read from the
+    encode nodes the CONDITIONING comes from, through linked text nodes; computed text stays unknown."""
+    graph = {
+        "4": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5.safetensors", "type": "flux"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": ["9", 0], "clip": ["4", 0]}},
+        "9": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red fox in snow. 24 FPS."}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 0]}},
+        "7": {"class_type": "OpenSoraConditioningFromNative", "inputs": {"positive": ["5", 0], "negative": ["6", 0]}},
+        "8": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip_l": "clip text", "t5xxl": "t5 text",
+                                                              "guidance": 3.5, "clip": ["4", 0]}},
+        "10": {"class_type": "StringConcatenate", "inputs": {"string_a": "a", "string_b": "b"}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"text": ["10", 0], "clip": ["4", 0]}},
+        "12": {"class_type": "OpenSoraConditioningFromNative", "inputs": {"positive": ["8", 0], "negative": ["11", 0]}},
+    }
+    cond = OpenSoraConditioningFromNative().execute(native(256) + native(256), native(256), prompt=graph,
+                                                    unique_id="7")[0]
+    assert cond.prompts == ("a red fox in snow. 24 FPS.",) * 2 and cond.negative_prompts == ("",) * 2
+    cond = OpenSoraConditioningFromNative().execute(native(256), native(256), prompt=graph, unique_id="12")[0]
+    assert cond.prompts == ("t5 text",) and cond.negative_prompts == ("(ComfyUI CONDITIONING)",)
+    cond = OpenSoraConditioningFromNative().execute(native(256), native(256))[0]  # no graph (outside ComfyUI)
+    assert cond.prompts == ("(ComfyUI CONDITIONING)",)
+    assert OpenSoraConditioningFromNative.INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}

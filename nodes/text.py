@@ -144,10 +144,37 @@ class OpenSoraTextEncode:
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
         host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
         host.check_interrupt()
+        warnings = prompt_warnings(text_encoder, prompt, prompts, negatives)
+        for warning in warnings:
+            log.warning("Open-Sora Text Encode: %s", warning)
+        if warnings:
+            host.show_text("\n".join(warnings))
         conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
                                            host.intermediate_device())
         _check_conditioning(text_encoder, conditioning)
+        if warnings:
+            return {"ui": {"text": warnings}, "result": (conditioning,)}
         return (conditioning,)
+
+
+def prompt_warnings(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: list[str],
+                    negatives: list[str]) -> list[str]:
+    """What the user should know before the prompts are encoded: an empty prompt (a text-to-video run
+    would follow only the fps/motion suffix) and prompts the tokenizers cut (T5 at 512 tokens, CLIP at
+    77, as the reference does: the words past the limit have no effect)."""
+    warnings = []
+    if not raw_prompt.strip():
+        warnings.append("The prompt is empty: fine with an image condition, but a text-to-video run has only "
+                        "the fps/motion-score suffix to follow. Write what the video should show.")
+    texts = [(f"Prompt {i + 1}" if len(prompts) > 1 else "The prompt", t) for i, t in enumerate(prompts)]
+    texts += [("The negative prompt", t) for t in dict.fromkeys(negatives)]
+    for label, text in texts:
+        for name, encoder in (("T5", text_encoder.t5), ("CLIP", text_encoder.clip)):
+            count = encoder.tokenizer.token_count(text)
+            if count > encoder.max_length:
+                warnings.append(f"{label} has {count} {name} tokens; {name} reads only the first "
+                                f"{encoder.max_length}, so the rest is cut and has no effect.")
+    return warnings
 
 
 # Inputs of ComfyUI's text encode nodes that hold the prompt, T5's first (CLIPTextEncodeFlux has two).

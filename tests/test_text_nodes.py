@@ -50,7 +50,9 @@ def test_golden_embeddings_through_the_nodes(golden_models):
     print("golden max abs diff:", diffs)
     assert diffs == {"t5": 0.0, "clip": 0.0, "neg_t5": 0.0, "neg_clip": 0.0}
     # the golden's second prompt: the empty prompt with its suffix
-    empty = OpenSoraTextEncode().execute(load(), "", "", 24, "4", False)[0]
+    returned = OpenSoraTextEncode().execute(load(), "", "", 24, "4", False)
+    assert "The prompt is empty" in returned["ui"]["text"][0]
+    empty = returned["result"][0]
     assert torch.equal(empty.t5[0], golden["t5.last_hidden_state"][1].clone())
     assert torch.equal(empty.clip[0], golden["clip.pooler_output"][1].clone())
 
@@ -165,3 +167,25 @@ def test_native_bridge_carries_the_prompt_text_from_the_graph():
     cond = OpenSoraConditioningFromNative().execute(native(256), native(256))[0]  # no graph (outside ComfyUI)
     assert cond.prompts == ("(ComfyUI CONDITIONING)",)
     assert OpenSoraConditioningFromNative.INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
+
+
+def test_truncated_and_empty_prompts_are_reported(golden_models, monkeypatch, caplog):
+    encoder = load()
+    shown: list[str] = []
+    monkeypatch.setattr(golden_models, "show_text", shown.append)
+    assert isinstance(OpenSoraTextEncode().execute(encoder, "a fox", "", 24, "4", False), tuple)  # no warning
+    long_prompt = " ".join(["fox"] * 80)  # > 77 CLIP tokens, < 512 T5 tokens
+    returned = OpenSoraTextEncode().execute(encoder, long_prompt, "", 24, "4", False)
+    clip_count = encoder.clip.tokenizer.token_count(long_prompt + ". 24 FPS. 4 motion score.")
+    assert clip_count > 77
+    assert returned["ui"]["text"] == [
+        f"The prompt has {clip_count} CLIP tokens; CLIP reads only the first 77, so the rest is cut and has no effect."]
+    assert shown == returned["ui"]["text"] and "CLIP tokens" in caplog.text
+    very_long = " ".join(f"word{i}" for i in range(600))
+    returned = OpenSoraTextEncode().execute(encoder, "a fox\n" + very_long, very_long, 24, "4", True)
+    warnings = returned["ui"]["text"]
+    assert [w.split(" has ")[0] for w in warnings] == ["Prompt 2", "Prompt 2", "The negative prompt",
+                                                       "The negative prompt"]
+    assert "T5 reads only the first 512" in warnings[0] and "CLIP reads only the first 77" in warnings[1]
+    assert encoder.t5.tokenizer.token_count("a fox") == len(encoder.t5.tokenizer.token_ids("a fox"))
+    assert returned["result"][0].batch_size == 2

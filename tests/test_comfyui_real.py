@@ -182,3 +182,22 @@ def test_workflow_runs_in_comfyui(comfy, name):
     assert files, f"No output file reported: {entry['outputs']}"
     for path in files:
         check_video_output(graph, path)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("filename_prefix", "../escape", "contains '..'"),
+    ("filename_prefix", "/tmp/escape", "absolute path"),
+    ("crf", 60, "crf for mp4 must be between 0 and 51"),
+])
+def test_bad_save_settings_are_refused_when_queued(comfy, setting, value, message):
+    """VALIDATE_INPUTS turns bad Save Video settings into HTTP 400 before any node runs."""
+    graph = prepare_test_graph("t2v_256px")
+    save_ids = [i for i, n in graph.items() if n["class_type"] == "OpenSoraSaveVideo"]
+    assert save_ids
+    graph[save_ids[0]]["inputs"][setting] = value
+    queue_before = _get(f"{comfy.url}/queue")
+    status, answer = _post(f"{comfy.url}/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400, answer
+    errors = answer["node_errors"][save_ids[0]]["errors"]
+    assert errors[0]["type"] == "custom_validation_failed" and message in errors[0]["details"], errors
+    assert _get(f"{comfy.url}/queue") == queue_before  # nothing was queued

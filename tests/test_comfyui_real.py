@@ -201,3 +201,14 @@ def test_bad_save_settings_are_refused_when_queued(comfy, setting, value, messag
     errors = answer["node_errors"][save_ids[0]]["errors"]
     assert errors[0]["type"] == "custom_validation_failed" and message in errors[0]["details"], errors
     assert _get(f"{comfy.url}/queue") == queue_before  # nothing was queued
+
+
+def test_prompt_truncation_is_reported_on_the_node(comfy):
+    """A prompt past CLIP's 77 tokens runs, and the text node's output carries the warning for the UI."""
+    graph = prepare_test_graph("t2v_256px")
+    encode_id = next(i for i, n in graph.items() if n["class_type"] == "OpenSoraTextEncode")
+    graph[encode_id]["inputs"]["prompt"] = " ".join(["a red fox runs through deep snow"] * 20)
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    warnings = entry["outputs"][encode_id]["text"]
+    assert any("CLIP reads only the first 77" in w for w in warnings), warnings

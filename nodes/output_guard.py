@@ -37,13 +37,21 @@ def precision_remedy(dtype: torch.dtype, widget: str) -> str:
     return "It already runs in fp32, so check its inputs and weights (a damaged or wrong checkpoint?)."
 
 
+def _all_finite(values: torch.Tensor) -> bool:
+    """One min/max reduction (NaN propagates through both, inf shows in one) without a mask the size
+    of ``values``: a decoded video can be gigabytes."""
+    if values.numel() == 0:
+        return True
+    low, high = values.aminmax()
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def check_finite(values: torch.Tensor, stage: str, dtype: torch.dtype, device: torch.device | str,
                  remedy: str) -> None:
     """Raise StageOutputError if ``values`` holds NaN or inf."""
-    finite = torch.isfinite(values)
-    if bool(finite.all()):
+    if _all_finite(values):
         return
-    bad = finite.numel() - int(finite.sum())
+    bad = values.numel() - int(torch.isfinite(values).sum())  # counted only on the error path
     raise StageOutputError(
         f"{stage} produced {bad} NaN/inf values out of {values.numel()} (ran in {dtype_name(dtype)} on "
         f"{device}); the video would be black or broken, so the run stops here. {remedy}"
@@ -53,7 +61,7 @@ def check_finite(values: torch.Tensor, stage: str, dtype: torch.dtype, device: t
 def check_input_finite(values: torch.Tensor, what: str, remedy: str) -> None:
     """Raise StageOutputError if an input handed over by an earlier node holds NaN or inf, so the
     error names the stage that made it rather than the one that received it."""
-    if not bool(torch.isfinite(values).all()):
+    if not _all_finite(values):
         raise StageOutputError(f"{what} holds NaN/inf values, so no video can come from it. {remedy}")
 
 
@@ -62,15 +70,15 @@ def check_not_flat(frames: torch.Tensor, source: torch.Tensor, stage: str, dtype
     """Raise StageOutputError if a batch element of ``frames`` (0..1, ``[B*F, H, W, 3]``, ``F`` frames per
     element) is one flat colour while its ``source`` element (``[B, ...]``) was not flat."""
     elements = source.shape[0]
-    per_element = frames.reshape(elements, -1)
-    low, high = per_element.aminmax(dim=1)
-    src_low, src_high = source.reshape(elements, -1).aminmax(dim=1)
-    flat = ((high - low) < FLAT_RANGE) & ((src_high - src_low).float() > FLAT_LATENT_RANGE)
-    if not bool(flat.any()):
+    for index, (video, latent) in enumerate(zip(frames.reshape(elements, -1), source.reshape(elements, -1))):
+        low, high = (float(v) for v in video.aminmax())  # whole-tensor reductions: one fast pass each
+        src_low, src_high = (float(v) for v in latent.aminmax())
+        if high - low < FLAT_RANGE and src_high - src_low > FLAT_LATENT_RANGE:
+            break
+    else:
         return
-    index = int(flat.nonzero()[0])
     raise StageOutputError(
-        f"{stage} decoded batch element {index} to frames of one flat value ({float(low[index]):.3f}) from a "
+        f"{stage} decoded batch element {index} to frames of one flat value ({low:.3f}) from a "
         f"latent that is not flat (ran in {dtype_name(dtype)} on {device}); the video would be "
         f"a single colour, so the run stops here. {remedy}"
     )

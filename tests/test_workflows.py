@@ -61,6 +61,15 @@ def test_every_ui_workflow_has_an_api_twin():
 
 
 @pytest.mark.parametrize("name", ui_workflows())
+def test_every_workflow_has_a_template_thumbnail(name):
+    """ComfyUI's template browser shows example_workflows/<name>.jpg (taken from the real frontend)."""
+    from PIL import Image
+
+    with Image.open(WORKFLOW_DIR / f"{name}.jpg") as image:
+        assert image.format == "JPEG" and 400 <= max(image.size) <= 1024, image.size
+
+
+@pytest.mark.parametrize("name", ui_workflows())
 def test_api_twin_matches_ui_workflow(tiny_host, name):
     """The UI file converted as the frontend does equals the API twin (catches widget-order drift)."""
     ui = load_json(WORKFLOW_DIR / f"{name}.json")

@@ -26,9 +26,10 @@ def activation(name: str | None) -> nn.Module | None:
 
 
 def _faulty_cpu_bf16_conv(x: torch.Tensor, in_channels: int) -> bool:
-    """Whether PyTorch's CPU bf16 Conv3d is known to go wrong here: a one-frame input with only a
-    few (pixel) channels, as the encoder's first convolution sees for an image. On some CPUs its
-    oneDNN kernel differs from fp32 by more than the output's magnitude (all-black videos)."""
+    """Whether this is the case PyTorch's CPU bf16 Conv3d was seen to get wrong: a one-frame input with
+    only a few (pixel) channels, as the encoder's first convolution sees for an image (3 -> 128
+    channels, 512x288, torch 2.14.1: up to 9.4 away from fp32, then an all-black i2v video). The
+    oneDNN kernel chosen depends on the CPU; on others the plain bf16 result is already right."""
     return x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.shape[2] == 1 and in_channels <= 4
 
 

@@ -189,18 +189,78 @@ def _encoder_args(video_format: VideoFormat, crf: int, pix_fmt: str) -> list[str
     return args + ["-pix_fmt", pix_fmt] + _BT709_TAGS
 
 
+# The widest crf range any offered codec accepts (VP9); the bound when the format is not known yet.
+MAX_CRF = max(f.max_crf for f in VIDEO_FORMATS.values() if f.max_crf is not None)
+
+
+def gif_delays(frame_count: int, fps: float | Fraction) -> list[int]:
+    """Per-frame GIF delays in centiseconds (the format's unit) whose running sums are the frame start
+    times rounded to the nearest centisecond, so any run of frames lasts as long as ``fps`` says
+    (24 fps: 4, 4, 5, 4, 4, 4, ... cs; 24 frames take exactly 1 s) instead of every frame being
+    rounded alike (4 cs each = 25 fps)."""
+    rate = Fraction(fps)
+    starts = [int(Fraction(100 * i) / rate + Fraction(1, 2)) for i in range(frame_count + 1)]
+    return [b - a for a, b in zip(starts, starts[1:])]
+
+
+def set_gif_delays(path: str | os.PathLike, delays: list[int]) -> None:
+    """Rewrite the delay of every frame's graphic control extension in a GIF file to ``delays``
+    (centiseconds, one per frame). Raises EncoderError if the file's frames do not match."""
+    data = bytearray(Path(path).read_bytes())
+    if data[:3] != b"GIF":
+        raise EncoderError(f"{Path(path).name} is not a GIF file.")
+
+    def skip_sub_blocks(pos: int) -> int:
+        while data[pos]:
+            pos += data[pos] + 1
+        return pos + 1
+
+    pos, controls, images = 13, [], 0
+    if data[10] & 0x80:
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos < len(data) and data[pos] != 0x3B:
+        if data[pos] == 0x21:  # extension: label, then sub-blocks
+            if data[pos + 1] == 0xF9 and data[pos + 2] == 4:
+                controls.append(pos + 4)  # little-endian delay inside the graphic control block
+            pos = skip_sub_blocks(pos + 2)
+        elif data[pos] == 0x2C:  # image: descriptor, optional colour table, LZW code size, data
+            images += 1
+            packed = data[pos + 9]
+            pos += 10 + ((3 << ((packed & 7) + 1)) if packed & 0x80 else 0)
+            pos = skip_sub_blocks(pos + 1)
+        else:
+            raise EncoderError(f"{Path(path).name}: unexpected GIF block 0x{data[pos]:02x} at byte {pos}.")
+    if not images == len(controls) == len(delays):
+        raise EncoderError(f"{Path(path).name} holds {images} frames with {len(controls)} timings; "
+                           f"{len(delays)} were written.")
+    for at, delay in zip(controls, delays):
+        data[at:at + 2] = int(delay).to_bytes(2, "little")
+    Path(path).write_bytes(data)
+
+
+def check_encoder_settings(video_format: str | None, crf: int | None, pix_fmt: str | None) -> None:
+    """Validate format, crf and pixel format together; a None (not known yet) is skipped. Errors say
+    which values are allowed: each codec has its own crf range (H.264 0-51, VP9 0-63)."""
+    if video_format is not None and video_format not in VIDEO_FORMATS:
+        raise ValueError(f"Unknown video format '{video_format}'; choose one of {sorted(VIDEO_FORMATS)}.")
+    if pix_fmt is not None and pix_fmt not in PIXEL_FORMATS:
+        raise ValueError(f"Unknown pixel format '{pix_fmt}'; choose one of {list(PIXEL_FORMATS)}.")
+    if crf is None:
+        return
+    chosen = VIDEO_FORMATS.get(video_format) if video_format is not None else None
+    if chosen is not None and chosen.max_crf is not None:
+        if not 0 <= crf <= chosen.max_crf:
+            raise ValueError(f"crf for {video_format} must be between 0 and {chosen.max_crf}, got {crf}.")
+    elif not 0 <= crf <= MAX_CRF:
+        raise ValueError(f"crf must be between 0 and {MAX_CRF}, got {crf}.")
+
+
 def check_video_settings(video_format: str, fps: float, crf: int, pix_fmt: str) -> VideoFormat:
     """Validate the save settings; return the format. Errors say which values are allowed."""
-    if video_format not in VIDEO_FORMATS:
-        raise ValueError(f"Unknown video format '{video_format}'; choose one of {sorted(VIDEO_FORMATS)}.")
-    chosen = VIDEO_FORMATS[video_format]
+    check_encoder_settings(video_format, crf, pix_fmt)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}.")
-    if chosen.max_crf is not None and not 0 <= crf <= chosen.max_crf:
-        raise ValueError(f"crf for {video_format} must be between 0 and {chosen.max_crf}, got {crf}.")
-    if pix_fmt not in PIXEL_FORMATS:
-        raise ValueError(f"Unknown pixel format '{pix_fmt}'; choose one of {list(PIXEL_FORMATS)}.")
-    return chosen
+    return VIDEO_FORMATS[video_format]
 
 
 def write_video(
@@ -271,4 +331,6 @@ def write_video(
                     f"ffmpeg could not write {Path(path).name} (exit status {returncode}, "
                     f"{written} of {frames.shape[0]} frames sent): {message or 'no message'}"
                 )
+            if chosen.name == "gif":  # ffmpeg's own per-frame rounding depends on its version
+                set_gif_delays(temporary, gif_delays(frames.shape[0], rate))
     return Path(path)

@@ -118,6 +118,10 @@ class T5PromptTokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def token_count(self, text: str) -> int:
+        """How many ids the prompt has before truncation (with its ``</s>``), to tell users what is cut."""
+        return len(self.token_ids(text, max_length=1 << 30))
+
     def __call__(self, texts: Sequence[str], max_length: int = T5_MAX_LENGTH) -> torch.Tensor:
         """``[N, max_length]`` int64 ids, right-padded with ``<pad>`` (the reference's ``padding="max_length"``)."""
         out = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
@@ -201,6 +205,10 @@ class ClipPromptTokenizer:
             logging.getLogger(__name__).warning(
                 "ftfy is not installed: CLIP prompts with curly quotes, ligatures or full-width characters are "
                 "tokenised differently from the Open-Sora reference (pip install ftfy).")
+
+    def token_count(self, text: str) -> int:
+        """How many ids the prompt has before truncation (with start and end tokens)."""
+        return len(self._tokenizer(clean_clip_text(text), truncation=False, verbose=False)["input_ids"])
 
     def __call__(self, texts: Sequence[str], max_length: int = CLIP_MAX_LENGTH) -> torch.Tensor:
         """``[N, max_length]`` int64 ids."""

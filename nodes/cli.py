@@ -306,11 +306,12 @@ _DC_AE_FILES = (
              "Open_Sora_v2_Video_DC_AE.safetensors"),
     Download(DC_AE_REPO, "F32T4C128_AE.safetensors", "vae", "F32T4C128_AE.safetensors"),
 )
+_TEXT_FILES = tuple(item for item in _VIDEO_FILES if item.folder == "text_encoders")
 DOWNLOADS: dict[str, tuple[Download, ...]] = {
     "t2v": _VIDEO_FILES,
     "i2v": _VIDEO_FILES,
     "t2i2v": _VIDEO_FILES + _FLUX_FILES,
-    "high_compression": _VIDEO_FILES + _FLUX_FILES + _DC_AE_FILES,
+    "high_compression": _TEXT_FILES + _FLUX_FILES + _DC_AE_FILES,  # its own model and autoencoder only
 }
 
 

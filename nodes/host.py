@@ -210,6 +210,22 @@ class Progress:
             check_interrupt()
 
 
+def show_text(text: str) -> None:
+    """Show ``text`` on the running node in ComfyUI's frontend (its progress-text line). Outside
+    ComfyUI nothing is shown: callers log the text as well."""
+    if not IN_COMFY:
+        return
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+
+        context = get_executing_context()
+        if context is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, context.node_id)
+    except (ImportError, AttributeError):  # an older ComfyUI without progress text: the log still has it
+        pass
+
+
 def previews_enabled() -> bool:
     """Whether the user turned latent previews on (``--preview-method`` other than none)."""
     if not IN_COMFY:

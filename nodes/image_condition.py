@@ -8,6 +8,7 @@ from ..models.autoencoder import reporting_work, work_modules
 from ..samplers import image_condition
 from ..samplers.latent import read_latent
 from . import host
+from .output_guard import check_finite, precision_remedy
 
 POSTERIORS = ("mean", "sample")
 
@@ -76,8 +77,11 @@ class OpenSoraImageCondition:
                 generator.append(torch.Generator(device=module.device).manual_seed(int(seed)))
             # Cancel is honoured after every encoder convolution, not only between references.
             with torch.inference_mode(), reporting_work(work_modules(module), host.check_interrupt):
-                return module.encode(pixels.to(module.device, module.dtype), sample=posterior == "sample",
-                                     generator=generator[0] if generator else None)
+                latent = module.encode(pixels.to(module.device, module.dtype), sample=posterior == "sample",
+                                       generator=generator[0] if generator else None)
+            check_finite(latent, "Open-Sora Image Condition (VAE encode)", vae.dtype, module.device,
+                         precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader"))
+            return latent
 
         condition = image_condition.encode_image_condition(
             encode, image, last_image, cond_type, geometry, samples.shape[0]

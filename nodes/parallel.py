@@ -86,7 +86,8 @@ class OpenSoraParallelSettings:
                                "every rank keeps all text tokens (repeats the small text-stream work, fewer "
                                "transfers of text rows). Both give the same result."}),
                 "port": ("INT", {"default": 29600, "min": 1024, "max": 65534,
-                                 "tooltip": "Local TCP port of the control store; torchrun uses port + 1."}),
+                                 "tooltip": "TCP port of the control store (on 127.0.0.1 only; torchrun's "
+                                            "rendezvous meets there too)."}),
                 "device": (list(DEVICE_TYPES), {
                     "default": "cuda",
                     "tooltip": "cuda: NCCL on GPUs. cpu: gloo on CPU processes (for testing; slow)."}),

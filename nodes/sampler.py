@@ -13,6 +13,7 @@ from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
 from ..samplers.preview import has_preview, latent_preview
 from ..samplers.schedule import get_schedule
 from . import host
+from .output_guard import check_finite, check_input_finite, precision_remedy
 from .parallel import ParallelSettings, sample_in_workers
 
 METHODS = ("i2v", "distill")
@@ -126,6 +127,8 @@ class OpenSoraSampler:
                              "the parallel settings.")
         _check_model_fits(model.config, geometry)
         denoisers.check_text_fits(conditioning, model.config)
+        _check_inputs_finite(samples, conditioning, image_condition)
+        stage, remedy = "Open-Sora Sampler", precision_remedy(model.dtype, "weight_dtype on the Open-Sora Model Loader")
         text = denoisers.text_inputs_for_batch(conditioning, batch)
         if image_condition is not None:
             if method != "i2v":
@@ -141,6 +144,7 @@ class OpenSoraSampler:
             x = sample_in_workers(parallel, model, samples, text, timesteps, method, settings, guidance,
                                   BRANCH_MODES[branch_mode], image_condition,
                                   partial(latent_preview, kind=geometry.kind) if previews else None)
+            check_finite(x, stage, model.dtype, "the worker group's GPUs", remedy)
             return (_output_latent(x, image_condition, geometry, noise),)
 
         rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
@@ -152,6 +156,8 @@ class OpenSoraSampler:
         progress = host.Progress(steps)
 
         def on_step(result: denoisers.StepResult) -> None:
+            check_finite(result.velocity(), f"{stage} (step {result.step + 1} of {result.total})", model.dtype,
+                         device, remedy)
             preview = latent_preview(result.denoised(), geometry.kind) if previews else None
             progress.update(1, preview)
             host.check_interrupt()
@@ -166,6 +172,7 @@ class OpenSoraSampler:
             else:
                 x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step,
                                                 cache)
+        check_finite(x, stage, model.dtype, device, remedy)
         return (_output_latent(x, image_condition, geometry, noise),)
 
 
@@ -177,6 +184,18 @@ def _output_latent(x: torch.Tensor, image_condition: ImageCondition | None, geom
     result = x.to(device=host.intermediate_device(), dtype=torch.float32)
     extra = {k: v for k, v in noise.items() if k not in ("samples", "type", GEOMETRY_KEY)}
     return make_latent(result, geometry, **extra)
+
+
+def _check_inputs_finite(samples: torch.Tensor, conditioning: TextConditioning,
+                         image_condition: ImageCondition | None) -> None:
+    """Refuse NaN/inf inputs, naming the node that made them."""
+    check_input_finite(samples, "The noise latent", "Re-run 'Open-Sora Noise' (or the node that made it).")
+    for values in (conditioning.t5, conditioning.clip, conditioning.neg_t5, conditioning.neg_clip):
+        check_input_finite(values, "The text conditioning",
+                           "Encode the prompt again in fp32 or bf16 (set weight_dtype on the Text Encoder Loader).")
+    if image_condition is not None:
+        check_input_finite(image_condition.masked_ref, "The image condition",
+                           "Set dtype to fp32 on the Open-Sora VAE Loader that encoded it.")
 
 
 def _check_model_fits(config, geometry) -> None:

@@ -12,14 +12,18 @@ from . import host
 
 
 def _sidecar_text(conditioning: Any, prompt_text: str | None) -> str | None:
-    """The final prompt(s) for the ``.txt`` sidecar: one line per prompt, or None when there is none."""
+    """The final prompt(s) for the ``.txt`` sidecar: one line per prompt, or None when there is none.
+
+    A connected ``prompt_text`` wins (the user wired it to say exactly what the file should hold);
+    otherwise the conditioning's final prompts are written.
+    """
+    if prompt_text:
+        return prompt_text
     if conditioning is not None:
         prompts = getattr(conditioning, "prompts", None)
         if prompts is None:
             raise ValueError("The conditioning input is not an OPENSORA_COND value (it has no prompts).")
         return "\n".join(prompts)
-    if prompt_text:
-        return prompt_text
     return None
 
 
@@ -72,10 +76,26 @@ class OpenSoraSaveVideo:
                                "the reference does."}),
                 "prompt_text": ("STRING", {
                     "forceInput": True,
-                    "tooltip": "Text for the .txt sidecar when no conditioning is connected."}),
+                    "tooltip": "Text for the .txt sidecar; when connected it is written instead of the "
+                               "conditioning's prompts."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None, format: str | None = None,
+                        crf: int | None = None, pix_fmt: str | None = None) -> bool | str:
+        """Check the save settings when the prompt is queued, so ComfyUI refuses a bad prefix or
+        encoder setting (HTTP 400) before any model runs. ComfyUI skips its own list and range checks
+        for the inputs named here; these checks cover them. A linked input arrives as None and is
+        checked when the node runs."""
+        try:
+            if filename_prefix is not None:
+                host.check_filename_prefix(filename_prefix)
+            media.check_encoder_settings(format, crf, pix_fmt)
+        except ValueError as error:
+            return str(error)
+        return True
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)

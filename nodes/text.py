@@ -23,6 +23,7 @@ from ..samplers.prompt import (
     from_native_conditioning,
 )
 from . import host
+from .output_guard import check_finite, precision_remedy
 
 host.register_folders()
 log = logging.getLogger(__name__)
@@ -143,9 +144,73 @@ class OpenSoraTextEncode:
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
         host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
         host.check_interrupt()
+        warnings = prompt_warnings(text_encoder, prompt, prompts, negatives)
+        for warning in warnings:
+            log.warning("Open-Sora Text Encode: %s", warning)
+        if warnings:
+            host.show_text("\n".join(warnings))
         conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
                                            host.intermediate_device())
+        _check_conditioning(text_encoder, conditioning)
+        if warnings:
+            return {"ui": {"text": warnings}, "result": (conditioning,)}
         return (conditioning,)
+
+
+def prompt_warnings(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: list[str],
+                    negatives: list[str]) -> list[str]:
+    """What the user should know before the prompts are encoded: an empty prompt (a text-to-video run
+    would follow only the fps/motion suffix) and prompts the tokenizers cut (T5 at 512 tokens, CLIP at
+    77, as the reference does: the words past the limit have no effect)."""
+    warnings = []
+    if not raw_prompt.strip():
+        warnings.append("The prompt is empty: fine with an image condition, but a text-to-video run has only "
+                        "the fps/motion-score suffix to follow. Write what the video should show.")
+    texts = [(f"Prompt {i + 1}" if len(prompts) > 1 else "The prompt", t) for i, t in enumerate(prompts)]
+    texts += [("The negative prompt", t) for t in dict.fromkeys(negatives)]
+    for label, text in texts:
+        for name, encoder in (("T5", text_encoder.t5), ("CLIP", text_encoder.clip)):
+            count = encoder.tokenizer.token_count(text)
+            if count > encoder.max_length:
+                warnings.append(f"{label} has {count} {name} tokens; {name} reads only the first "
+                                f"{encoder.max_length}, so the rest is cut and has no effect.")
+    return warnings
+
+
+# Inputs of ComfyUI's text encode nodes that hold the prompt, T5's first (CLIPTextEncodeFlux has two).
+_NATIVE_TEXT_INPUTS = ("t5xxl", "text", "prompt", "value", "string")
+_NATIVE_LINK_DEPTH = 8
+
+
+def native_prompt_text(graph: dict | None, node_id: str | None, input_name: str) -> str | None:
+    """The prompt text behind a CONDITIONING input, read from ComfyUI's prompt graph (the hidden PROMPT
+    input): follow the link to the encode node and take its text widget, through text nodes linked into
+    it. None when ComfyUI gave no graph or the text is computed at run time (it is not in the graph)."""
+    if not isinstance(graph, dict) or node_id is None:
+        return None
+    value = graph.get(str(node_id), {}).get("inputs", {}).get(input_name)
+    for _ in range(_NATIVE_LINK_DEPTH):
+        if not (isinstance(value, list) and len(value) == 2):
+            return None
+        inputs = graph.get(str(value[0]), {}).get("inputs", {})
+        names = [n for n in _NATIVE_TEXT_INPUTS if n in inputs]
+        if not names:
+            return None
+        value = inputs[names[0]]
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _check_conditioning(text_encoder: OpenSoraTextEncoder, conditioning: TextConditioning) -> None:
+    """Stop on NaN/inf encoder outputs (fp16 T5 overflow) before the sampler spends minutes on them."""
+    remedy_widget = "weight_dtype on the Open-Sora Text Encoder Loader"
+    for name, encoder, states in (("T5", text_encoder.t5, (conditioning.t5, conditioning.neg_t5)),
+                                  ("CLIP", text_encoder.clip, (conditioning.clip, conditioning.neg_clip))):
+        dtype = next(encoder.parameters()).dtype
+        for values in states:
+            check_finite(values, f"Open-Sora Text Encode ({name})", dtype, next(encoder.parameters()).device,
+                         precision_remedy(dtype, remedy_widget))
 
 
 class OpenSoraConditioningFromNative:
@@ -161,7 +226,8 @@ class OpenSoraConditioningFromNative:
                 "negative": ("CONDITIONING", {
                     "tooltip": "Required: the reference's negative is the empty prompt, so wire a "
                                "CLIPTextEncode with empty text from the same DualCLIPLoader."}),
-            }
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = ("OPENSORA_COND",)
@@ -179,8 +245,10 @@ class OpenSoraConditioningFromNative:
         "reference's for prompts under 77 tokens. For exact results use 'Open-Sora Text Encode'."
     )
 
-    def execute(self, positive: list, negative: list) -> tuple[TextConditioning]:
-        conditioning, changed = from_native_conditioning(positive, negative)
+    def execute(self, positive: list, negative: list, prompt: dict | None = None,
+                unique_id: str | None = None) -> tuple[TextConditioning]:
+        texts = [native_prompt_text(prompt, unique_id, name) for name in ("positive", "negative")]
+        conditioning, changed = from_native_conditioning(positive, negative, *texts)
         if changed:
             log.warning("Open-Sora: native T5 states were brought to 512 tokens; the conditioning is close to, "
                         "not equal to, the reference's (use 'Open-Sora Text Encode' for exact results).")

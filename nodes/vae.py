@@ -13,6 +13,7 @@ from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_na
 from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind, VideoGeometry, autoencoder_kind
 from ..samplers.latent import make_latent, read_latent
 from . import host
+from .output_guard import check_finite, check_input_finite, check_not_flat, precision_remedy
 
 host.register_folders()
 
@@ -128,6 +129,9 @@ class OpenSoraVAEDecode:
     def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[torch.Tensor]:
         latent, geometry = read_latent(samples)
         check_latent_for_vae(latent, geometry, vae)
+        check_input_finite(latent, "The latent given to Open-Sora VAE Decode",
+                           "It was made by the node before it (usually the sampler, whose own check should have "
+                           "stopped the run): re-run that node.")
         module, shape = vae.module, tuple(latent.shape)
         if tiling == "memory_budget":  # plan with what is free once the weights are in place
             host.load_models([vae.managed])
@@ -145,6 +149,9 @@ class OpenSoraVAEDecode:
         frames = decode_to_frames(module, latent, geometry.num_frames, geometry.height, geometry.width, plan,
                                   host.intermediate_device(), on_work)
         host.empty_cache()
+        stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
+        check_finite(frames, stage, vae.dtype, module.device, remedy)
+        check_not_flat(frames, latent, stage, vae.dtype, module.device, remedy)
         return (frames,)
 
 

@@ -86,6 +86,10 @@ class StepResult:
         """The step's estimate of the clean latent ``x - t * v`` as ``[B, C, T, H', W']``."""
         return unpack(self._state - self.time * self._velocity, *self._shape)
 
+    def velocity(self) -> torch.Tensor:
+        """The guided velocity of the step (packed tokens), e.g. for a NaN/inf check."""
+        return self._velocity
+
 
 StepCallback = Callable[[StepResult], None]
 

@@ -122,9 +122,11 @@ def _native_batch(conditioning: list, name: str) -> tuple[torch.Tensor, torch.Te
     return torch.cat(states), torch.cat(pooled), changed
 
 
-def from_native_conditioning(positive: list, negative: list) -> tuple[TextConditioning, bool]:
+def from_native_conditioning(positive: list, negative: list, positive_text: str | None = None,
+                             negative_text: str | None = None) -> tuple[TextConditioning, bool]:
     """A TextConditioning from ComfyUI's Flux-style CONDITIONING (entries ``[t5 [B,L,4096],
     {"pooled_output": [B,768]}]``, concatenated into one batch); the negative batch is 1 or the same size.
+    The texts, when known, become its prompts (for the sidecar); else a placeholder.
 
     Returns it and whether any T5 sequence had to be brought to 512 tokens.
     """
@@ -137,6 +139,7 @@ def from_native_conditioning(positive: list, negative: list) -> tuple[TextCondit
         raise ValueError(f"The negative CONDITIONING has {neg_t5.shape[0]} prompts; give 1 or {n} (as the positive).")
     conditioning = TextConditioning(
         t5=t5, clip=clip, neg_t5=neg_t5.contiguous(), neg_clip=neg_clip.contiguous(),
-        prompts=(NATIVE_PROMPT,) * n, negative_prompts=(NATIVE_PROMPT,) * n,
+        prompts=(NATIVE_PROMPT if positive_text is None else positive_text,) * n,
+        negative_prompts=(NATIVE_PROMPT if negative_text is None else negative_text,) * n,
     )
     return conditioning, changed or neg_changed

@@ -100,6 +100,23 @@ def test_downloads_place_every_file_the_workflows_name():
                         assert (folder, node["inputs"][key]) in placed, (name, key)
 
 
+def test_downloads_fetch_no_weights_the_family_does_not_load():
+    """`download --what X` fetches only the weight files X's workflows load (plus tokenizer folders for the
+    command line): high_compression needs neither Open_Sora_v2.safetensors (23.8 GB) nor hunyuan_vae."""
+    fields = {"OpenSoraModelLoader": ("model_name",), "UNETLoader": ("unet_name",), "OpenSoraVAELoader": ("vae_name",),
+              "VAELoader": ("vae_name",), "OpenSoraTextEncoderLoader": ("t5_name", "clip_name"),
+              "DualCLIPLoader": ("clip_name1", "clip_name2")}
+    families = {"t2v": ("t2v_256px", "t2v_768px"), "i2v": ("i2v_head", "i2v_loop", "v2v_head"),
+                "t2i2v": ("t2i2v",), "high_compression": ("high_compression",)}
+    for family, names in families.items():
+        loaded = {node["inputs"][key] for name in names
+                  for node in load_json(WORKFLOW_DIR / "api" / f"{name}.json").values()
+                  for key in fields.get(node["class_type"], ())}
+        weights = {item.name for item in cli.DOWNLOADS[family] if item.name.endswith(".safetensors")}
+        assert weights == loaded, family
+    assert "Open_Sora_v2.safetensors" not in {item.name for item in cli.DOWNLOADS["high_compression"]}
+
+
 def test_pack_folder_runs_as_a_script():
     """`python3 <pack folder> ...` imports the pack by path, without ComfyUI."""
     done = subprocess.run([sys.executable, str(PACK_ROOT), "workflows"], capture_output=True, text=True, timeout=120)

@@ -216,3 +216,33 @@ def test_cancel_during_a_long_decode_takes_effect_within_2_s(comfy):
     assert "execution_interrupted" in events, entry["status"]
     assert events["execution_interrupted"]["node_type"] == "OpenSoraVAEDecode"  # it was mid-decode
     assert stopped_after < 2.0, f"Cancel took {stopped_after:.1f} s"
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("filename_prefix", "../escape", "contains '..'"),
+    ("filename_prefix", "/tmp/escape", "absolute path"),
+    ("crf", 60, "crf for mp4 must be between 0 and 51"),
+])
+def test_bad_save_settings_are_refused_when_queued(comfy, setting, value, message):
+    """VALIDATE_INPUTS turns bad Save Video settings into HTTP 400 before any node runs."""
+    graph = prepare_test_graph("t2v_256px")
+    save_ids = [i for i, n in graph.items() if n["class_type"] == "OpenSoraSaveVideo"]
+    assert save_ids
+    graph[save_ids[0]]["inputs"][setting] = value
+    queue_before = _get(f"{comfy.url}/queue")
+    status, answer = _post(f"{comfy.url}/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400, answer
+    errors = answer["node_errors"][save_ids[0]]["errors"]
+    assert errors[0]["type"] == "custom_validation_failed" and message in errors[0]["details"], errors
+    assert _get(f"{comfy.url}/queue") == queue_before  # nothing was queued
+
+
+def test_prompt_truncation_is_reported_on_the_node(comfy):
+    """A prompt past CLIP's 77 tokens runs, and the text node's output carries the warning for the UI."""
+    graph = prepare_test_graph("t2v_256px")
+    encode_id = next(i for i, n in graph.items() if n["class_type"] == "OpenSoraTextEncode")
+    graph[encode_id]["inputs"]["prompt"] = " ".join(["a red fox runs through deep snow"] * 20)
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    warnings = entry["outputs"][encode_id]["text"]
+    assert any("CLIP reads only the first 77" in w for w in warnings), warnings

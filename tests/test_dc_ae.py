@@ -216,3 +216,44 @@ def test_bfloat16_follows_float32(golden):
         assert out.dtype == torch.bfloat16
         expected = tensors[target]
         assert (out.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_cpu_bf16_pixel_conv_of_one_frame_runs_in_fp32(monkeypatch):
+    """The CPU bf16 Conv3d fault (one-frame, 3-channel input; wrong by more than the output's magnitude on
+    some CPUs, giving all-black i2v videos) is avoided by convolving the same bf16 values in fp32."""
+    torch.manual_seed(0)
+    conv = layers.Conv3d(3, 128, 3, padding=1).to(torch.bfloat16)
+    image = torch.rand(1, 32, 48, 3) * 2 - 1
+    x = image.permute(3, 0, 1, 2).unsqueeze(0).to(torch.bfloat16)  # the layout a loaded image arrives in
+    seen: list[torch.dtype] = []
+    conv3d = torch.nn.functional.conv3d
+
+    def spy(inp, *args, **kwargs):
+        seen.append(inp.dtype)
+        return conv3d(inp, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv3d", spy)
+    monkeypatch.setattr(torch.nn.modules.conv.F, "conv3d", spy)
+    out = conv(x)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    bias = conv.bias.float()
+    expected = conv3d(x.float().contiguous(), conv.weight.float(), bias, padding=1).bfloat16()
+    assert torch.equal(out, expected)  # exactly the correctly rounded bf16 result
+    seen.clear()
+    conv(torch.cat([x, x], dim=2))  # several frames: the plain bf16 kernel
+    assert seen == [torch.bfloat16]
+    seen.clear()
+    wide = layers.Conv3d(16, 8, 3, padding=1).to(torch.bfloat16)
+    wide(torch.rand(1, 16, 1, 8, 8, dtype=torch.bfloat16))  # not a pixel input: the plain bf16 kernel
+    assert seen == [torch.bfloat16]
+
+
+def test_bf16_single_frame_encode_follows_fp32():
+    """The i2v reference frame (one frame, bf16 on the CPU) encodes like fp32 up to bf16 rounding."""
+    state = tiny_dc_ae_state_dict(seed=3)
+    full = build(state)
+    half = build({k: v.to(torch.bfloat16) for k, v in state.items()})
+    x = (torch.rand(1, 64, 96, 3) * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)
+    expected = full.encode(x.to(torch.bfloat16).float(), tiling=NO_TILING)
+    got = half.encode(x, tiling=NO_TILING).float()
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()

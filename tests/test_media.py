@@ -293,3 +293,42 @@ def test_write_text_is_exact_utf8(tmp_path):
     path = media.write_text(tmp_path / "p.txt", "a cat — 猫. aesthetic score: 6.5.")
     assert path.read_bytes() == "a cat — 猫. aesthetic score: 6.5.".encode()
     assert os.listdir(tmp_path) == ["p.txt"]
+
+
+def _gif_durations_cs(path) -> list[int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        durations = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"] // 10)
+    return durations
+
+
+def test_gif_delays_sum_to_the_requested_fps():
+    assert media.gif_delays(6, 24) == [4, 4, 5, 4, 4, 4]
+    assert sum(media.gif_delays(24, 24)) == 100 and sum(media.gif_delays(48, 24)) == 200
+    assert media.gif_delays(4, 12.5) == [8, 8, 8, 8] and sum(media.gif_delays(7, 7)) == 100
+    for fps in (24, 23.976, 30, 7, 60):
+        delays = media.gif_delays(97, fps)
+        assert all(abs(sum(delays[:n]) - n * 100 / fps) <= 0.5 for n in range(98))  # never drifts
+
+
+@pytest.mark.parametrize("fps", [24.0, 30.0, 7.0])
+def test_gif_frames_average_exactly_the_requested_fps(tmp_path, fps):
+    path = media.write_video(tmp_path / "clip.gif", torch.rand(48, 16, 16, 3), fps=fps, video_format="gif")
+    assert _gif_durations_cs(path) == media.gif_delays(48, fps)
+    assert sum(_gif_durations_cs(path)) == round(4800 / fps)
+
+
+def test_gif_timing_is_rewritten_whatever_ffmpeg_wrote(tmp_path):
+    """An ffmpeg that rounds every frame alike (4 cs at 24 fps = 25 fps) is corrected in place."""
+    path = media.write_video(tmp_path / "uniform.gif", torch.rand(12, 16, 16, 3), fps=25.0, video_format="gif")
+    assert _gif_durations_cs(path) == [4] * 12
+    media.set_gif_delays(path, media.gif_delays(12, 24))
+    assert _gif_durations_cs(path) == [4, 4, 5, 4, 4, 4, 4, 4, 5, 4, 4, 4]
+    decoded = iio.imread(path)
+    assert decoded.shape[:3] == (12, 16, 16)  # still a valid GIF with every frame
+    with pytest.raises(media.EncoderError, match="holds 12 frames with 12 timings; 3 were written"):
+        media.set_gif_delays(path, [4, 4, 4])

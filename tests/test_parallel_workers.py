@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,9 +203,42 @@ def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ra
 def test_a_port_in_use_is_a_clear_error():
     port = _free_port_pair()
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", port + 1))
-        with pytest.raises(WorkerGroupError, match=f"Port {port + 1} .* in use"):
+        busy.bind(("127.0.0.1", port))
+        with pytest.raises(WorkerGroupError, match=f"Port {port} .* in use"):
             WorkerGroup(GroupSettings(2, "cpu", port)).start()
+
+
+def _listening_ports(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of the TCP sockets the processes ``pids`` listen on, from /proc (Linux)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
+                address, port = fields[1].split(":")
+                found.append((address, int(port, 16)))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
+def test_the_group_listens_on_loopback_only(two_ranks):
+    """The control store, torchrun's rendezvous and the workers' gloo sockets: nothing on other interfaces."""
+    group = parallel_node.worker_group(two_ranks)
+    pids = {os.getpid(), group.process.pid, *group.worker_pids()}
+    children = Path(f"/proc/{group.process.pid}/task/{group.process.pid}/children")
+    pids |= {int(p) for p in children.read_text().split()} if children.exists() else set()
+    listening = _listening_ports(pids)
+    assert ("0100007F", two_ranks.port) in listening  # 127.0.0.1 in /proc's byte order
+    assert all(address == "0100007F" for address, _ in listening), listening
 
 
 def test_four_ranks_hybrid_ulysses_and_ring(checkpoint, model):

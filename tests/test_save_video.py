@@ -75,14 +75,17 @@ def test_saves_reference_mp4_with_sidecar_preview_and_passthrough(standalone_hos
 def test_counter_continues_and_prompt_text_and_batch_prompts(standalone_host):
     frames = torch.rand(5, 16, 16, 3)
     save(images=frames, prompt_text="first")
-    second = save(images=frames, conditioning=conditioning("one", "two"), prompt_text="ignored")
+    second = save(images=frames, conditioning=conditioning("one", "two"))
     third = save(images=frames)  # no prompt: no sidecar
+    fourth = save(images=frames, conditioning=conditioning("one", "two"), prompt_text="wins when connected")
     folder = standalone_host.output_directory() / "OpenSora"
     assert second["ui"]["images"][0]["filename"] == "video_00002_.mp4"
     assert third["ui"]["images"][0]["filename"] == "video_00003_.mp4"
     assert (folder / "video_00001_.txt").read_text() == "first"
     assert (folder / "video_00002_.txt").read_text() == "one\ntwo"
     assert not (folder / "video_00003_.txt").exists()
+    assert fourth["ui"]["images"][0]["filename"] == "video_00004_.mp4"
+    assert (folder / "video_00004_.txt").read_text() == "wins when connected"
 
 
 def test_prefix_variables_subfolders_and_formats(standalone_host):
@@ -167,3 +170,31 @@ def test_bad_settings_refused_before_any_file(standalone_host):
     with pytest.raises(ValueError, match="between 0 and 51"):
         save(images=torch.rand(2, 16, 16, 3), crf=60, prompt_text="x")
     assert all_files(standalone_host.output_directory()) == []
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(filename_prefix="../escape"), "contains '..'"),
+        (dict(filename_prefix="/tmp/escape"), "absolute path"),
+        (dict(filename_prefix=" "), "filename_prefix is empty"),
+        (dict(crf=60), "crf for mp4 must be between 0 and 51, got 60"),
+        (dict(format="webm", crf=64), "crf for webm must be between 0 and 63"),
+        (dict(format="gif", crf=-1), "crf must be between 0 and 63"),
+        (dict(format="avi"), "Unknown video format 'avi'"),
+        (dict(pix_fmt="rgb24"), "Unknown pixel format 'rgb24'"),
+    ],
+)
+def test_settings_are_refused_at_queue_time(settings, message):
+    """ComfyUI calls VALIDATE_INPUTS with the widget values when the prompt is queued (an error string
+    becomes HTTP 400 before anything runs); the names it takes are exactly the widgets it checks."""
+    import inspect
+
+    widgets = {k: v for k, v in DEFAULTS.items() if k != "fps"}
+    assert OpenSoraSaveVideo.VALIDATE_INPUTS(**widgets) is True
+    assert OpenSoraSaveVideo.VALIDATE_INPUTS(format="webm", crf=60, pix_fmt="yuv444p") is True
+    result = OpenSoraSaveVideo.VALIDATE_INPUTS(**{**widgets, **settings})
+    assert isinstance(result, str) and message in result
+    # linked (converted) widgets arrive as None at queue time and are checked when the node runs
+    assert OpenSoraSaveVideo.VALIDATE_INPUTS(filename_prefix=None, format=None, crf=40, pix_fmt=None) is True
+    assert set(inspect.signature(OpenSoraSaveVideo.VALIDATE_INPUTS).parameters) == set(widgets)

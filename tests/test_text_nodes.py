@@ -50,7 +50,9 @@ def test_golden_embeddings_through_the_nodes(golden_models):
         key = "t5.last_hidden_state" if name == "t5" else "clip.pooler_output"
         assert_matches(ours, golden[key][row].clone(), budgets[name], f"{key}[{row}]")
     # the golden's second prompt: the empty prompt with its suffix
-    empty = OpenSoraTextEncode().execute(load(), "", "", 24, "4", False)[0]
+    returned = OpenSoraTextEncode().execute(load(), "", "", 24, "4", False)
+    assert "The prompt is empty" in returned["ui"]["text"][0]
+    empty = returned["result"][0]
     assert_matches(empty.t5[0], golden["t5.last_hidden_state"][1].clone(), budgets["t5"], "t5 of the empty prompt")
     assert_matches(empty.clip[0], golden["clip.pooler_output"][1].clone(), budgets["clip"], "clip of the empty prompt")
 
@@ -140,3 +142,50 @@ def test_native_bad_input():
         OpenSoraConditioningFromNative().execute(sd_cond, native(256))
     with pytest.raises(ValueError, match="negative input is not a CONDITIONING"):
         OpenSoraConditioningFromNative().execute(native(256), [])
+
+
+def test_native_bridge_carries_the_prompt_text_from_the_graph():
+    """ComfyUI hands the node its prompt graph (hidden PROMPT) and id: the sidecar text is read from the
+    encode nodes the CONDITIONING comes from, through linked text nodes; computed text stays unknown."""
+    graph = {
+        "4": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5.safetensors", "type": "flux"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": ["9", 0], "clip": ["4", 0]}},
+        "9": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red fox in snow. 24 FPS."}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 0]}},
+        "7": {"class_type": "OpenSoraConditioningFromNative", "inputs": {"positive": ["5", 0], "negative": ["6", 0]}},
+        "8": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip_l": "clip text", "t5xxl": "t5 text",
+                                                              "guidance": 3.5, "clip": ["4", 0]}},
+        "10": {"class_type": "StringConcatenate", "inputs": {"string_a": "a", "string_b": "b"}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"text": ["10", 0], "clip": ["4", 0]}},
+        "12": {"class_type": "OpenSoraConditioningFromNative", "inputs": {"positive": ["8", 0], "negative": ["11", 0]}},
+    }
+    cond = OpenSoraConditioningFromNative().execute(native(256) + native(256), native(256), prompt=graph,
+                                                    unique_id="7")[0]
+    assert cond.prompts == ("a red fox in snow. 24 FPS.",) * 2 and cond.negative_prompts == ("",) * 2
+    cond = OpenSoraConditioningFromNative().execute(native(256), native(256), prompt=graph, unique_id="12")[0]
+    assert cond.prompts == ("t5 text",) and cond.negative_prompts == ("(ComfyUI CONDITIONING)",)
+    cond = OpenSoraConditioningFromNative().execute(native(256), native(256))[0]  # no graph (outside ComfyUI)
+    assert cond.prompts == ("(ComfyUI CONDITIONING)",)
+    assert OpenSoraConditioningFromNative.INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
+
+
+def test_truncated_and_empty_prompts_are_reported(golden_models, monkeypatch, caplog):
+    encoder = load()
+    shown: list[str] = []
+    monkeypatch.setattr(golden_models, "show_text", shown.append)
+    assert isinstance(OpenSoraTextEncode().execute(encoder, "a fox", "", 24, "4", False), tuple)  # no warning
+    long_prompt = " ".join(["fox"] * 80)  # > 77 CLIP tokens, < 512 T5 tokens
+    returned = OpenSoraTextEncode().execute(encoder, long_prompt, "", 24, "4", False)
+    clip_count = encoder.clip.tokenizer.token_count(long_prompt + ". 24 FPS. 4 motion score.")
+    assert clip_count > 77
+    assert returned["ui"]["text"] == [
+        f"The prompt has {clip_count} CLIP tokens; CLIP reads only the first 77, so the rest is cut and has no effect."]
+    assert shown == returned["ui"]["text"] and "CLIP tokens" in caplog.text
+    very_long = " ".join(f"word{i}" for i in range(600))
+    returned = OpenSoraTextEncode().execute(encoder, "a fox\n" + very_long, very_long, 24, "4", True)
+    warnings = returned["ui"]["text"]
+    assert [w.split(" has ")[0] for w in warnings] == ["Prompt 2", "Prompt 2", "The negative prompt",
+                                                       "The negative prompt"]
+    assert "T5 reads only the first 512" in warnings[0] and "CLIP reads only the first 77" in warnings[1]
+    assert encoder.t5.tokenizer.token_count("a fox") == len(encoder.t5.tokenizer.token_ids("a fox"))
+    assert returned["result"][0].batch_size == 2

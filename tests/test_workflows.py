@@ -5,6 +5,7 @@ playable MP4, and the text-to-video graph reproduces the reference's frames on t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -60,6 +61,15 @@ def test_every_ui_workflow_has_an_api_twin():
 
 
 @pytest.mark.parametrize("name", ui_workflows())
+def test_every_workflow_has_a_template_thumbnail(name):
+    """ComfyUI's template browser shows example_workflows/<name>.jpg (taken from the real frontend)."""
+    from PIL import Image
+
+    with Image.open(WORKFLOW_DIR / f"{name}.jpg") as image:
+        assert image.format == "JPEG" and 400 <= max(image.size) <= 1024, image.size
+
+
+@pytest.mark.parametrize("name", ui_workflows())
 def test_api_twin_matches_ui_workflow(tiny_host, name):
     """The UI file converted as the frontend does equals the API twin (catches widget-order drift)."""
     ui = load_json(WORKFLOW_DIR / f"{name}.json")
@@ -85,6 +95,14 @@ def test_ui_workflow_is_well_formed_and_documented(name):
                 assert value in text, f"{value} is not explained in the note"
     for folder in ("diffusion_models", "vae", "text_encoders"):
         assert folder in text
+    loaded = {v for n in ui["nodes"] if n["type"] not in NOTE_TYPES for v in n.get("widgets_values") or []
+              if isinstance(v, str)}
+    named = set(re.findall(r"[\w.-]+\.safetensors", text))
+    assert named <= loaded, f"the note lists files the graph never loads: {sorted(named - loaded)}"
+    frames = [n["widgets_values"][5] for n in ui["nodes"] if n["type"] == "OpenSoraNoise"]
+    dc_ae = any(n["type"] == "OpenSoraNoise" and n["widgets_values"][0] == "dc_ae" for n in ui["nodes"])
+    if dc_ae:  # the DC-AE takes multiples of 4 frames, not the HunyuanVideo VAE's 4k+1
+        assert "4k+1" not in text and "129" not in text and all(f"{f} frames" in text for f in frames)
 
 
 # ------------------------------------------------------------------------------- running them

@@ -25,14 +25,29 @@ def activation(name: str | None) -> nn.Module | None:
     return {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh")}[name]()
 
 
+def _faulty_cpu_bf16_conv(x: torch.Tensor, in_channels: int) -> bool:
+    """Whether this is the case PyTorch's CPU bf16 Conv3d was seen to get wrong: a one-frame input with
+    only a few (pixel) channels, as the encoder's first convolution sees for an image (3 -> 128
+    channels, 512x288, torch 2.14.1: up to 9.4 away from fp32, then an all-black i2v video). The
+    oneDNN kernel chosen depends on the CPU; on others the plain bf16 result is already right."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.shape[2] == 1 and in_channels <= 4
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that, for inputs too large for 32-bit indexing, convolves channel chunks.
 
     Full convolutions sum partial convolutions over input-channel chunks and split the output
     channels; grouped convolutions run group-aligned chunks. Small inputs take the plain path.
+    The faulty CPU bf16 case (:func:`_faulty_cpu_bf16_conv`) is computed in fp32 from the same bf16
+    values and rounded back to bf16, which is what a correct bf16 kernel returns (it accumulates in
+    fp32 too); that convolution has 3 input channels, so the detour costs little.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _faulty_cpu_bf16_conv(x, self.in_channels):
+            bias = None if self.bias is None else self.bias.float()
+            out = F.conv3d(x.float(), self.weight.float(), bias, self.stride, self.padding, self.dilation, self.groups)
+            return out.to(x.dtype)
         out_numel = x.shape[0] * self.out_channels * math.prod(self._output_size(x.shape[-3:]))
         if x.numel() < INDEX_LIMIT and out_numel < INDEX_LIMIT:
             return super().forward(x)

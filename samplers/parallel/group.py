@@ -2,12 +2,19 @@
 
 The group is ``python -m torch.distributed.run --nproc-per-node N worker.py ...`` started as a
 subprocess (its own session, output in ``workers.log`` of a private temporary folder). The sampler
-hosts a ``torch.distributed.TCPStore`` on ``port`` for signalling; torchrun's own rendezvous uses
-``port + 1``. Requests and results are files in the temporary folder.
+hosts a ``torch.distributed.TCPStore`` on ``port`` for signalling; torchrun's rendezvous and the
+workers' process group meet in that same store, so the group opens no other listening port.
+Requests and results are files in the temporary folder.
+
+Exposure: every socket listens on 127.0.0.1 unless the user sets ``OPENSORA_PARALLEL_ADDRESS``. PyTorch's
+TCPStore would listen on all interfaces, so the store is handed a socket already bound to the address;
+torchrun is told to use it (c10d rendezvous, not its own store) and the workers' gloo/NCCL sockets are
+kept on the loopback interface (``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``, unless already set).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -30,7 +37,14 @@ from .protocol import (
 )
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
-HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
+ADDRESS_VARIABLE = "OPENSORA_PARALLEL_ADDRESS"
+RENDEZVOUS_ID = "opensora-workers"
+
+
+def listen_address() -> str:
+    """The address the control store listens on: loopback unless the user names another interface."""
+    return os.environ.get(ADDRESS_VARIABLE, "").strip() or LOOPBACK
 DEVICE_TYPES = ("cuda", "cpu")
 POLL_SECONDS = 0.02
 
@@ -66,7 +80,7 @@ class GroupSettings:
         if self.device not in DEVICE_TYPES:
             raise ValueError(f"device must be one of {DEVICE_TYPES}, not {self.device!r}.")
         if not 1024 <= self.port <= 65534:
-            raise ValueError(f"port {self.port} is outside 1024..65534 (the group uses port and port + 1).")
+            raise ValueError(f"port {self.port} is outside 1024..65534.")
         if self.device == "cuda":
             visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if self.ranks > visible:
@@ -79,16 +93,31 @@ class GroupSettings:
 def _port_in_use_error(port: int, what: str) -> WorkerGroupError:
     return WorkerGroupError(
         f"Port {port} ({what}) is in use by another program or worker group: choose another port on "
-        "'Open-Sora Parallel Settings' (the group uses port and port + 1)."
+        "'Open-Sora Parallel Settings'."
     )
 
 
-def _check_port_free(port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((HOST, port))
-        except OSError as exc:
-            raise _port_in_use_error(port, what) from exc
+def _listening_socket(address: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``address:port`` and listening (the store serves on it, on no other interface)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((address, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise WorkerGroupError(f"{ADDRESS_VARIABLE}={address} is not an address of this machine.") from exc
+        raise _port_in_use_error(port, "control store") from exc
+    return sock
+
+
+def _worker_environment(address: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    if address == LOOPBACK:  # keep the collectives' own sockets off the network too
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    return env
 
 
 class WorkerGroup:
@@ -110,21 +139,25 @@ class WorkerGroup:
         """Launch the workers and wait until every rank has joined; raises WorkerGroupError otherwise."""
         settings = self.settings
         settings.validate()
-        _check_port_free(settings.port, "control store")
-        _check_port_free(settings.port + 1, "torchrun rendezvous")
+        address = listen_address()
+        listening = _listening_socket(address, settings.port)
         try:
-            self.store = dist.TCPStore(HOST, settings.port, is_master=True, wait_for_workers=False,
-                                       timeout=timedelta(seconds=30))
+            self.store = dist.TCPStore(address, settings.port, is_master=True, wait_for_workers=False,
+                                       timeout=timedelta(seconds=30), master_listen_fd=listening.fileno())
         except (RuntimeError, OSError) as exc:
+            listening.close()
             raise _port_in_use_error(settings.port, "control store") from exc
+        listening.detach()  # the store owns the descriptor now and closes it with itself
         self.folder = Path(tempfile.mkdtemp(prefix="opensora-parallel-"))
         self._log = open(self.folder / "workers.log", "wb")
         command = [
             sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={settings.ranks}", "--nnodes=1",
-            f"--master-addr={HOST}", f"--master-port={settings.port + 1}", "--max-restarts=0",
-            str(WORKER_SCRIPT), "--store-host", HOST, "--store-port", str(settings.port), "--device", settings.device,
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={address}:{settings.port}", "--rdzv-conf=is_host=false",
+            f"--rdzv-id={RENDEZVOUS_ID}", f"--local-addr={address}", "--max-restarts=0",
+            str(WORKER_SCRIPT), "--store-host", address, "--store-port", str(settings.port),
+            "--device", settings.device,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = _worker_environment(address)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout

@@ -27,6 +27,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 
 # Store keys.
 SHUTDOWN = "shutdown"
+PROCESS_GROUP_PREFIX = "process_group"  # where the workers' gloo/NCCL group exchanges its addresses
 
 
 def ready_key(rank: int) -> str:

@@ -24,7 +24,7 @@ from ...loaders.mmdit import load_mmdit
 from ..denoisers import StepResult
 from .attention import SequenceParallelGroups
 from .protocol import (
-    CANCELLED, DTYPES, FAILED, OK, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key,
+    CANCELLED, DTYPES, FAILED, OK, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key,
     job_key, pid_key, progress_key, ready_key, run_request,
 )
 from .sharded_model import ShardedMMDiT
@@ -61,15 +61,17 @@ class _ModelCache:
 def serve(store_host: str, store_port: int, device_type: str) -> None:
     """Join the group and run jobs until the sampler asks for shutdown (or its store goes away)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(store_host, store_port, is_master=False, timeout=timedelta(seconds=60))
+    # The process group meets in the sampler's store (no store of its own listening on another port).
+    meeting = dist.PrefixStore(PROCESS_GROUP_PREFIX, store)
     if device_type == "cuda":
         local_rank = int(os.environ["LOCAL_RANK"])
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", store=meeting, rank=rank, world_size=world, device_id=device)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    store = dist.TCPStore(store_host, store_port, is_master=False, timeout=timedelta(seconds=60))
+        dist.init_process_group("gloo", store=meeting, rank=rank, world_size=world)
     groups = SequenceParallelGroups(rank, world)
     cache = _ModelCache(device)
     store.set(pid_key(rank), str(os.getpid()))

@@ -57,6 +57,7 @@ HUNYUAN_VAE_FILE = "hunyuan_vae.safetensors"
 DC_AE_FILE = "F32T4C128_AE.safetensors"
 T5_FILE = "t5xxl_fp16.safetensors"
 CLIP_FILE = "clip_l.safetensors"
+LORA_FOLDER = "open_sora_v2_lora"  # a PEFT adapter folder in loras/ (the LoRA example workflow)
 TOKENIZER_SUFFIX = "_tokenizer"  # a single-file encoder's tokenizer: "<file stem>_tokenizer/" beside it
 
 
@@ -73,6 +74,27 @@ def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_MMDIT, 
     tensors = _seeded_state_dict(lambda: MMDiT(config), seed)
     save_file(tensors, str(path))
     return Path(path)
+
+
+def write_tiny_lora(folder: str | os.PathLike, config: MMDiTConfig = TINY_MMDIT, rank: int = 2, seed: int = 0,
+                    targets: tuple[str, ...] = ("img_attn.q_proj", "img_attn.v_proj", "linear2")) -> Path:
+    """A PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``, the layout peft's
+    ``save_pretrained`` writes) adapting every block module whose name ends with one of ``targets``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):  # shapes only
+        names = {n: m for n, m in MMDiT(config).named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(targets)}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, linear in sorted(names.items()):
+        prefix = f"base_model.model.{name}"
+        tensors[f"{prefix}.lora_A.weight"] = 0.3 * torch.randn(rank, linear.in_features, generator=generator)
+        tensors[f"{prefix}.lora_B.weight"] = 0.3 * torch.randn(linear.out_features, rank, generator=generator)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    settings = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0, "bias": "none",
+                "target_modules": sorted(set(targets)), "task_type": None}
+    (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return folder
 
 
 def write_tiny_hunyuan_vae(path: str | os.PathLike, config: HunyuanVAEConfig = TINY_HUNYUAN_VAE,

@@ -12,6 +12,7 @@ _NODE_MODULES: tuple[str, ...] = (
     "text",
     "vae",
     "parallel",
+    "lora",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

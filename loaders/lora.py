@@ -145,13 +145,6 @@ def share_structure(module: nn.Module) -> nn.Module:
     return clone
 
 
-def lora_layers(model: nn.Module, adapter_name: str) -> list[nn.Module]:
-    """peft's LoRA layers of ``model`` that hold ``adapter_name``."""
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A]
-
-
 def apply_adapter(model: nn.Module, adapter: LoraAdapter, strength: float, dtype: torch.dtype) -> nn.Module:
     """``model`` with ``adapter`` added at ``strength`` (its ``alpha / r`` scale times ``strength``), as a new
     module tree sharing ``model``'s weights; adapters already on ``model`` stay active.
@@ -161,10 +154,12 @@ def apply_adapter(model: nn.Module, adapter: LoraAdapter, strength: float, dtype
     """
     peft = _peft()
     check_adapter_keys(model, adapter)
-    clone = share_structure(model)
     from peft.tuners.lora import LoraLayer
 
-    present = {name for layer in clone.modules() if isinstance(layer, LoraLayer) for name in layer.lora_A}
+    clone = share_structure(model)
+    # peft makes the new adapter the only active one in every LoRA layer: remember the earlier ones.
+    earlier = {name: list(layer.active_adapters) for name, layer in clone.named_modules() if isinstance(layer, LoraLayer)}
+    present = {adapter for layer in clone.modules() if isinstance(layer, LoraLayer) for adapter in layer.lora_A}
     adapter_name = f"lora_{len(present)}"  # a chained loader adds its adapter next to the earlier ones
     config = copy.deepcopy(adapter.config)
     # Exactly the modules the file has weights for: a config pattern matching more would add untrained layers.
@@ -172,17 +167,23 @@ def apply_adapter(model: nn.Module, adapter: LoraAdapter, strength: float, dtype
     config.inference_mode = True
     with warnings.catch_warnings():  # peft warns that a chained adapter makes the model hold several: intended
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        peft.inject_adapter_in_model(config, clone, adapter_name=adapter_name)
-    state = {f"{key[: -len('.weight')]}.weight": tensor for key, tensor in adapter.weights.items()}
-    result = peft.set_peft_model_state_dict(clone, state, adapter_name=adapter_name)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if adapter_name in k or "lora_" in k]
-    if unexpected:
-        raise ValueError(f"LoRA {adapter.name}: weights that match no LoRA layer: {', '.join(unexpected[:8])}")
-    for layer in lora_layers(clone, adapter_name):
+        peft.inject_adapter_in_model(config, clone, adapter_name=adapter_name, low_cpu_mem_usage=True)  # on meta
+    layers = {name: module for name, module in clone.named_modules() if adapter_name in getattr(module, "lora_A", {})}
+    missing = sorted(set(adapter.module_names) - set(layers))
+    if missing:
+        raise ValueError(f"LoRA {adapter.name}: peft made no LoRA layer for {', '.join(missing[:8])}")
+    for name, layer in layers.items():
+        # The file's weights are assigned in the compute dtype directly: peft would first copy them into
+        # layers cast like the base weight, which for fp8 base weights rounds them to fp8.
         device = layer.get_base_layer().weight.device
-        for part in (layer.lora_A[adapter_name], layer.lora_B[adapter_name]):
-            part.to(device=device, dtype=dtype)
-            part.requires_grad_(False)
+        for part in ("lora_A", "lora_B"):
+            tensor = adapter.weights[f"{name}.{part}.weight"].to(device=device, dtype=dtype)
+            getattr(layer, part)[adapter_name].weight = nn.Parameter(tensor, requires_grad=False)
         layer.scaling[adapter_name] *= strength
-        layer.set_adapter(sorted(set(layer.active_adapters) | {adapter_name}))
+    for name, layer in clone.named_modules():
+        if isinstance(layer, LoraLayer):
+            layer.set_adapter(earlier.get(name, []) + ([adapter_name] if name in layers else []))
+            for active in layer.active_adapters:  # set_adapter marks them trainable; this is inference
+                layer.lora_A[active].requires_grad_(False)
+                layer.lora_B[active].requires_grad_(False)
     return clone

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.loaders import media
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
+from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.models.autoencoder import Tiling
 from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, workflow_runner
@@ -42,6 +42,7 @@ ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 def tiny_host(standalone_host, tmp_path, monkeypatch):
     """Tiny checkpoints under the released file names, the reference files in an input folder."""
     write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")
+    write_tiny_lora(standalone_host._standalone.models_dir / "loras" / LORA_FOLDER)
     for name in ("flux1-dev.safetensors", "flux1-dev-ae.safetensors"):  # only the Flux doubles "load" these
         folder = "diffusion_models" if name == "flux1-dev.safetensors" else "vae"
         (standalone_host._standalone.models_dir / folder / name).write_bytes(b"")

@@ -13,6 +13,7 @@ _NODE_MODULES: tuple[str, ...] = (
     "vae",
     "parallel",
     "lora",
+    "prompt_refiner",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

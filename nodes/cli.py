@@ -44,6 +44,7 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "vae": (("OpenSoraVAELoader", "vae_name"),),
     "t5": (("OpenSoraTextEncoderLoader", "t5_name"),),
     "clip": (("OpenSoraTextEncoderLoader", "clip_name"),),
+    "motion_score": (("OpenSoraTextEncode", "motion_score"),),
 }
 # ComfyUI's own Flux nodes (the t2i2v first frame): not available outside ComfyUI.
 FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
@@ -177,7 +178,14 @@ def _print_progress(value: int, total: int) -> None:
 def _run_row(prompt: dict[str, dict], classes: dict[str, type], index: int, row: dict[str, str],
              settings: dict[str, Any], log) -> list[Path]:
     """One sample: the row's prompt, negative, references and name on top of the command-line settings."""
-    row_settings = dict(settings, prompt=row.get("text"), negative=row.get("neg") or None, ref=row.get("ref") or None)
+    settings = dict(settings)
+    refiner = settings.pop("refiner", None)
+    text = refiner(row.get("text") or "", row.get("ref") or None) if refiner else (row.get("text"), None)
+    if refiner:
+        log(f"sample {index}: refined prompt: {text[0]}")
+    row_settings = dict(settings, prompt=text[0], negative=row.get("neg") or None, ref=row.get("ref") or None)
+    if text[1]:
+        row_settings["motion_score"] = text[1]
     if row.get("name"):
         row_settings["name"] = row["name"]
     started = time.perf_counter()
@@ -196,11 +204,41 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
         "model": args.model, "vae": args.vae, "t5": args.t5, "clip": args.clip,
     }
+    if args.refine_prompt or args.motion_score == "dynamic":
+        settings["refiner"] = command_line_refiner(args)
+    elif args.motion_score:
+        settings["motion_score"] = args.motion_score
     if args.width or args.height:
         if not (args.width and args.height):
             raise SystemExit("Give both --width and --height (or neither).")
         settings.update(resolution="custom", width=args.width, height=args.height)
     return settings
+
+
+def command_line_refiner(args: argparse.Namespace):
+    """``(text, ref) -> (prompt, motion score or None)`` for --refine-prompt / --motion-score dynamic."""
+    from ..llm.prompt_refiner import Endpoint, RefineError, dynamic_motion_score, read_api_key, refine_prompt
+
+    def refine(text: str, ref: str | None) -> tuple[str, str | None]:
+        try:
+            endpoint = Endpoint(args.refine_base_url, args.refine_model,
+                                read_api_key(args.refine_key_env, args.refine_key_file or "", args.refine_base_url))
+            image_url = _image_data_url(ref) if ref and ";" not in ref and args.refine_prompt else None
+            if args.refine_prompt:
+                text = refine_prompt(endpoint, text, "i2v" if ref else "t2v", image_url, args.seed)
+            score = dynamic_motion_score(endpoint, text, args.seed) if args.motion_score == "dynamic" else None
+        except RefineError as error:
+            raise SystemExit(str(error)) from None
+        return text, score
+
+    return refine
+
+
+def _image_data_url(path: str) -> str | None:
+    """A still image reference as a PNG data URL for the refiner (videos are not sent)."""
+    from ..llm.prompt_refiner import IMAGE_SUFFIXES, image_file_data_url
+
+    return image_file_data_url(path) if Path(path).suffix.lower() in IMAGE_SUFFIXES else None
 
 
 def prepare_workflow(name: str, text_only: bool = False) -> dict[str, dict]:
@@ -390,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--text-only", action="store_true",
                           help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "
                                "only inside ComfyUI) and generate from the text alone")
+    generate.add_argument("--motion-score", choices=("off", *(str(i) for i in range(1, 8)), "dynamic"),
+                          help="motion score in the prompt (reference: 4); dynamic = ask the --refine-* endpoint")
+    generate.add_argument("--refine-prompt", action="store_true",
+                          help="rewrite each prompt with an OpenAI-compatible chat endpoint before encoding (i2v: the "
+                               "image is sent when the endpoint accepts images)")
+    generate.add_argument("--refine-model", default="gpt-4o", help="model name at the endpoint (default gpt-4o)")
+    generate.add_argument("--refine-base-url", default="https://api.openai.com/v1",
+                          help="OpenAI-compatible API root, e.g. http://127.0.0.1:11434/v1 for Ollama")
+    generate.add_argument("--refine-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
+    generate.add_argument("--refine-key-file", help="file whose first line is the API key (instead of the variable)")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(handler=_generate)

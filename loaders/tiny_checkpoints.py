@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.dc_ae import DCAEConfig, VideoDCAE
+from ..models.flux_ae import FluxAEConfig, FluxImageAE
 from ..models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 from ..models.mmdit import MMDiT, MMDiTConfig
 
@@ -50,6 +51,10 @@ TINY_DC_AE = DCAEConfig(
     decoder_depths=(1, 1, 1, 1, 1, 1),
 )
 
+# Flux's image autoencoder with the released structure (4 levels, 2 blocks, 16 latent channels), narrow
+# (32 channels: the GroupNorms have 32 groups, which the file cannot say).
+TINY_FLUX_AE = FluxAEConfig(block_out_channels=(32, 32, 32, 32))
+
 # File and folder names the example workflows expect (the released names).
 MMDIT_FILE = "Open_Sora_v2.safetensors"
 MMDIT_DC_AE_FILE = "Open_Sora_v2_Video_DC_AE.safetensors"
@@ -73,6 +78,26 @@ def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_MMDIT, 
     """A tiny MMDiT under the official keys (no metadata, like ``Open_Sora_v2.safetensors``)."""
     tensors = _seeded_state_dict(lambda: MMDiT(config), seed)
     save_file(tensors, str(path))
+    return Path(path)
+
+
+def flux_ae_file_tensors(module: FluxImageAE) -> dict[str, torch.Tensor]:
+    """``module``'s weights under the released Flux AE file's keys (attention projections as 1x1 convs)."""
+    tensors = {}
+    for key, value in module.vae.state_dict().items():
+        name = module.file_key(key)
+        if ".attn_1." in name and name.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]
+        tensors[name] = value.detach().contiguous()
+    return tensors
+
+
+def write_tiny_flux_ae(path: str | os.PathLike, config: FluxAEConfig = TINY_FLUX_AE, seed: int = 0) -> Path:
+    """A Flux AE file in the released key layout, with seeded random weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = FluxImageAE(config)
+    save_file(flux_ae_file_tensors(module), str(path))
     return Path(path)
 
 

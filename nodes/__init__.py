@@ -14,6 +14,7 @@ _NODE_MODULES: tuple[str, ...] = (
     "parallel",
     "lora",
     "prompt_refiner",
+    "first_frame",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -1,0 +1,71 @@
+"""Save First Frame node: the t2i2v first frame -> PNG + prompt .txt, and the frame as read back from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..loaders import media
+from ..samplers.first_frame import reference_uint8
+from . import host
+from .save_video import _metadata, _sidecar_text
+
+
+class OpenSoraSaveFirstFrame:
+    """Save the generated condition image as the reference does and pass on its 8-bit version."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The first frame(s) from the Flux AE decode, one per prompt."}),
+                "filename_prefix": ("STRING", {
+                    "default": "OpenSora/t2i2v/generated_condition/frame",
+                    "tooltip": "Name inside the output folder; the reference keeps first frames in a "
+                               "'generated_condition' sub-folder. Each frame gets <name>_00001_.png and .txt."}),
+            },
+            "optional": {
+                "conditioning": ("OPENSORA_COND", {"tooltip": "Its prompts go into the .txt files (one per frame)."}),
+                "prompt_text": ("STRING", {"forceInput": True,
+                                           "tooltip": "Text for the .txt when no conditioning is connected."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The frames exactly as the PNG holds them (8-bit), for the Image Condition: the reference "
+                       "conditions the video on the PNG it saved.",)
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Saves the text-to-image-to-video first frame as a PNG with its prompt in a .txt, like the reference's "
+        "generated_condition files, rounding to 8 bits as the reference's image saver does (in the decoder's "
+        "precision), and outputs that 8-bit frame so the video starts from exactly what was saved."
+    )
+
+    def execute(self, images: torch.Tensor, filename_prefix: str, conditioning: Any = None,
+                prompt_text: str | None = None, prompt: Any = None, extra_pnginfo: Any = None) -> dict:
+        media.check_frames(images)
+        sidecar = _sidecar_text(conditioning, prompt_text)
+        lines = sidecar.split("\n") if sidecar is not None else []
+        if lines and len(lines) != images.shape[0]:
+            lines = [sidecar] * images.shape[0]
+        pixels = reference_uint8(images)
+        rounded = pixels.float().div(255)
+        folder, filename, counter, subfolder = host.save_path(filename_prefix, images.shape[2], images.shape[1])
+        tags = _metadata(prompt, extra_pnginfo)
+        saved = []
+        for index in range(images.shape[0]):
+            stem = f"{filename}_{counter + index:05}_"
+            media.write_png(folder / f"{stem}.png", rounded[index], tags)
+            if lines:
+                media.write_text(folder / f"{stem}.txt", lines[index])
+            saved.append({"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"})
+        return {"ui": {"images": saved}, "result": (rounded.to(host.intermediate_device()),)}
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraSaveFirstFrame": OpenSoraSaveFirstFrame}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraSaveFirstFrame": "Open-Sora Save First Frame"}

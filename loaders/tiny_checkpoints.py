@@ -51,6 +51,11 @@ TINY_DC_AE = DCAEConfig(
     decoder_depths=(1, 1, 1, 1, 1, 1),
 )
 
+# Flux-dev's flags (guidance embedding, fused q/k/v, interleaved RoPE, no image condition input) for the
+# t2i2v first frame, with the tiny text widths.
+TINY_FLUX_MMDIT = TINY_MMDIT.with_changes(
+    guidance_embed=True, cond_embed=False, fused_qkv=True, rope_layout="interleaved", depth=1, depth_single_blocks=1,
+)
 # Flux's image autoencoder with the released structure (4 levels, 2 blocks, 16 latent channels), narrow
 # (32 channels: the GroupNorms have 32 groups, which the file cannot say).
 TINY_FLUX_AE = FluxAEConfig(block_out_channels=(32, 32, 32, 32))
@@ -62,6 +67,8 @@ HUNYUAN_VAE_FILE = "hunyuan_vae.safetensors"
 DC_AE_FILE = "F32T4C128_AE.safetensors"
 T5_FILE = "t5xxl_fp16.safetensors"
 CLIP_FILE = "clip_l.safetensors"
+FLUX_FILE = "flux1-dev.safetensors"
+FLUX_AE_FILE = "flux1-dev-ae.safetensors"
 LORA_FOLDER = "open_sora_v2_lora"  # a PEFT adapter folder in loras/ (the LoRA example workflow)
 TOKENIZER_SUFFIX = "_tokenizer"  # a single-file encoder's tokenizer: "<file stem>_tokenizer/" beside it
 
@@ -254,11 +261,12 @@ class TinyModelFolder:
 def write_tiny_model_folder(root: str | os.PathLike, what: str = "t2v", seed: int = 0) -> TinyModelFolder:
     """Write tiny models for a workflow family into a ComfyUI ``models`` folder layout under ``root``.
 
-    ``what``: ``"t2v"`` / ``"i2v"`` (video MMDiT, Hunyuan VAE, T5 and CLIP files with tokenizers) or
-    ``"high_compression"`` (adds the DC-AE MMDiT and the Video DC-AE).
+    ``what``: ``"t2v"`` / ``"i2v"`` (video MMDiT, Hunyuan VAE, T5 and CLIP files with tokenizers),
+    ``"t2i2v"`` (adds the Flux-dev transformer and the Flux AE) or ``"high_compression"`` (adds those and
+    the DC-AE MMDiT and the Video DC-AE).
     """
-    if what not in ("t2v", "i2v", "high_compression"):
-        raise ValueError(f"Unknown model family '{what}'; choose t2v, i2v or high_compression.")
+    if what not in ("t2v", "i2v", "t2i2v", "high_compression"):
+        raise ValueError(f"Unknown model family '{what}'; choose t2v, i2v, t2i2v or high_compression.")
     root = Path(root)
     for folder in ("diffusion_models", "vae", "text_encoders"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -271,6 +279,11 @@ def write_tiny_model_folder(root: str | os.PathLike, what: str = "t2v", seed: in
     files["t5"] = T5_FILE
     write_tiny_clip(root / "text_encoders" / CLIP_FILE, seed + 5)
     files["clip"] = CLIP_FILE
+    if what in ("t2i2v", "high_compression"):  # both make their first frame with Flux-dev
+        write_tiny_mmdit(root / "diffusion_models" / FLUX_FILE, TINY_FLUX_MMDIT, seed + 6)
+        files["flux"] = FLUX_FILE
+        write_tiny_flux_ae(root / "vae" / FLUX_AE_FILE, TINY_FLUX_AE, seed + 7)
+        files["flux_ae"] = FLUX_AE_FILE
     if what == "high_compression":
         write_tiny_mmdit(root / "diffusion_models" / MMDIT_DC_AE_FILE, TINY_MMDIT_DC_AE, seed + 2)
         files["mmdit_dc_ae"] = MMDIT_DC_AE_FILE

@@ -28,7 +28,8 @@ API_DIR = WORKFLOW_DIR / "api"
 
 # Command-line option -> the (node type, input) pairs it sets in a workflow.
 OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
-    "prompt": (("OpenSoraTextEncode", "prompt"),),
+    "prompt": (("OpenSoraTextEncode", "prompt"), ("OpenSoraTextEncodeImage", "prompt"),
+               ("PrimitiveStringMultiline", "value")),
     "negative": (("OpenSoraTextEncode", "negative_prompt"),),
     "seed": (("OpenSoraNoise", "seed"),),
     "num_frames": (("OpenSoraNoise", "num_frames"),),
@@ -76,10 +77,24 @@ def node_classes() -> dict[str, type]:
     return {**STANDALONE_CORE_NODES, **NODE_CLASS_MAPPINGS}
 
 
+# Options that set the video only: the t2i2v first frame keeps its own size, frame count and files.
+VIDEO_ONLY_OPTIONS = {"num_frames", "resolution", "width", "height", "model", "vae"}
+
+
+def is_first_frame_node(node: dict) -> bool:
+    """Whether a node belongs to the t2i2v first frame (Flux-dev, its noise and its autoencoder)."""
+    inputs = node["inputs"]
+    return (node["class_type"] == "OpenSoraNoise" and inputs.get("autoencoder") == "flux_ae"
+            or node["class_type"] in ("OpenSoraModelLoader", "OpenSoraVAELoader")
+            and "flux" in str(inputs.get("model_name", inputs.get("vae_name", ""))).lower())
+
+
 def set_option(prompt: dict[str, dict], option: str, value: Any) -> int:
     """Set ``value`` on every node input that ``option`` targets; returns how many were set."""
     count = 0
     for node in prompt.values():
+        if option in VIDEO_ONLY_OPTIONS and is_first_frame_node(node):
+            continue
         for class_type, input_name in OPTION_TARGETS[option]:
             if node["class_type"] == class_type and input_name in node["inputs"]:
                 node["inputs"][input_name] = value
@@ -109,7 +124,7 @@ def without_flux_first_frame(prompt: dict[str, dict]) -> dict[str, dict]:
     Removes the Flux nodes and the image condition they feed; a prompt node shared with the video's text
     encoder is folded into it as plain text.
     """
-    flux = {i for i, n in prompt.items() if n["class_type"] in FLUX_NODE_TYPES}
+    flux = {i for i, n in prompt.items() if n["class_type"] in FLUX_NODE_TYPES} | _pack_first_frame(prompt)
     conditions = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraImageCondition"
                   and isinstance(n["inputs"].get("image"), list) and n["inputs"]["image"][0] in flux}
     texts = {i: n["inputs"]["value"] for i, n in prompt.items() if n["class_type"] == "PrimitiveStringMultiline"}
@@ -125,6 +140,24 @@ def without_flux_first_frame(prompt: dict[str, dict]) -> dict[str, dict]:
             inputs[name] = texts[source] if source in texts else value
         kept[node_id] = {**node, "inputs": inputs}
     return kept
+
+
+def _pack_first_frame(prompt: dict[str, dict]) -> set[str]:
+    """Nodes that only make the first frame saved by an 'Open-Sora Save First Frame' node (t2i2v from pack nodes)."""
+    consumers: dict[str, set[str]] = {i: set() for i in prompt}
+    for node_id, node in prompt.items():
+        for value in node["inputs"].values():
+            if isinstance(value, list) and value and value[0] in consumers:
+                consumers[value[0]].add(node_id)
+    found = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraSaveFirstFrame"}
+    ends = found | {c for i in found for c in consumers[i]}
+    grown = True
+    while grown:
+        extra = {i for i, users in consumers.items() if i not in found and users and users <= ends}
+        found |= extra
+        ends |= extra
+        grown = bool(extra)
+    return found
 
 
 def apply_settings(prompt: dict[str, dict], settings: dict[str, Any]) -> dict[str, dict]:
@@ -284,11 +317,12 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     torch.set_num_threads(1)  # tiny tensors: extra threads only add start-up and contention costs
     with tempfile.TemporaryDirectory(prefix="opensora-smoke-") as scratch:
         models = Path(scratch) / "models"
-        write_tiny_model_folder(models, "t2v")
+        family = "t2i2v" if args.workflow in ("t2i2v", "t2i2v_comfy_flux") else "t2v"
+        write_tiny_model_folder(models, family)
         output_dir = Path(args.output_dir) if args.output_dir else Path(scratch) / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")
-        prompt = prepare_workflow("t2v_256px")
+        prompt = prepare_workflow(args.workflow if family == "t2i2v" else "t2v_256px")
         smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
         rows = [{"text": args.prompt or "a red panda rides a bicycle through a snowy forest", "name": "smoke"}]
         written = run_rows(prompt, rows, smoke_settings)

@@ -1,4 +1,5 @@
-"""Save First Frame node: the t2i2v first frame -> PNG + prompt .txt, and the frame as read back from it."""
+"""The t2i2v first-frame stage: the image prompt encoded as the reference does (no video suffix), and the
+Save First Frame node (PNG + prompt .txt, and the frame as read back from it)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,48 @@ from typing import Any
 import torch
 
 from ..loaders import media
+from ..samplers.conditioning import TextConditioning
 from ..samplers.first_frame import reference_uint8
+from ..samplers.prompt import encode_conditioning, split_prompts
 from . import host
 from .save_video import _metadata, _sidecar_text
+
+
+class OpenSoraTextEncodeImage:
+    """Encode the first frame's prompt as the reference's t2i step does: the text as typed, no suffix."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "text_encoder": ("OPENSORA_TEXT_ENCODER", {"tooltip": "From 'Open-Sora Text Encoder Loader'."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "What the first frame shows: the same prompt as the video's, without the "
+                               "'24 FPS. 4 motion score.' suffix (the reference encodes it as typed)."}),
+                "one_prompt_per_line": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Each non-empty line becomes one batch element (one first frame)."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_COND",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("T5 (512 tokens) and CLIP-L encodings of the prompt(s) for the guidance-distilled sampler.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Encodes the text-to-image-to-video first frame's prompt like the reference: T5 at 512 tokens and CLIP "
+        "pooled, from the prompt as typed (no fps / motion-score suffix, which only the video's prompt gets)."
+    )
+
+    def execute(self, text_encoder: Any, prompt: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
+        prompts = split_prompts(prompt, one_prompt_per_line)
+        host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
+        host.check_interrupt()
+        conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, [""] * len(prompts),
+                                           host.intermediate_device())
+        return (conditioning,)
 
 
 class OpenSoraSaveFirstFrame:
@@ -67,5 +107,8 @@ class OpenSoraSaveFirstFrame:
         return {"ui": {"images": saved}, "result": (rounded.to(host.intermediate_device()),)}
 
 
-NODE_CLASS_MAPPINGS = {"OpenSoraSaveFirstFrame": OpenSoraSaveFirstFrame}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraSaveFirstFrame": "Open-Sora Save First Frame"}
+NODE_CLASS_MAPPINGS = {"OpenSoraTextEncodeImage": OpenSoraTextEncodeImage, "OpenSoraSaveFirstFrame": OpenSoraSaveFirstFrame}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OpenSoraTextEncodeImage": "Open-Sora Text Encode (first frame)",
+    "OpenSoraSaveFirstFrame": "Open-Sora Save First Frame",
+}

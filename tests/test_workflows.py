@@ -41,11 +41,8 @@ ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 @pytest.fixture
 def tiny_host(standalone_host, tmp_path, monkeypatch):
     """Tiny checkpoints under the released file names, the reference files in an input folder."""
-    write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")
+    write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")  # with the Flux files
     write_tiny_lora(standalone_host._standalone.models_dir / "loras" / LORA_FOLDER)
-    for name in ("flux1-dev.safetensors", "flux1-dev-ae.safetensors"):  # only the Flux doubles "load" these
-        folder = "diffusion_models" if name == "flux1-dev.safetensors" else "vae"
-        (standalone_host._standalone.models_dir / folder / name).write_bytes(b"")
     inputs = tmp_path / "input"
     write_test_inputs(inputs)
     monkeypatch.setattr(workflow_runner, "INPUT_DIRECTORIES", [inputs])
@@ -96,11 +93,44 @@ def test_workflow_runs_end_to_end(tiny_host, name):
     graph = prepare_test_graph(name)
     result = run_workflow(graph, ALL_NODES, extra_pnginfo={"workflow": load_json(WORKFLOW_DIR / f"{name}.json")})
     files = result.files()
-    assert len(files) == 1, files
-    frames = check_video_output(graph, files[0])
+    videos = [f for f in files if f.suffix == ".mp4"]
+    first_frames = [f for f in files if "generated_condition" in f.parts]  # t2i2v: the saved first frame
+    assert len(videos) == 1 and len(files) == 1 + len(first_frames), files
+    frames = check_video_output(graph, videos[0])
     assert frames.std() > 0  # not a blank video
-    sidecar = files[0].with_suffix(".txt")
+    for png in first_frames:
+        assert png.suffix == ".png" and png.with_suffix(".txt").read_text(encoding="utf-8") == _first_frame_prompt(graph)
+    sidecar = videos[0].with_suffix(".txt")
     assert sidecar.read_text(encoding="utf-8").strip().endswith("24 FPS. 4 motion score.")
+
+
+def _first_frame_prompt(graph: dict) -> str:
+    encode = next(n for n in graph.values() if n["class_type"] == "OpenSoraTextEncodeImage")["inputs"]["prompt"]
+    return graph[encode[0]]["inputs"]["value"] if isinstance(encode, list) else encode
+
+
+def test_t2i2v_first_frame_is_the_reference_settings():
+    """The first frame as modify_option_to_t2i sets it: 1 frame, 768px 16:9 (1024x576), the distilled sampler
+    with guidance 4.0 on Flux-dev, the video's steps, shift and seed; the 8-bit saved frame conditions the video."""
+    graph = load_json(API_DIR / "t2i2v.json")
+
+    def one(class_type: str, **match) -> dict:
+        (found,) = [n["inputs"] for n in graph.values() if n["class_type"] == class_type
+                    and all(n["inputs"].get(k) == v for k, v in match.items())]
+        return found
+
+    image_noise, video_noise = one("OpenSoraNoise", autoencoder="flux_ae"), one("OpenSoraNoise", autoencoder="hunyuan_vae")
+    assert (image_noise["num_frames"], image_noise["resolution"], image_noise["aspect_ratio"]) == (1, "768px", "16:9")
+    assert (image_noise["width"], image_noise["height"]) == (1024, 576)
+    assert (image_noise["seed"], image_noise["aspect_ratio"]) == (video_noise["seed"], video_noise["aspect_ratio"])
+    image_sampler, video_sampler = one("OpenSoraSampler", method="distill"), one("OpenSoraSampler", method="i2v")
+    assert image_sampler["guidance"] == 4.0
+    assert (image_sampler["steps"], image_sampler["shift"]) == (video_sampler["steps"], video_sampler["shift"])
+    assert graph[image_sampler["model"][0]]["inputs"]["model_name"] == "flux1-dev.safetensors"
+    assert graph[image_sampler["conditioning"][0]]["class_type"] == "OpenSoraTextEncodeImage"
+    assert graph[image_sampler["noise"][0]]["inputs"] is image_noise
+    condition = one("OpenSoraImageCondition")
+    assert condition["cond_type"] == "i2v_head" and graph[condition["image"][0]]["class_type"] == "OpenSoraSaveFirstFrame"
 
 
 def test_runner_refuses_what_comfyui_refuses(tiny_host):

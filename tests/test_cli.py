@@ -113,7 +113,8 @@ def test_downloads_place_every_file_the_workflows_name():
                "OpenSoraVAELoader": ("vae_name", "vae"), "VAELoader": ("vae_name", "vae"),
                "OpenSoraTextEncoderLoader": ("t5_name", "text_encoders"), "DualCLIPLoader": ("clip_name1", "text_encoders")}
     families = {"t2v_256px": "t2v", "t2v_256px_lora": "t2v", "t2v_768px": "t2v", "i2v_head": "i2v", "i2v_loop": "i2v", "v2v_head": "i2v",
-                "t2i2v": "t2i2v", "t2i2v_comfy_flux": "t2i2v", "high_compression": "high_compression"}
+                "t2i2v": "t2i2v", "t2i2v_comfy_flux": "t2i2v", "high_compression": "high_compression",
+                "high_compression_comfy_flux": "high_compression"}
     assert set(families) == set(cli.available_workflows())
     for name, family in families.items():
         placed = {(item.folder, item.name) for item in cli.DOWNLOADS[family]}

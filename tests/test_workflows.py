@@ -109,19 +109,24 @@ def _first_frame_prompt(graph: dict) -> str:
     return graph[encode[0]]["inputs"]["value"] if isinstance(encode, list) else encode
 
 
-def test_t2i2v_first_frame_is_the_reference_settings():
-    """The first frame as modify_option_to_t2i sets it: 1 frame, 768px 16:9 (1024x576), the distilled sampler
-    with guidance 4.0 on Flux-dev, the video's steps, shift and seed; the 8-bit saved frame conditions the video."""
-    graph = load_json(API_DIR / "t2i2v.json")
+@pytest.mark.parametrize("name, video_kind, resolution, size", [
+    ("t2i2v", "hunyuan_vae", "768px", (1024, 576)),
+    # The reference sizes the Flux noise with the DC-AE's 32-pixel compression: a 36x64 latent, 288x512 pixels.
+    ("high_compression", "dc_ae", "custom", (512, 288)),
+])
+def test_t2i2v_first_frame_is_the_reference_settings(name, video_kind, resolution, size):
+    """The first frame as modify_option_to_t2i sets it: 1 frame, 768px 16:9, the distilled sampler with
+    guidance 4.0 on Flux-dev, the video's steps, shift and seed; the 8-bit saved frame conditions the video."""
+    graph = load_json(API_DIR / f"{name}.json")
 
     def one(class_type: str, **match) -> dict:
         (found,) = [n["inputs"] for n in graph.values() if n["class_type"] == class_type
                     and all(n["inputs"].get(k) == v for k, v in match.items())]
         return found
 
-    image_noise, video_noise = one("OpenSoraNoise", autoencoder="flux_ae"), one("OpenSoraNoise", autoencoder="hunyuan_vae")
-    assert (image_noise["num_frames"], image_noise["resolution"], image_noise["aspect_ratio"]) == (1, "768px", "16:9")
-    assert (image_noise["width"], image_noise["height"]) == (1024, 576)
+    image_noise, video_noise = one("OpenSoraNoise", autoencoder="flux_ae"), one("OpenSoraNoise", autoencoder=video_kind)
+    assert (image_noise["num_frames"], image_noise["resolution"], image_noise["aspect_ratio"]) == (1, resolution, "16:9")
+    assert (image_noise["width"], image_noise["height"]) == size
     assert (image_noise["seed"], image_noise["aspect_ratio"]) == (video_noise["seed"], video_noise["aspect_ratio"])
     image_sampler, video_sampler = one("OpenSoraSampler", method="distill"), one("OpenSoraSampler", method="i2v")
     assert image_sampler["guidance"] == 4.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -136,6 +137,28 @@ def test_t2i2v_first_frame_is_the_reference_settings(name, video_kind, resolutio
     assert graph[image_sampler["noise"][0]]["inputs"] is image_noise
     condition = one("OpenSoraImageCondition")
     assert condition["cond_type"] == "i2v_head" and graph[condition["image"][0]]["class_type"] == "OpenSoraSaveFirstFrame"
+
+
+def test_t2i2v_video_starts_from_the_saved_png(tiny_host, monkeypatch):
+    """The Image Condition gets exactly the pixels of the PNG the first-frame node wrote (the reference
+    conditions its video on the PNG it saved and read back)."""
+    from PIL import Image
+
+    condition_class = NODE_CLASS_MAPPINGS["OpenSoraImageCondition"]
+    received = []
+    original = condition_class.execute
+
+    def spy(self, *args, **kwargs):
+        received.append(kwargs.get("image", args[1] if len(args) > 1 else None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(condition_class, "execute", spy)
+    graph = prepare_test_graph("t2i2v")
+    result = run_workflow(graph, ALL_NODES)
+    (png,) = [f for f in result.files() if f.suffix == ".png"]
+    pixels = torch.from_numpy(np.array(Image.open(png))).float() / 255
+    (image,) = received
+    assert image.shape == (1, *pixels.shape) and torch.equal(image[0], pixels)
 
 
 def test_runner_refuses_what_comfyui_refuses(tiny_host):

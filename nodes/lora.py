@@ -64,7 +64,8 @@ class OpenSoraLoraLoader:
             install_block_offload(adapted, len(offload.streamed_blocks), offload.compute_device, offload.offload_device)
         if any(hasattr(b.forward, "_torchdynamo_orig_callable") for b in transformer_blocks(base)):
             compile_blocks(adapted)
-        return (replace(model, managed=host.manage_model(adapted)),)
+        return (replace(model, managed=host.manage_model(adapted),
+                        adapters=(*model.adapters, f"{lora_name} @ {strength:g}")),)
 
 
 NODE_CLASS_MAPPINGS = {"OpenSoraLoraLoader": OpenSoraLoraLoader}

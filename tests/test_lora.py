@@ -98,6 +98,7 @@ def test_output_equals_peft_and_base_model_is_untouched(lora_host):
         expected = _peft_reference([(folder, 1.0)])(**inputs)
     assert (ours - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
     assert (ours - plain).abs().max() > 0.1  # the adapter does change the output
+    assert adapted.adapters == ("style @ 1",) and base.adapters == ()
 
     after = base.module.state_dict()
     assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
@@ -220,3 +221,13 @@ def test_block_offload_runs_the_adapter_and_matches_no_offload(lora_host):
     assert any(".lora_" in n for n in dict(streamed.named_parameters()))
     assert torch.equal(_run(adapted, inputs), expected)
     assert torch.equal(_run(model, inputs), plain)
+
+
+def test_multi_gpu_sampling_refuses_adapted_models(lora_host):
+    from comfyui_opensora.nodes.parallel import sample_in_workers
+
+    _write_peft_adapter(_loras(lora_host) / "style", seed=1)
+    (base,) = OpenSoraModelLoader().execute("tiny.safetensors", "fp32")
+    (adapted,) = OpenSoraLoraLoader().execute(base, "style", 0.5)
+    with pytest.raises(ValueError, match=r"cannot apply LoRA adapters \(style @ 0.5\): sample on one GPU"):
+        sample_in_workers(None, adapted, None, None, [], "i2v", None, 4.0, None, None)

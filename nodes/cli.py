@@ -369,7 +369,7 @@ _VIDEO_FILES = (
     Download(MAIN_REPO, "openai/clip-vit-large-patch14", "text_encoders", "clip_l_tokenizer",
              ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")),
 )
-_FLUX_FILES = (  # ComfyUI's own Flux nodes (t2i2v first frame): UNETLoader, VAELoader; DualCLIPLoader shares T5/CLIP
+_FLUX_FILES = (  # the t2i2v first frame: Flux-dev and its AE (Model/VAE Loader, or ComfyUI's UNETLoader/VAELoader)
     Download(MAIN_REPO, "flux1-dev.safetensors", "diffusion_models", "flux1-dev.safetensors"),
     Download(MAIN_REPO, "flux1-dev-ae.safetensors", "vae", "flux1-dev-ae.safetensors"),
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
+from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
 from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
 
@@ -134,6 +134,7 @@ def comfy(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(PACK_ROOT, target_is_directory=True)
     write_tiny_model_folder(base / "models", "high_compression")
+    write_tiny_lora(base / "models" / "loras" / LORA_FOLDER)
     (base / "input").mkdir()
     write_test_inputs(base / "input")
     server = ComfyServer(base)
@@ -168,8 +169,8 @@ NO_TINY_FLUX = (
 def test_workflow_runs_in_comfyui(comfy, name):
     graph = prepare_test_graph(name)
     if any(n["class_type"] in FLUX_NODE_TYPES for n in graph.values()):
-        if name == "t2i2v":
-            pytest.skip(f"t2i2v: {NO_TINY_FLUX}; without it the graph is t2v_256px (run above)")
+        if name == "t2i2v_comfy_flux":
+            pytest.skip(f"{name}: {NO_TINY_FLUX}; without it the graph is t2v_256px (run above)")
         graph = without_flux_first_frame(graph)  # still runs the Video DC-AE model and autoencoder
     entry = comfy.run(graph)
     status = entry["status"]
@@ -179,6 +180,6 @@ def test_workflow_runs_in_comfyui(comfy, name):
         for output in entry["outputs"].values()
         for item in output.get("images", [])
     ]
-    assert files, f"No output file reported: {entry['outputs']}"
-    for path in files:
-        check_video_output(graph, path)
+    videos = [path for path in files if path.suffix == ".mp4"]  # t2i2v also reports its first-frame PNG
+    assert len(videos) == 1, f"Expected one video, got: {entry['outputs']}"
+    check_video_output(graph, videos[0])

@@ -19,13 +19,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
 from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
 
-from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, write_test_inputs
+from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, read_video, write_test_inputs
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -183,3 +184,26 @@ def test_workflow_runs_in_comfyui(comfy, name):
     videos = [path for path in files if path.suffix == ".mp4"]  # t2i2v also reports its first-frame PNG
     assert len(videos) == 1, f"Expected one video, got: {entry['outputs']}"
     check_video_output(graph, videos[0])
+
+
+def _video_of(comfy: ComfyServer, graph: dict):
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    (item,) = [i for output in entry["outputs"].values() for i in output.get("images", []) if i["filename"].endswith(".mp4")]
+    return read_video(comfy.base / "output" / item.get("subfolder", "") / item["filename"])[0]
+
+
+def test_lora_leaves_the_shared_base_model_unchanged(comfy):
+    """ComfyUI keeps one loaded base model for every graph: after a LoRA graph used it, the plain graph gives
+    the same video as before (run with another seed in between, so the sampler really runs again)."""
+    def graph(name: str, seed: int) -> dict:
+        prompt = prepare_test_graph(name)
+        next(n for n in prompt.values() if n["class_type"] == "OpenSoraNoise")["inputs"]["seed"] = seed
+        return prompt
+
+    before = _video_of(comfy, graph("t2v_256px", 1))
+    adapted = _video_of(comfy, graph("t2v_256px_lora", 1))
+    _video_of(comfy, graph("t2v_256px", 2))
+    after = _video_of(comfy, graph("t2v_256px", 1))
+    assert np.array_equal(before, after)
+    assert not np.array_equal(before, adapted)

@@ -207,3 +207,32 @@ def test_lora_leaves_the_shared_base_model_unchanged(comfy):
     after = _video_of(comfy, graph("t2v_256px", 1))
     assert np.array_equal(before, after)
     assert not np.array_equal(before, adapted)
+
+
+def test_prompt_refiner_asks_once_per_seed(comfy):
+    """Re-queueing the same graph reuses ComfyUI's cached answer; a new seed asks again; the refined prompt
+    reaches the video's sidecar."""
+    pytest.importorskip("openai", reason="the prompt refiner's client package")
+    from test_prompt_refiner import REFINED, FakeServer
+
+    server = FakeServer()
+    try:
+        def graph(seed: int) -> dict:
+            prompt = prepare_test_graph("t2v_256px")
+            encode = next(n for n in prompt.values() if n["class_type"] == "OpenSoraTextEncode")
+            prompt["90"] = {"class_type": "OpenSoraPromptRefiner", "inputs": {
+                "prompt": "a red panda on a bike", "kind": "t2v", "model": "tiny-llm", "base_url": server.url,
+                "api_key_env": "", "api_key_file": "", "dynamic_motion_score": False, "on_error": "fail",
+                "seed": seed, "timeout": 10.0}}
+            encode["inputs"]["prompt"] = ["90", 0]
+            return prompt
+
+        for seed in (3, 3, 4):
+            entry = comfy.run(graph(seed))
+            assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+        assert [r["body"]["seed"] for r in server.requests] == [3, 4]
+        (item,) = [i for output in entry["outputs"].values() for i in output.get("images", [])]
+        sidecar = (comfy.base / "output" / item.get("subfolder", "") / item["filename"]).with_suffix(".txt")
+        assert sidecar.read_text(encoding="utf-8").strip() == f"{REFINED} 24 FPS. 4 motion score."
+    finally:
+        server.close()

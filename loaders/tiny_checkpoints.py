@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.dc_ae import DCAEConfig, VideoDCAE
+from ..models.flux_ae import FluxAEConfig, FluxImageAE
 from ..models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 from ..models.mmdit import MMDiT, MMDiTConfig
 
@@ -50,6 +51,15 @@ TINY_DC_AE = DCAEConfig(
     decoder_depths=(1, 1, 1, 1, 1, 1),
 )
 
+# Flux-dev's flags (guidance embedding, fused q/k/v, interleaved RoPE, no image condition input) for the
+# t2i2v first frame, with the tiny text widths.
+TINY_FLUX_MMDIT = TINY_MMDIT.with_changes(
+    guidance_embed=True, cond_embed=False, fused_qkv=True, rope_layout="interleaved", depth=1, depth_single_blocks=1,
+)
+# Flux's image autoencoder with the released structure (4 levels, 2 blocks, 16 latent channels), narrow
+# (32 channels: the GroupNorms have 32 groups, which the file cannot say).
+TINY_FLUX_AE = FluxAEConfig(block_out_channels=(32, 32, 32, 32))
+
 # File and folder names the example workflows expect (the released names).
 MMDIT_FILE = "Open_Sora_v2.safetensors"
 MMDIT_DC_AE_FILE = "Open_Sora_v2_Video_DC_AE.safetensors"
@@ -57,6 +67,9 @@ HUNYUAN_VAE_FILE = "hunyuan_vae.safetensors"
 DC_AE_FILE = "F32T4C128_AE.safetensors"
 T5_FILE = "t5xxl_fp16.safetensors"
 CLIP_FILE = "clip_l.safetensors"
+FLUX_FILE = "flux1-dev.safetensors"
+FLUX_AE_FILE = "flux1-dev-ae.safetensors"
+LORA_FOLDER = "open_sora_v2_lora"  # a PEFT adapter folder in loras/ (the LoRA example workflow)
 TOKENIZER_SUFFIX = "_tokenizer"  # a single-file encoder's tokenizer: "<file stem>_tokenizer/" beside it
 
 
@@ -73,6 +86,47 @@ def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_MMDIT, 
     tensors = _seeded_state_dict(lambda: MMDiT(config), seed)
     save_file(tensors, str(path))
     return Path(path)
+
+
+def flux_ae_file_tensors(module: FluxImageAE) -> dict[str, torch.Tensor]:
+    """``module``'s weights under the released Flux AE file's keys (attention projections as 1x1 convs)."""
+    tensors = {}
+    for key, value in module.vae.state_dict().items():
+        name = module.file_key(key)
+        if ".attn_1." in name and name.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]
+        tensors[name] = value.detach().contiguous()
+    return tensors
+
+
+def write_tiny_flux_ae(path: str | os.PathLike, config: FluxAEConfig = TINY_FLUX_AE, seed: int = 0) -> Path:
+    """A Flux AE file in the released key layout, with seeded random weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = FluxImageAE(config)
+    save_file(flux_ae_file_tensors(module), str(path))
+    return Path(path)
+
+
+def write_tiny_lora(folder: str | os.PathLike, config: MMDiTConfig = TINY_MMDIT, rank: int = 2, seed: int = 0,
+                    targets: tuple[str, ...] = ("img_attn.q_proj", "img_attn.v_proj", "linear2")) -> Path:
+    """A PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``, the layout peft's
+    ``save_pretrained`` writes) adapting every block module whose name ends with one of ``targets``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):  # shapes only
+        names = {n: m for n, m in MMDiT(config).named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(targets)}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, linear in sorted(names.items()):
+        prefix = f"base_model.model.{name}"
+        tensors[f"{prefix}.lora_A.weight"] = 0.3 * torch.randn(rank, linear.in_features, generator=generator)
+        tensors[f"{prefix}.lora_B.weight"] = 0.3 * torch.randn(linear.out_features, rank, generator=generator)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    settings = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0, "bias": "none",
+                "target_modules": sorted(set(targets)), "task_type": None}
+    (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return folder
 
 
 def write_tiny_hunyuan_vae(path: str | os.PathLike, config: HunyuanVAEConfig = TINY_HUNYUAN_VAE,
@@ -207,11 +261,12 @@ class TinyModelFolder:
 def write_tiny_model_folder(root: str | os.PathLike, what: str = "t2v", seed: int = 0) -> TinyModelFolder:
     """Write tiny models for a workflow family into a ComfyUI ``models`` folder layout under ``root``.
 
-    ``what``: ``"t2v"`` / ``"i2v"`` (video MMDiT, Hunyuan VAE, T5 and CLIP files with tokenizers) or
-    ``"high_compression"`` (adds the DC-AE MMDiT and the Video DC-AE).
+    ``what``: ``"t2v"`` / ``"i2v"`` (video MMDiT, Hunyuan VAE, T5 and CLIP files with tokenizers),
+    ``"t2i2v"`` (adds the Flux-dev transformer and the Flux AE) or ``"high_compression"`` (adds those and
+    the DC-AE MMDiT and the Video DC-AE).
     """
-    if what not in ("t2v", "i2v", "high_compression"):
-        raise ValueError(f"Unknown model family '{what}'; choose t2v, i2v or high_compression.")
+    if what not in ("t2v", "i2v", "t2i2v", "high_compression"):
+        raise ValueError(f"Unknown model family '{what}'; choose t2v, i2v, t2i2v or high_compression.")
     root = Path(root)
     for folder in ("diffusion_models", "vae", "text_encoders"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -224,6 +279,11 @@ def write_tiny_model_folder(root: str | os.PathLike, what: str = "t2v", seed: in
     files["t5"] = T5_FILE
     write_tiny_clip(root / "text_encoders" / CLIP_FILE, seed + 5)
     files["clip"] = CLIP_FILE
+    if what in ("t2i2v", "high_compression"):  # both make their first frame with Flux-dev
+        write_tiny_mmdit(root / "diffusion_models" / FLUX_FILE, TINY_FLUX_MMDIT, seed + 6)
+        files["flux"] = FLUX_FILE
+        write_tiny_flux_ae(root / "vae" / FLUX_AE_FILE, TINY_FLUX_AE, seed + 7)
+        files["flux_ae"] = FLUX_AE_FILE
     if what == "high_compression":
         write_tiny_mmdit(root / "diffusion_models" / MMDIT_DC_AE_FILE, TINY_MMDIT_DC_AE, seed + 2)
         files["mmdit_dc_ae"] = MMDIT_DC_AE_FILE

@@ -2,7 +2,7 @@
 decode back to pixels (optionally in tiles, streamed chunk by chunk), and tiling plans.
 
 ``models/`` does not import ``samplers/``: an autoencoder names its latent space with ``kind_name``,
-the key of ``samplers.geometry.AUTOENCODERS`` ("hunyuan_vae", "dc_ae"); loaders and nodes map it to
+the key of ``samplers.geometry.AUTOENCODERS`` ("hunyuan_vae", "dc_ae", "flux_ae"); loaders and nodes map it to
 the ``AutoencoderKind``.
 """
 

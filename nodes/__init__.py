@@ -12,6 +12,9 @@ _NODE_MODULES: tuple[str, ...] = (
     "text",
     "vae",
     "parallel",
+    "lora",
+    "prompt_refiner",
+    "first_frame",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

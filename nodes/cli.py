@@ -28,7 +28,8 @@ API_DIR = WORKFLOW_DIR / "api"
 
 # Command-line option -> the (node type, input) pairs it sets in a workflow.
 OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
-    "prompt": (("OpenSoraTextEncode", "prompt"),),
+    "prompt": (("OpenSoraTextEncode", "prompt"), ("OpenSoraTextEncodeImage", "prompt"),
+               ("PrimitiveStringMultiline", "value")),
     "negative": (("OpenSoraTextEncode", "negative_prompt"),),
     "seed": (("OpenSoraNoise", "seed"),),
     "num_frames": (("OpenSoraNoise", "num_frames"),),
@@ -44,6 +45,7 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "vae": (("OpenSoraVAELoader", "vae_name"),),
     "t5": (("OpenSoraTextEncoderLoader", "t5_name"),),
     "clip": (("OpenSoraTextEncoderLoader", "clip_name"),),
+    "motion_score": (("OpenSoraTextEncode", "motion_score"),),
 }
 # ComfyUI's own Flux nodes (the t2i2v first frame): not available outside ComfyUI.
 FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
@@ -75,10 +77,24 @@ def node_classes() -> dict[str, type]:
     return {**STANDALONE_CORE_NODES, **NODE_CLASS_MAPPINGS}
 
 
+# Options that set the video only: the t2i2v first frame keeps its own size, frame count and files.
+VIDEO_ONLY_OPTIONS = {"num_frames", "resolution", "width", "height", "model", "vae"}
+
+
+def is_first_frame_node(node: dict) -> bool:
+    """Whether a node belongs to the t2i2v first frame (Flux-dev, its noise and its autoencoder)."""
+    inputs = node["inputs"]
+    return (node["class_type"] == "OpenSoraNoise" and inputs.get("autoencoder") == "flux_ae"
+            or node["class_type"] in ("OpenSoraModelLoader", "OpenSoraVAELoader")
+            and "flux" in str(inputs.get("model_name", inputs.get("vae_name", ""))).lower())
+
+
 def set_option(prompt: dict[str, dict], option: str, value: Any) -> int:
     """Set ``value`` on every node input that ``option`` targets; returns how many were set."""
     count = 0
     for node in prompt.values():
+        if option in VIDEO_ONLY_OPTIONS and is_first_frame_node(node):
+            continue
         for class_type, input_name in OPTION_TARGETS[option]:
             if node["class_type"] == class_type and input_name in node["inputs"]:
                 node["inputs"][input_name] = value
@@ -108,7 +124,7 @@ def without_flux_first_frame(prompt: dict[str, dict]) -> dict[str, dict]:
     Removes the Flux nodes and the image condition they feed; a prompt node shared with the video's text
     encoder is folded into it as plain text.
     """
-    flux = {i for i, n in prompt.items() if n["class_type"] in FLUX_NODE_TYPES}
+    flux = {i for i, n in prompt.items() if n["class_type"] in FLUX_NODE_TYPES} | _pack_first_frame(prompt)
     conditions = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraImageCondition"
                   and isinstance(n["inputs"].get("image"), list) and n["inputs"]["image"][0] in flux}
     texts = {i: n["inputs"]["value"] for i, n in prompt.items() if n["class_type"] == "PrimitiveStringMultiline"}
@@ -124,6 +140,24 @@ def without_flux_first_frame(prompt: dict[str, dict]) -> dict[str, dict]:
             inputs[name] = texts[source] if source in texts else value
         kept[node_id] = {**node, "inputs": inputs}
     return kept
+
+
+def _pack_first_frame(prompt: dict[str, dict]) -> set[str]:
+    """Nodes that only make the first frame saved by an 'Open-Sora Save First Frame' node (t2i2v from pack nodes)."""
+    consumers: dict[str, set[str]] = {i: set() for i in prompt}
+    for node_id, node in prompt.items():
+        for value in node["inputs"].values():
+            if isinstance(value, list) and value and value[0] in consumers:
+                consumers[value[0]].add(node_id)
+    found = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraSaveFirstFrame"}
+    ends = found | {c for i in found for c in consumers[i]}
+    grown = True
+    while grown:
+        extra = {i for i, users in consumers.items() if i not in found and users and users <= ends}
+        found |= extra
+        ends |= extra
+        grown = bool(extra)
+    return found
 
 
 def apply_settings(prompt: dict[str, dict], settings: dict[str, Any]) -> dict[str, dict]:
@@ -177,7 +211,14 @@ def _print_progress(value: int, total: int) -> None:
 def _run_row(prompt: dict[str, dict], classes: dict[str, type], index: int, row: dict[str, str],
              settings: dict[str, Any], log) -> list[Path]:
     """One sample: the row's prompt, negative, references and name on top of the command-line settings."""
-    row_settings = dict(settings, prompt=row.get("text"), negative=row.get("neg") or None, ref=row.get("ref") or None)
+    settings = dict(settings)
+    refiner = settings.pop("refiner", None)
+    text = refiner(row.get("text") or "", row.get("ref") or None) if refiner else (row.get("text"), None)
+    if refiner:
+        log(f"sample {index}: refined prompt: {text[0]}")
+    row_settings = dict(settings, prompt=text[0], negative=row.get("neg") or None, ref=row.get("ref") or None)
+    if text[1]:
+        row_settings["motion_score"] = text[1]
     if row.get("name"):
         row_settings["name"] = row["name"]
     started = time.perf_counter()
@@ -196,11 +237,41 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
         "model": args.model, "vae": args.vae, "t5": args.t5, "clip": args.clip,
     }
+    if args.refine_prompt or args.motion_score == "dynamic":
+        settings["refiner"] = command_line_refiner(args)
+    elif args.motion_score:
+        settings["motion_score"] = args.motion_score
     if args.width or args.height:
         if not (args.width and args.height):
             raise SystemExit("Give both --width and --height (or neither).")
         settings.update(resolution="custom", width=args.width, height=args.height)
     return settings
+
+
+def command_line_refiner(args: argparse.Namespace):
+    """``(text, ref) -> (prompt, motion score or None)`` for --refine-prompt / --motion-score dynamic."""
+    from ..llm.prompt_refiner import Endpoint, RefineError, dynamic_motion_score, read_api_key, refine_prompt
+
+    def refine(text: str, ref: str | None) -> tuple[str, str | None]:
+        try:
+            endpoint = Endpoint(args.refine_base_url, args.refine_model,
+                                read_api_key(args.refine_key_env, args.refine_key_file or "", args.refine_base_url))
+            image_url = _image_data_url(ref) if ref and ";" not in ref and args.refine_prompt else None
+            if args.refine_prompt:
+                text = refine_prompt(endpoint, text, "i2v" if ref else "t2v", image_url, args.seed)
+            score = dynamic_motion_score(endpoint, text, args.seed) if args.motion_score == "dynamic" else None
+        except RefineError as error:
+            raise SystemExit(str(error)) from None
+        return text, score
+
+    return refine
+
+
+def _image_data_url(path: str) -> str | None:
+    """A still image reference as a PNG data URL for the refiner (videos are not sent)."""
+    from ..llm.prompt_refiner import IMAGE_SUFFIXES, image_file_data_url
+
+    return image_file_data_url(path) if Path(path).suffix.lower() in IMAGE_SUFFIXES else None
 
 
 def prepare_workflow(name: str, text_only: bool = False) -> dict[str, dict]:
@@ -246,11 +317,12 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     torch.set_num_threads(1)  # tiny tensors: extra threads only add start-up and contention costs
     with tempfile.TemporaryDirectory(prefix="opensora-smoke-") as scratch:
         models = Path(scratch) / "models"
-        write_tiny_model_folder(models, "t2v")
+        family = "t2i2v" if args.workflow in ("t2i2v", "t2i2v_comfy_flux") else "t2v"
+        write_tiny_model_folder(models, family)
         output_dir = Path(args.output_dir) if args.output_dir else Path(scratch) / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")
-        prompt = prepare_workflow("t2v_256px")
+        prompt = prepare_workflow(args.workflow if family == "t2i2v" else "t2v_256px")
         smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
         rows = [{"text": args.prompt or "a red panda rides a bicycle through a snowy forest", "name": "smoke"}]
         written = run_rows(prompt, rows, smoke_settings)
@@ -297,7 +369,7 @@ _VIDEO_FILES = (
     Download(MAIN_REPO, "openai/clip-vit-large-patch14", "text_encoders", "clip_l_tokenizer",
              ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")),
 )
-_FLUX_FILES = (  # ComfyUI's own Flux nodes (t2i2v first frame): UNETLoader, VAELoader; DualCLIPLoader shares T5/CLIP
+_FLUX_FILES = (  # the t2i2v first frame: Flux-dev and its AE (Model/VAE Loader, or ComfyUI's UNETLoader/VAELoader)
     Download(MAIN_REPO, "flux1-dev.safetensors", "diffusion_models", "flux1-dev.safetensors"),
     Download(MAIN_REPO, "flux1-dev-ae.safetensors", "vae", "flux1-dev-ae.safetensors"),
 )
@@ -391,6 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--text-only", action="store_true",
                           help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "
                                "only inside ComfyUI) and generate from the text alone")
+    generate.add_argument("--motion-score", choices=("off", *(str(i) for i in range(1, 8)), "dynamic"),
+                          help="motion score in the prompt (reference: 4); dynamic = ask the --refine-* endpoint")
+    generate.add_argument("--refine-prompt", action="store_true",
+                          help="rewrite each prompt with an OpenAI-compatible chat endpoint before encoding (i2v: the "
+                               "image is sent when the endpoint accepts images)")
+    generate.add_argument("--refine-model", default="gpt-4o", help="model name at the endpoint (default gpt-4o)")
+    generate.add_argument("--refine-base-url", default="https://api.openai.com/v1",
+                          help="OpenAI-compatible API root, e.g. http://127.0.0.1:11434/v1 for Ollama")
+    generate.add_argument("--refine-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
+    generate.add_argument("--refine-key-file", help="file whose first line is the API key (instead of the variable)")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(handler=_generate)

@@ -38,6 +38,7 @@ class OpenSoraModel:
     config: MMDiTConfig
     dtype: torch.dtype  # the compute dtype (bf16 for fp8-stored weights): latents and inputs use it
     path: str
+    adapters: tuple[str, ...] = ()  # LoRA adapters added by 'Open-Sora LoRA Loader' ("name @ strength")
 
     @property
     def module(self) -> MMDiT:

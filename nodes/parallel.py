@@ -157,6 +157,9 @@ def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, te
     """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
     the compute dtype on the CPU (the workers load ``model.path`` themselves). ``preview`` turns each
     step's first-frame estimate ``[1, C, 1, H', W']`` into the progress bar's picture."""
+    if getattr(model, "adapters", ()):
+        raise ValueError(f"Multi-GPU sampling loads the model file in each worker and cannot apply LoRA adapters "
+                         f"({', '.join(model.adapters)}): sample on one GPU (disconnect the parallel input).")
     layout = settings.layout(model.config.num_heads)
     check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.sequence_size)
     request = SamplingRequest(model.path, dtype_name(_storage_dtype(model)), method, noise, text, timesteps, layout,

@@ -122,7 +122,13 @@ class OpenSoraTextEncode:
                     "default": False,
                     "tooltip": "Each non-empty line of the prompt becomes one batch element (one video); "
                                "the negative prompt is used for every element."}),
-            }
+            },
+            "optional": {
+                "motion_score_text": ("STRING", {
+                    "forceInput": True,
+                    "tooltip": "A motion score from another node ('Open-Sora Prompt Refiner' with "
+                               "dynamic_motion_score): replaces the motion_score widget unless empty."}),
+            },
         }
 
     RETURN_TYPES = ("OPENSORA_COND",)
@@ -138,7 +144,10 @@ class OpenSoraTextEncode:
     )
 
     def execute(self, text_encoder: OpenSoraTextEncoder, prompt: str, negative_prompt: str, fps: int,
-                motion_score: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
+                motion_score: str, one_prompt_per_line: bool, motion_score_text: str | None = None
+                ) -> tuple[TextConditioning]:
+        if motion_score_text is not None and motion_score_text.strip():
+            motion_score = motion_score_text.strip()
         if motion_score not in MOTION_SCORES:
             raise ValueError(f"motion_score must be one of {list(MOTION_SCORES)}, not {motion_score!r}.")
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)

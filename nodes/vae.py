@@ -67,7 +67,8 @@ class OpenSoraVAELoader:
             "required": {
                 "vae_name": (host.list_files(host.VAE), {
                     "tooltip": "A .safetensors file in models/vae: hunyuan_vae.safetensors from "
-                               "hpcai-tech/Open-Sora-v2 (or the Video DC-AE for the high-compression model). "
+                               "hpcai-tech/Open-Sora-v2 (or the Video DC-AE for the high-compression model, or "
+                               "flux1-dev-ae.safetensors / ae.safetensors for the t2i2v first frame). "
                                "Which autoencoder it is is read from its keys."}),
                 "dtype": (list(VAE_DTYPES), {
                     "default": "bf16",
@@ -83,7 +84,8 @@ class OpenSoraVAELoader:
     CATEGORY = "Open-Sora"
     DESCRIPTION = (
         "Loads Open-Sora 2.0's video autoencoder with strict key checks: the HunyuanVideo causal VAE "
-        "(16 latent channels, 4x8x8 compression) or the Video DC-AE. Files of other kinds are refused "
+        "(16 latent channels, 4x8x8 compression), the Video DC-AE, or Flux's image autoencoder (t2i2v first "
+        "frame). Files of other kinds are refused "
         "with an error saying what they look like."
     )
 

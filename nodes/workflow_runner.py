@@ -311,7 +311,22 @@ class StandaloneGetVideoComponents:
         return frames, None, fps
 
 
+class StandalonePrimitiveStringMultiline:
+    """ComfyUI's multiline text primitive (one prompt shared by several nodes) outside ComfyUI."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("STRING", {"multiline": True, "tooltip": "The text."})}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "execute"
+
+    def execute(self, value: str):
+        return (value,)
+
+
 STANDALONE_CORE_NODES: dict[str, type] = {
+    "PrimitiveStringMultiline": StandalonePrimitiveStringMultiline,
     "LoadImage": StandaloneLoadImage,
     "LoadVideo": StandaloneLoadVideo,
     "GetVideoComponents": StandaloneGetVideoComponents,

@@ -53,7 +53,18 @@ VIDEO_DC_AE = AutoencoderKind(
     patch_size=1,
     causal=False,
 )
-AUTOENCODERS: dict[str, AutoencoderKind] = {k.name: k for k in (HUNYUAN_VAE, VIDEO_DC_AE)}
+# The t2i2v first frame: Flux's 2-D autoencoder, frame by frame (the reference samples it as a 1-frame latent
+# of this shape, the same as the HunyuanVideo VAE's for one frame).
+FLUX_AE = AutoencoderKind(
+    name="flux_ae",
+    display_name="Flux image autoencoder (16 ch, 8x8, per frame)",
+    latent_channels=16,
+    temporal_compression=1,
+    spatial_compression=8,
+    patch_size=2,
+    causal=True,
+)
+AUTOENCODERS: dict[str, AutoencoderKind] = {k.name: k for k in (HUNYUAN_VAE, VIDEO_DC_AE, FLUX_AE)}
 
 
 def autoencoder_kind(name: str) -> AutoencoderKind:

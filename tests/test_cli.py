@@ -33,6 +33,32 @@ def test_smoke_generates_a_video_offline(standalone_host, tmp_path, capsys):
     assert "noise" in capsys.readouterr().out  # it says the weights are random
 
 
+def test_smoke_runs_the_t2i2v_graph_offline(standalone_host, tmp_path):
+    """t2i2v from pack nodes only: Flux-dev first frame (saved as PNG + .txt), then the video."""
+    assert cli.main(["generate", "--smoke", "--workflow", "t2i2v", "--output-dir", str(tmp_path / "out"),
+                     "--prompt", "raining, sea"]) == 0
+    (video,) = (tmp_path / "out").glob("*.mp4")
+    (frame,) = (tmp_path / "out").rglob("generated_condition/*.png")
+    assert read_video(video)[0].shape == (9, 192, 336, 3)
+    assert frame.with_suffix(".txt").read_text(encoding="utf-8") == "raining, sea"  # the image prompt has no suffix
+    assert video.with_suffix(".txt").read_text(encoding="utf-8").strip() == "raining, sea. 24 FPS. 4 motion score."
+
+
+def test_text_only_drops_either_kind_of_first_frame():
+    """--text-only leaves the same text-to-video graph from the pack-node t2i2v and the ComfyUI-Flux variant."""
+    def video_part(name: str) -> dict:
+        graph = cli.without_flux_first_frame(cli.load_api_workflow(cli.workflow_path(name)))
+        for node in graph.values():
+            node["inputs"].pop("filename_prefix", None)
+        return graph
+
+    pack = video_part("t2i2v")
+    assert pack == video_part("t2i2v_comfy_flux")
+    assert {n["class_type"] for n in pack.values()} == {"OpenSoraModelLoader", "OpenSoraTextEncoderLoader",
+                                                         "OpenSoraVAELoader", "OpenSoraTextEncode", "OpenSoraNoise",
+                                                         "OpenSoraSampler", "OpenSoraVAEDecode", "OpenSoraSaveVideo"}
+
+
 def test_csv_of_prompts_with_references_and_names(tiny_models, tmp_path):
     write_test_image(tmp_path / "a.png", 40, 60, seed=1)
     write_test_image(tmp_path / "b.png", 60, 40, seed=2)
@@ -69,7 +95,7 @@ def test_video_extension_and_text_only_high_compression(tiny_models, tmp_path):
 def test_clear_errors_for_what_cannot_run(tiny_models, tmp_path):
     common = ["--models-dir", str(tiny_models), "--output-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="only inside ComfyUI.*--text-only"):
-        cli.main(["generate", "--workflow", "t2i2v", "--prompt", "x", *common])
+        cli.main(["generate", "--workflow", "t2i2v_comfy_flux", "--prompt", "x", *common])
     with pytest.raises(SystemExit, match="takes no reference"):
         cli.main(["generate", "--workflow", "t2v_256px", "--prompt", "x", "--ref", "a.png", *common])
     with pytest.raises(SystemExit, match="Unknown workflow 'nope'.*t2v_256px"):
@@ -86,8 +112,9 @@ def test_downloads_place_every_file_the_workflows_name():
     loaders = {"OpenSoraModelLoader": ("model_name", "diffusion_models"), "UNETLoader": ("unet_name", "diffusion_models"),
                "OpenSoraVAELoader": ("vae_name", "vae"), "VAELoader": ("vae_name", "vae"),
                "OpenSoraTextEncoderLoader": ("t5_name", "text_encoders"), "DualCLIPLoader": ("clip_name1", "text_encoders")}
-    families = {"t2v_256px": "t2v", "t2v_768px": "t2v", "i2v_head": "i2v", "i2v_loop": "i2v", "v2v_head": "i2v",
-                "t2i2v": "t2i2v", "high_compression": "high_compression"}
+    families = {"t2v_256px": "t2v", "t2v_256px_lora": "t2v", "t2v_768px": "t2v", "i2v_head": "i2v", "i2v_loop": "i2v", "v2v_head": "i2v",
+                "t2i2v": "t2i2v", "t2i2v_comfy_flux": "t2i2v", "high_compression": "high_compression",
+                "high_compression_comfy_flux": "high_compression"}
     assert set(families) == set(cli.available_workflows())
     for name, family in families.items():
         placed = {(item.folder, item.name) for item in cli.DOWNLOADS[family]}

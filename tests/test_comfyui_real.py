@@ -19,13 +19,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
+from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
 from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
 
-from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, write_test_inputs
+from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, read_video, write_test_inputs
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -134,6 +135,7 @@ def comfy(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(PACK_ROOT, target_is_directory=True)
     write_tiny_model_folder(base / "models", "high_compression")
+    write_tiny_lora(base / "models" / "loras" / LORA_FOLDER)
     (base / "input").mkdir()
     write_test_inputs(base / "input")
     server = ComfyServer(base)
@@ -168,8 +170,8 @@ NO_TINY_FLUX = (
 def test_workflow_runs_in_comfyui(comfy, name):
     graph = prepare_test_graph(name)
     if any(n["class_type"] in FLUX_NODE_TYPES for n in graph.values()):
-        if name == "t2i2v":
-            pytest.skip(f"t2i2v: {NO_TINY_FLUX}; without it the graph is t2v_256px (run above)")
+        if name == "t2i2v_comfy_flux":
+            pytest.skip(f"{name}: {NO_TINY_FLUX}; without it the graph is t2v_256px (run above)")
         graph = without_flux_first_frame(graph)  # still runs the Video DC-AE model and autoencoder
     entry = comfy.run(graph)
     status = entry["status"]
@@ -179,9 +181,9 @@ def test_workflow_runs_in_comfyui(comfy, name):
         for output in entry["outputs"].values()
         for item in output.get("images", [])
     ]
-    assert files, f"No output file reported: {entry['outputs']}"
-    for path in files:
-        check_video_output(graph, path)
+    videos = [path for path in files if path.suffix == ".mp4"]  # t2i2v also reports its first-frame PNG
+    assert len(videos) == 1, f"Expected one video, got: {entry['outputs']}"
+    check_video_output(graph, videos[0])
 
 
 def test_cancel_during_a_long_decode_takes_effect_within_2_s(comfy):
@@ -246,3 +248,55 @@ def test_prompt_truncation_is_reported_on_the_node(comfy):
     assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
     warnings = entry["outputs"][encode_id]["text"]
     assert any("CLIP reads only the first 77" in w for w in warnings), warnings
+
+
+def _video_of(comfy: ComfyServer, graph: dict):
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    (item,) = [i for output in entry["outputs"].values() for i in output.get("images", []) if i["filename"].endswith(".mp4")]
+    return read_video(comfy.base / "output" / item.get("subfolder", "") / item["filename"])[0]
+
+
+def test_lora_leaves_the_shared_base_model_unchanged(comfy):
+    """ComfyUI keeps one loaded base model for every graph: after a LoRA graph used it, the plain graph gives
+    the same video as before (run with another seed in between, so the sampler really runs again)."""
+    def graph(name: str, seed: int) -> dict:
+        prompt = prepare_test_graph(name)
+        next(n for n in prompt.values() if n["class_type"] == "OpenSoraNoise")["inputs"]["seed"] = seed
+        return prompt
+
+    before = _video_of(comfy, graph("t2v_256px", 1))
+    adapted = _video_of(comfy, graph("t2v_256px_lora", 1))
+    _video_of(comfy, graph("t2v_256px", 2))
+    after = _video_of(comfy, graph("t2v_256px", 1))
+    assert np.array_equal(before, after)
+    assert not np.array_equal(before, adapted)
+
+
+def test_prompt_refiner_asks_once_per_seed(comfy):
+    """Re-queueing the same graph reuses ComfyUI's cached answer; a new seed asks again; the refined prompt
+    reaches the video's sidecar."""
+    pytest.importorskip("openai", reason="the prompt refiner's client package")
+    from test_prompt_refiner import REFINED, FakeServer
+
+    server = FakeServer()
+    try:
+        def graph(seed: int) -> dict:
+            prompt = prepare_test_graph("t2v_256px")
+            encode = next(n for n in prompt.values() if n["class_type"] == "OpenSoraTextEncode")
+            prompt["90"] = {"class_type": "OpenSoraPromptRefiner", "inputs": {
+                "prompt": "a red panda on a bike", "kind": "t2v", "model": "tiny-llm", "base_url": server.url,
+                "api_key_env": "", "api_key_file": "", "dynamic_motion_score": False, "on_error": "fail",
+                "seed": seed, "timeout": 10.0}}
+            encode["inputs"]["prompt"] = ["90", 0]
+            return prompt
+
+        for seed in (3, 3, 4):
+            entry = comfy.run(graph(seed))
+            assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+        assert [r["body"]["seed"] for r in server.requests] == [3, 4]
+        (item,) = [i for output in entry["outputs"].values() for i in output.get("images", [])]
+        sidecar = (comfy.base / "output" / item.get("subfolder", "") / item["filename"]).with_suffix(".txt")
+        assert sidecar.read_text(encoding="utf-8").strip() == f"{REFINED} 24 FPS. 4 motion score."
+    finally:
+        server.close()

@@ -8,12 +8,13 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.loaders import media
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
+from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.models.autoencoder import Tiling
 from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, workflow_runner
@@ -42,10 +43,8 @@ ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 @pytest.fixture
 def tiny_host(standalone_host, tmp_path, monkeypatch):
     """Tiny checkpoints under the released file names, the reference files in an input folder."""
-    write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")
-    for name in ("flux1-dev.safetensors", "flux1-dev-ae.safetensors"):  # only the Flux doubles "load" these
-        folder = "diffusion_models" if name == "flux1-dev.safetensors" else "vae"
-        (standalone_host._standalone.models_dir / folder / name).write_bytes(b"")
+    write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")  # with the Flux files
+    write_tiny_lora(standalone_host._standalone.models_dir / "loras" / LORA_FOLDER)
     inputs = tmp_path / "input"
     write_test_inputs(inputs)
     monkeypatch.setattr(workflow_runner, "INPUT_DIRECTORIES", [inputs])
@@ -99,8 +98,10 @@ def test_ui_workflow_is_well_formed_and_documented(name):
               if isinstance(v, str)}
     named = set(re.findall(r"[\w.-]+\.safetensors", text))
     assert named <= loaded, f"the note lists files the graph never loads: {sorted(named - loaded)}"
-    frames = [n["widgets_values"][5] for n in ui["nodes"] if n["type"] == "OpenSoraNoise"]
-    dc_ae = any(n["type"] == "OpenSoraNoise" and n["widgets_values"][0] == "dc_ae" for n in ui["nodes"])
+    # the video's frame counts (a first-frame image noise node has 1 frame)
+    frames = [n["widgets_values"][5] for n in ui["nodes"]
+              if n["type"] == "OpenSoraNoise" and n["widgets_values"][0] == "dc_ae"]
+    dc_ae = bool(frames)
     if dc_ae:  # the DC-AE takes multiples of 4 frames, not the HunyuanVideo VAE's 4k+1
         assert "4k+1" not in text and "129" not in text and all(f"{f} frames" in text for f in frames)
 
@@ -113,11 +114,71 @@ def test_workflow_runs_end_to_end(tiny_host, name):
     graph = prepare_test_graph(name)
     result = run_workflow(graph, ALL_NODES, extra_pnginfo={"workflow": load_json(WORKFLOW_DIR / f"{name}.json")})
     files = result.files()
-    assert len(files) == 1, files
-    frames = check_video_output(graph, files[0])
+    videos = [f for f in files if f.suffix == ".mp4"]
+    first_frames = [f for f in files if "generated_condition" in f.parts]  # t2i2v: the saved first frame
+    assert len(videos) == 1 and len(files) == 1 + len(first_frames), files
+    frames = check_video_output(graph, videos[0])
     assert frames.std() > 0  # not a blank video
-    sidecar = files[0].with_suffix(".txt")
+    for png in first_frames:
+        assert png.suffix == ".png" and png.with_suffix(".txt").read_text(encoding="utf-8") == _first_frame_prompt(graph)
+    sidecar = videos[0].with_suffix(".txt")
     assert sidecar.read_text(encoding="utf-8").strip().endswith("24 FPS. 4 motion score.")
+
+
+def _first_frame_prompt(graph: dict) -> str:
+    encode = next(n for n in graph.values() if n["class_type"] == "OpenSoraTextEncodeImage")["inputs"]["prompt"]
+    return graph[encode[0]]["inputs"]["value"] if isinstance(encode, list) else encode
+
+
+@pytest.mark.parametrize("name, video_kind, resolution, size", [
+    ("t2i2v", "hunyuan_vae", "768px", (1024, 576)),
+    # The reference sizes the Flux noise with the DC-AE's 32-pixel compression: a 36x64 latent, 288x512 pixels.
+    ("high_compression", "dc_ae", "custom", (512, 288)),
+])
+def test_t2i2v_first_frame_is_the_reference_settings(name, video_kind, resolution, size):
+    """The first frame as modify_option_to_t2i sets it: 1 frame, 768px 16:9, the distilled sampler with
+    guidance 4.0 on Flux-dev, the video's steps, shift and seed; the 8-bit saved frame conditions the video."""
+    graph = load_json(API_DIR / f"{name}.json")
+
+    def one(class_type: str, **match) -> dict:
+        (found,) = [n["inputs"] for n in graph.values() if n["class_type"] == class_type
+                    and all(n["inputs"].get(k) == v for k, v in match.items())]
+        return found
+
+    image_noise, video_noise = one("OpenSoraNoise", autoencoder="flux_ae"), one("OpenSoraNoise", autoencoder=video_kind)
+    assert (image_noise["num_frames"], image_noise["resolution"], image_noise["aspect_ratio"]) == (1, resolution, "16:9")
+    assert (image_noise["width"], image_noise["height"]) == size
+    assert (image_noise["seed"], image_noise["aspect_ratio"]) == (video_noise["seed"], video_noise["aspect_ratio"])
+    image_sampler, video_sampler = one("OpenSoraSampler", method="distill"), one("OpenSoraSampler", method="i2v")
+    assert image_sampler["guidance"] == 4.0
+    assert (image_sampler["steps"], image_sampler["shift"]) == (video_sampler["steps"], video_sampler["shift"])
+    assert graph[image_sampler["model"][0]]["inputs"]["model_name"] == "flux1-dev.safetensors"
+    assert graph[image_sampler["conditioning"][0]]["class_type"] == "OpenSoraTextEncodeImage"
+    assert graph[image_sampler["noise"][0]]["inputs"] is image_noise
+    condition = one("OpenSoraImageCondition")
+    assert condition["cond_type"] == "i2v_head" and graph[condition["image"][0]]["class_type"] == "OpenSoraSaveFirstFrame"
+
+
+def test_t2i2v_video_starts_from_the_saved_png(tiny_host, monkeypatch):
+    """The Image Condition gets exactly the pixels of the PNG the first-frame node wrote (the reference
+    conditions its video on the PNG it saved and read back)."""
+    from PIL import Image
+
+    condition_class = NODE_CLASS_MAPPINGS["OpenSoraImageCondition"]
+    received = []
+    original = condition_class.execute
+
+    def spy(self, *args, **kwargs):
+        received.append(kwargs.get("image", args[1] if len(args) > 1 else None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(condition_class, "execute", spy)
+    graph = prepare_test_graph("t2i2v")
+    result = run_workflow(graph, ALL_NODES)
+    (png,) = [f for f in result.files() if f.suffix == ".png"]
+    pixels = torch.from_numpy(np.array(Image.open(png))).float() / 255
+    (image,) = received
+    assert image.shape == (1, *pixels.shape) and torch.equal(image[0], pixels)
 
 
 def test_runner_refuses_what_comfyui_refuses(tiny_host):

@@ -325,7 +325,7 @@ API_DIR = WORKFLOW_DIR / "api"
 
 IMAGE = "example.png"  # ComfyUI ships input/example.png; the i2v workflows preselect it
 CLIP = "opensora_clip.mp4"
-TEST_SIZES = {"hunyuan_vae": (32, 48), "dc_ae": (32, 64)}  # (height, width): the smallest sizes that tile
+TEST_SIZES = {"hunyuan_vae": (32, 48), "dc_ae": (32, 64), "flux_ae": (48, 80)}  # (height, width): the smallest sizes that tile
 TEST_STEPS = 2
 
 
@@ -344,9 +344,14 @@ def write_test_inputs(folder: Path) -> None:
     write_test_clip(folder / CLIP, frames=36, height=72, width=112)
 
 
+def _video_noise(graph: Mapping[str, dict]) -> dict:
+    """The video's noise node (not the t2i2v first frame's)."""
+    return next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise" and n["inputs"]["autoencoder"] != "flux_ae")
+
+
 def tiny_num_frames(graph: Mapping[str, dict]) -> int:
     """Frames the tiny run makes: few, but enough for the workflow's condition type."""
-    noise = next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise")
+    noise = _video_noise(graph)
     if noise["inputs"]["autoencoder"] == "dc_ae":
         return 8
     conds = [n["inputs"]["cond_type"] for n in graph.values() if n["class_type"] == "OpenSoraImageCondition"]
@@ -361,7 +366,8 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "OpenSoraNoise":
             height, width = TEST_SIZES[inputs["autoencoder"]]
-            inputs.update(resolution="custom", width=width, height=height, num_frames=frames)
+            first_frame = inputs["autoencoder"] == "flux_ae"
+            inputs.update(resolution="custom", width=width, height=height, num_frames=1 if first_frame else frames)
         elif kind == "OpenSoraSampler":
             inputs["steps"] = TEST_STEPS
         elif kind in ("OpenSoraModelLoader", "OpenSoraTextEncoderLoader"):
@@ -377,7 +383,7 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
 
 def check_video_output(graph: Mapping[str, dict], path: Path) -> np.ndarray:
     """The file is a playable MP4 with the frames, size and frame rate the graph asked for."""
-    noise = next(n for n in graph.values() if n["class_type"] == "OpenSoraNoise")["inputs"]
+    noise = _video_noise(graph)["inputs"]
     save = next(n for n in graph.values() if n["class_type"] == "OpenSoraSaveVideo")["inputs"]
     assert path.suffix == ".mp4" and path.is_file(), path
     frames, fps = read_video(path)

@@ -1,0 +1,1 @@
+"""Clients of language-model endpoints (OpenAI-compatible chat APIs) used to prepare prompts."""

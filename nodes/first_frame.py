@@ -1,0 +1,114 @@
+"""The t2i2v first-frame stage: the image prompt encoded as the reference does (no video suffix), and the
+Save First Frame node (PNG + prompt .txt, and the frame as read back from it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..loaders import media
+from ..samplers.conditioning import TextConditioning
+from ..samplers.first_frame import reference_uint8
+from ..samplers.prompt import encode_conditioning, split_prompts
+from . import host
+from .save_video import _metadata, _sidecar_text
+
+
+class OpenSoraTextEncodeImage:
+    """Encode the first frame's prompt as the reference's t2i step does: the text as typed, no suffix."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "text_encoder": ("OPENSORA_TEXT_ENCODER", {"tooltip": "From 'Open-Sora Text Encoder Loader'."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "What the first frame shows: the same prompt as the video's, without the "
+                               "'24 FPS. 4 motion score.' suffix (the reference encodes it as typed)."}),
+                "one_prompt_per_line": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Each non-empty line becomes one batch element (one first frame)."}),
+            }
+        }
+
+    RETURN_TYPES = ("OPENSORA_COND",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("T5 (512 tokens) and CLIP-L encodings of the prompt(s) for the guidance-distilled sampler.",)
+    FUNCTION = "execute"
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Encodes the text-to-image-to-video first frame's prompt like the reference: T5 at 512 tokens and CLIP "
+        "pooled, from the prompt as typed (no fps / motion-score suffix, which only the video's prompt gets)."
+    )
+
+    def execute(self, text_encoder: Any, prompt: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
+        prompts = split_prompts(prompt, one_prompt_per_line)
+        host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
+        host.check_interrupt()
+        conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, [""] * len(prompts),
+                                           host.intermediate_device())
+        return (conditioning,)
+
+
+class OpenSoraSaveFirstFrame:
+    """Save the generated condition image as the reference does and pass on its 8-bit version."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The first frame(s) from the Flux AE decode, one per prompt."}),
+                "filename_prefix": ("STRING", {
+                    "default": "OpenSora/t2i2v/generated_condition/frame",
+                    "tooltip": "Name inside the output folder; the reference keeps first frames in a "
+                               "'generated_condition' sub-folder. Each frame gets <name>_00001_.png and .txt."}),
+            },
+            "optional": {
+                "conditioning": ("OPENSORA_COND", {"tooltip": "Its prompts go into the .txt files (one per frame)."}),
+                "prompt_text": ("STRING", {"forceInput": True,
+                                           "tooltip": "Text for the .txt when no conditioning is connected."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The frames exactly as the PNG holds them (8-bit), for the Image Condition: the reference "
+                       "conditions the video on the PNG it saved.",)
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    CATEGORY = "Open-Sora"
+    DESCRIPTION = (
+        "Saves the text-to-image-to-video first frame as a PNG with its prompt in a .txt, like the reference's "
+        "generated_condition files, rounding to 8 bits as the reference's image saver does (in the decoder's "
+        "precision), and outputs that 8-bit frame so the video starts from exactly what was saved."
+    )
+
+    def execute(self, images: torch.Tensor, filename_prefix: str, conditioning: Any = None,
+                prompt_text: str | None = None, prompt: Any = None, extra_pnginfo: Any = None) -> dict:
+        media.check_frames(images)
+        sidecar = _sidecar_text(conditioning, prompt_text)
+        lines = sidecar.split("\n") if sidecar is not None else []
+        if lines and len(lines) != images.shape[0]:
+            lines = [sidecar] * images.shape[0]
+        pixels = reference_uint8(images)
+        rounded = pixels.float().div(255)
+        folder, filename, counter, subfolder = host.save_path(filename_prefix, images.shape[2], images.shape[1])
+        tags = _metadata(prompt, extra_pnginfo)
+        saved = []
+        for index in range(images.shape[0]):
+            stem = f"{filename}_{counter + index:05}_"
+            media.write_png(folder / f"{stem}.png", rounded[index], tags)
+            if lines:
+                media.write_text(folder / f"{stem}.txt", lines[index])
+            saved.append({"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"})
+        return {"ui": {"images": saved}, "result": (rounded.to(host.intermediate_device()),)}
+
+
+NODE_CLASS_MAPPINGS = {"OpenSoraTextEncodeImage": OpenSoraTextEncodeImage, "OpenSoraSaveFirstFrame": OpenSoraSaveFirstFrame}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OpenSoraTextEncodeImage": "Open-Sora Text Encode (first frame)",
+    "OpenSoraSaveFirstFrame": "Open-Sora Save First Frame",
+}

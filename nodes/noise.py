@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
 from . import host
+
+log = logging.getLogger(__name__)
 
 CUSTOM = "custom"
 NOISE_DEVICES = ("cpu", "gpu")
@@ -29,8 +33,9 @@ class OpenSoraNoise:
                                "4x32x32, used by the high-compression model)."}),
                 "resolution": (list(geometry.RESOLUTIONS) + [CUSTOM], {
                     "default": "256px",
-                    "tooltip": "Size preset of the reference (256px or 768px, with aspect_ratio), or 'custom' "
-                               "to use width and height."}),
+                    "tooltip": "Size name as the reference reads it, with aspect_ratio: <N>px is N*N pixels "
+                               "(256px, 768px: the trained sizes), <N>p a 16:9 frame N pixels high (720p 16:9 "
+                               "= 1280x720). 'custom' uses width and height."}),
                 "aspect_ratio": (geometry.all_aspect_ratios(), {
                     "default": "16:9",
                     "tooltip": "Width:height of the preset, from the reference's size table (e.g. 256px 16:9 "
@@ -43,8 +48,9 @@ class OpenSoraNoise:
                     "tooltip": "Pixel height for resolution 'custom': a multiple of 16 (hunyuan_vae) or 32 (dc_ae)."}),
                 "num_frames": ("INT", {
                     "default": 129, "min": 1, "max": 1025, "step": 1,
-                    "tooltip": "Video frames: 4k+1 for hunyuan_vae (129 = reference default, 1 = an image), a "
-                               "multiple of 4 for dc_ae (the reference uses 128)."}),
+                    "tooltip": "Video frames (129 = reference default, 1 = an image). Any count is accepted as "
+                               "the reference does: hunyuan_vae makes (n-1)//4+1 latent frames and writes "
+                               "4k+1 frames (16 -> 13, shown on the node); dc_ae writes n (it uses 128)."}),
                 "batch_size": ("INT", {
                     "default": 1, "min": 1, "max": 64,
                     "tooltip": "Videos sampled together (the reference's number of prompts in a batch)."}),
@@ -79,7 +85,12 @@ class OpenSoraNoise:
         kind = geometry.autoencoder_kind(autoencoder)
         if resolution != CUSTOM:
             height, width = geometry.image_size(resolution, aspect_ratio, kind)
-        video = geometry.VideoGeometry(height, width, num_frames, kind.name)
+        if num_frames < 1:
+            raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
+        change = geometry.describe_frame_change(num_frames, kind)
+        if change is not None:
+            log.info("Open-Sora Noise: %s", change)
+        video = geometry.VideoGeometry(height, width, geometry.output_num_frames(num_frames, kind), kind.name)
         video.validate()
         if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")

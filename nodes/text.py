@@ -115,8 +115,9 @@ class OpenSoraTextEncode:
                                "video saver. Not added if the prompt already ends with '<n> FPS.'."}),
                 "motion_score": (list(MOTION_SCORES), {
                     "default": DEFAULT_MOTION_SCORE,
-                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; 1 calm ... 7 very "
-                               "dynamic; the reference default is 4). 'off' appends nothing."}),
+                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; the reference default "
+                               "is 4; 1 calm ... 15 very dynamic, 0 still). 'off' appends nothing; 'dynamic' "
+                               "needs a prompt refiner (a language model) and is refused without one."}),
                 "one_prompt_per_line": ("BOOLEAN", {
                     "default": False,
                     "tooltip": "Each non-empty line of the prompt becomes one batch element (one video); "

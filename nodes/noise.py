@@ -8,7 +8,7 @@ import torch
 
 from ..samplers import geometry
 from ..samplers.latent import make_latent
-from ..samplers.noise import get_noise
+from ..samplers.noise import get_noise, open_sora_sampling_seeds
 from . import host
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,9 @@ CUSTOM = "custom"
 NOISE_DEVICES = ("cpu", "gpu")
 NOISE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+SEED_FIXED = "fixed"
+SEED_OPEN_SORA_DEFAULT = "open_sora_default"
+SEED_MODES = (SEED_FIXED, SEED_OPEN_SORA_DEFAULT)
 
 
 class OpenSoraNoise:
@@ -66,7 +69,16 @@ class OpenSoraNoise:
                     "default": "fp32",
                     "tooltip": "Precision the noise is drawn in. The official script draws in the model dtype "
                                "(bf16); on the CPU bf16 noise equals fp32 noise rounded, so this matters for gpu."}),
-            }
+            },
+            "optional": {
+                "seed_mode": (list(SEED_MODES), {
+                    "default": SEED_FIXED,
+                    "tooltip": "fixed: seed is the noise seed (the reference's sampling_option.seed, e.g. 1234). "
+                               "open_sora_default: seed is the script's global seed (42 in every config) and the "
+                               "noise seed is what the official script draws from it when no sampling seed is "
+                               "set (random.seed(seed); random.randint(0, 2**32-1): 42 -> 2746317213), i.e. its "
+                               "first video of a t2v or i2v run."}),
+            },
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -81,7 +93,8 @@ class OpenSoraNoise:
     )
 
     def execute(self, autoencoder: str, resolution: str, aspect_ratio: str, width: int, height: int,
-                num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str) -> tuple[dict]:
+                num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str,
+                seed_mode: str = SEED_FIXED) -> tuple[dict]:
         kind = geometry.autoencoder_kind(autoencoder)
         if resolution != CUSTOM:
             height, width = geometry.image_size(resolution, aspect_ratio, kind)
@@ -94,6 +107,12 @@ class OpenSoraNoise:
         video.validate()
         if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")
+        if seed_mode not in SEED_MODES:
+            raise ValueError(f"seed_mode must be one of {SEED_MODES}, not {seed_mode!r}.")
+        if seed_mode == SEED_OPEN_SORA_DEFAULT:
+            (drawn,) = open_sora_sampling_seeds(seed)
+            log.info("Open-Sora Noise: global seed %d -> noise seed %d (as the official script)", seed, drawn)
+            seed = drawn
         device = torch.device("cpu") if noise_device == "cpu" else host.torch_device()
         noise = get_noise(video, batch_size, seed, device, NOISE_DTYPES[noise_dtype])
         samples = noise.to(device=host.intermediate_device(), dtype=torch.float32)

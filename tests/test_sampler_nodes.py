@@ -28,9 +28,9 @@ SAMPLER_DEFAULTS = dict(method="i2v", steps=12, guidance=7.5, guidance_img=3.0, 
 
 
 def _noise(width=96, height=64, num_frames=9, seed=42, batch_size=1, autoencoder="hunyuan_vae",
-           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32") -> dict:
+           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32", **optional) -> dict:
     (latent,) = OpenSoraNoise().execute(autoencoder, resolution, aspect_ratio, width, height, num_frames,
-                                        batch_size, seed, noise_device, noise_dtype)
+                                        batch_size, seed, noise_device, noise_dtype, **optional)
     return latent
 
 
@@ -98,6 +98,7 @@ def test_nodes_are_registered_with_frozen_inputs():
     assert list(OpenSoraNoise.INPUT_TYPES()["required"]) == [
         "autoencoder", "resolution", "aspect_ratio", "width", "height", "num_frames", "batch_size", "seed",
         "noise_device", "noise_dtype"]
+    assert list(OpenSoraNoise.INPUT_TYPES()["optional"]) == ["seed_mode"]
     assert list(OpenSoraSampler.INPUT_TYPES()["required"]) == [
         "model", "conditioning", "noise", "method", "steps", "guidance", "guidance_img", "text_osci",
         "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode"]
@@ -163,6 +164,21 @@ def test_noise_accepts_any_frame_count_as_the_reference(num_frames, autoencoder,
     assert samples.shape[2] == latent_frames and video.num_frames == written
     said = f"{num_frames} -> {written} frames (as Open-Sora)"
     assert (said in caplog.text) == (written != num_frames)
+
+
+def test_open_sora_default_seed_mode_draws_the_official_scripts_seed():
+    # The script: random.seed(cfg.seed) at start-up, then random.randint(0, 2**32 - 1) per generation.
+    import random
+
+    state = random.Random(42)
+    drawn = state.randint(0, 2**32 - 1)
+    assert drawn == 2746317213
+    official = _noise(seed=42, seed_mode="open_sora_default")
+    fixed = _noise(seed=drawn)
+    assert official["seed"] == drawn and torch.equal(official["samples"], fixed["samples"])
+    assert torch.equal(_noise(seed=1234, seed_mode="fixed")["samples"], _noise(seed=1234)["samples"])
+    with pytest.raises(ValueError, match="seed_mode"):
+        _noise(seed_mode="random")
 
 
 def test_noise_16_frames_of_720p_gives_13_frames_of_1280x720():

@@ -189,6 +189,37 @@ def _call_node(cls: type, kwargs: dict[str, Any]) -> tuple[tuple, dict | None]:
     return returned, None
 
 
+def _call_over_lists(cls: type, inputs: dict[str, list]) -> tuple[tuple[list, ...], dict | None]:
+    """Run a node on list-valued inputs the way ComfyUI does.
+
+    Every value travels as a list (one element unless a node declares ``OUTPUT_IS_LIST``). A node with
+    ``INPUT_IS_LIST`` gets the lists; any other runs once per element of its longest input (shorter
+    lists repeat their last element). Each output slot gathers one value per run, or joins the runs'
+    lists where ``OUTPUT_IS_LIST`` says so; the ``ui`` dicts of the runs are joined key by key.
+    """
+    if getattr(cls, "INPUT_IS_LIST", False):
+        runs = [inputs]
+    else:
+        count = max((len(v) for v in inputs.values()), default=1)
+        if any(len(v) == 0 for v in inputs.values()):
+            count = 0
+        runs = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
+    list_outputs = tuple(getattr(cls, "OUTPUT_IS_LIST", ()))
+    slots: list[list] = [[] for _ in getattr(cls, "RETURN_TYPES", ())]
+    ui: dict | None = None
+    for kwargs in runs:
+        outputs, run_ui = _call_node(cls, kwargs)
+        for index, value in enumerate(outputs):
+            if index >= len(slots):
+                slots.append([])
+            is_list = index < len(list_outputs) and list_outputs[index]
+            slots[index].extend(value) if is_list else slots[index].append(value)
+        if run_ui is not None:
+            ui = {key: list(value) for key, value in run_ui.items()} if ui is None else {
+                key: [*ui.get(key, []), *value] for key, value in run_ui.items()}
+    return tuple(slots), ui
+
+
 def run_workflow(
     prompt: Mapping[str, dict],
     node_classes: Mapping[str, type],
@@ -199,6 +230,8 @@ def run_workflow(
 
     ``extra_pnginfo`` is handed to nodes that declare the hidden ``EXTRA_PNGINFO`` input (ComfyUI passes
     ``{"workflow": <UI graph>}``); ``on_node(node_id, class_type)`` is called before each node runs.
+    ``result.outputs[node_id]`` holds one list per output slot, as ComfyUI keeps them (one element
+    unless the node returns a list, e.g. one IMAGE per video from the decoder).
     """
     validate_workflow(prompt, node_classes)
     result = WorkflowResult(order=execution_order(prompt, node_classes))
@@ -210,15 +243,15 @@ def run_workflow(
             if on_node is not None:
                 on_node(node_id, node["class_type"])
             host.check_interrupt()
-            kwargs: dict[str, Any] = {}
+            inputs: dict[str, list] = {}
             declared = _input_specs(cls)
             for name, value in node.get("inputs", {}).items():
                 if name not in declared:
                     continue  # ComfyUI ignores inputs a node does not declare
-                kwargs[name] = result.outputs[value[0]][value[1]] if _is_link(value) else value
+                inputs[name] = result.outputs[value[0]][value[1]] if _is_link(value) else [value]
             for name, kind in _hidden_inputs(cls).items():
-                kwargs[name] = node_id if kind == "UNIQUE_ID" else hidden_values.get(kind)
-            outputs, ui = _call_node(cls, kwargs)
+                inputs[name] = [node_id if kind == "UNIQUE_ID" else hidden_values.get(kind)]
+            outputs, ui = _call_over_lists(cls, inputs)
             result.outputs[node_id] = outputs
             if ui is not None:
                 result.ui[node_id] = ui

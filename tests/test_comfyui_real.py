@@ -182,3 +182,26 @@ def test_workflow_runs_in_comfyui(comfy, name):
     assert files, f"No output file reported: {entry['outputs']}"
     for path in files:
         check_video_output(graph, path)
+
+
+def test_batch_of_two_saves_two_videos_and_two_sidecars_in_comfyui(comfy):
+    """ComfyUI's list mapping: the decoder's two videos reach Save Video as two files with their prompts."""
+    graph = prepare_test_graph("t2v_256px")
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraNoise":
+            node["inputs"]["batch_size"] = 2
+        elif node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
+        elif node["class_type"] == "OpenSoraSaveVideo":
+            node["inputs"]["filename_prefix"] = "batch/two"
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    items = [item for output in entry["outputs"].values() for item in output.get("images", [])]
+    assert [item["filename"] for item in items] == ["two_00001_.mp4", "two_00002_.mp4"]
+    folder = comfy.base / "output" / "batch"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "two_00001_.mp4", "two_00001_.txt", "two_00002_.mp4", "two_00002_.txt"]
+    assert (folder / "two_00001_.txt").read_text() == "a red fox. 24 FPS. 4 motion score."
+    assert (folder / "two_00002_.txt").read_text() == "a grey cat. 24 FPS. 4 motion score."
+    for name in ("two_00001_.mp4", "two_00002_.mp4"):
+        check_video_output(graph, folder / name)

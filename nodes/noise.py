@@ -8,7 +8,8 @@ import torch
 
 from ..samplers import geometry
 from ..samplers.latent import make_latent
-from ..samplers.noise import get_noise, open_sora_sampling_seeds
+from ..samplers.noise import get_noise
+from ..samplers.seeds import open_sora_sampling_seeds
 from . import host
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from .geometry import VideoGeometry
@@ -28,16 +26,3 @@ def get_noise(
     generator = torch.Generator(device=device).manual_seed(int(seed))
     return torch.randn(geometry.latent_shape(batch_size), device=device, dtype=dtype, generator=generator)
 
-
-OPEN_SORA_GLOBAL_SEED = 42  # ``seed`` of every shipped inference config
-
-
-def open_sora_sampling_seeds(global_seed: int = OPEN_SORA_GLOBAL_SEED, count: int = 1) -> list[int]:
-    """The noise seeds the official script uses when ``sampling_option.seed`` is unset (its default).
-
-    It seeds Python's ``random`` with the global seed at start-up and then draws
-    ``random.randint(0, 2**32 - 1)`` for every generation call, in order (one per batch and sample; a
-    t2i2v run draws first for the Flux image, then for the video). Global seed 42 gives 2746317213 first.
-    """
-    rng = random.Random(int(global_seed))
-    return [rng.randint(0, 2**32 - 1) for _ in range(count)]

@@ -18,6 +18,7 @@ from ..samplers.prompt import (
     DEFAULT_FPS,
     DEFAULT_MOTION_SCORE,
     MOTION_SCORES,
+    check_motion_score,
     encode_conditioning,
     final_prompts,
     from_native_conditioning,
@@ -137,10 +138,19 @@ class OpenSoraTextEncode:
         "(last hidden state) and CLIP-L gives its pooled output."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, motion_score: str | None = None) -> bool | str:
+        """At queue time: any whole-number score (the menu lists 0-15), 'off'; 'dynamic' needs a refiner."""
+        if motion_score is None:  # linked: checked when the node runs
+            return True
+        try:
+            check_motion_score(motion_score)
+        except ValueError as error:
+            return str(error)
+        return True
+
     def execute(self, text_encoder: OpenSoraTextEncoder, prompt: str, negative_prompt: str, fps: int,
                 motion_score: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
-        if motion_score not in MOTION_SCORES:
-            raise ValueError(f"motion_score must be one of {list(MOTION_SCORES)}, not {motion_score!r}.")
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
         host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
         host.check_interrupt()

@@ -10,6 +10,7 @@ Core ComfyUI nodes are not available here; callers pass stand-ins for the few a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -113,6 +114,22 @@ def _check_value(node_id: str, class_type: str, name: str, kind: Any, options: d
         raise WorkflowError(f"{where}: expected true or false, got {value!r}.")
 
 
+def _validated_by_node(cls: type) -> set[str]:
+    """Inputs a node's ``VALIDATE_INPUTS`` names: ComfyUI skips its own checks of those and asks the node."""
+    validate = getattr(cls, "VALIDATE_INPUTS", None)
+    return set(inspect.signature(validate).parameters) if validate is not None else set()
+
+
+def _node_validation(node_id: str, cls: type, inputs: Mapping[str, Any], names: set[str]) -> None:
+    """Call ``VALIDATE_INPUTS`` with the constant inputs it names (lists for list-input nodes)."""
+    constants = {k: v for k, v in inputs.items() if k in names and not _is_link(v)}
+    if getattr(cls, "INPUT_IS_LIST", False):
+        constants = {k: [v] for k, v in constants.items()}
+    verdict = cls.VALIDATE_INPUTS(**constants)
+    if verdict is not True:
+        raise WorkflowError(f"node {node_id} ({cls.__name__}): {verdict}")
+
+
 def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, type]) -> None:
     """Raise a :class:`WorkflowError` for anything ComfyUI's validation would refuse."""
     for node_id, node in prompt.items():
@@ -121,6 +138,9 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
             raise WorkflowError(f"node {node_id}: unknown node type '{class_type}' (is its pack installed?).")
         cls = node_classes[class_type]
         inputs = node.get("inputs", {})
+        by_node = _validated_by_node(cls)
+        if by_node:
+            _node_validation(node_id, cls, inputs, by_node)
         for name, (required, kind, options) in _input_specs(cls).items():
             if name not in inputs:
                 if required:
@@ -142,7 +162,7 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
                         f"node {node_id} ({class_type}) input '{name}' wants {kind} but node {source_id} "
                         f"output {index} gives {returns[index]}."
                     )
-            else:
+            elif name not in by_node:
                 _check_value(node_id, class_type, name, kind, options, value)
 
 

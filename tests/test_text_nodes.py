@@ -140,3 +140,12 @@ def test_native_bad_input():
         OpenSoraConditioningFromNative().execute(sd_cond, native(256))
     with pytest.raises(ValueError, match="negative input is not a CONDITIONING"):
         OpenSoraConditioningFromNative().execute(native(256), [])
+
+
+def test_motion_score_is_checked_at_queue_time():
+    """VALIDATE_INPUTS takes over the menu check: any whole number, 'off'; 'dynamic' says it needs a refiner."""
+    for score in ("0", "4", "15", "20", "off"):
+        assert OpenSoraTextEncode.VALIDATE_INPUTS(motion_score=score) is True
+    assert "no prompt refiner" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="dynamic")
+    assert "whole number" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="4.5")
+    assert OpenSoraTextEncode.VALIDATE_INPUTS() is True  # a linked input is checked when the node runs

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -59,7 +59,7 @@ class Generation:
     sample: int
     rows: tuple[PromptRow, ...]
     seed: int
-    names: tuple[str, ...] = field(default=())
+    names: tuple[str, ...]
 
 
 # ------------------------------------------------------------------------------------ prompt tables

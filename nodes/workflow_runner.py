@@ -232,8 +232,10 @@ def _call_over_lists(cls: type, inputs: dict[str, list]) -> tuple[tuple[list, ..
         for index, value in enumerate(outputs):
             if index >= len(slots):
                 slots.append([])
-            is_list = index < len(list_outputs) and list_outputs[index]
-            slots[index].extend(value) if is_list else slots[index].append(value)
+            if index < len(list_outputs) and list_outputs[index]:
+                slots[index].extend(value)
+            else:
+                slots[index].append(value)
         if run_ui is not None:
             ui = {key: list(value) for key, value in run_ui.items()} if ui is None else {
                 key: [*ui.get(key, []), *value] for key, value in run_ui.items()}

@@ -205,3 +205,13 @@ def test_batch_of_two_saves_two_videos_and_two_sidecars_in_comfyui(comfy):
     assert (folder / "two_00002_.txt").read_text() == "a grey cat. 24 FPS. 4 motion score."
     for name in ("two_00001_.mp4", "two_00002_.mp4"):
         check_video_output(graph, folder / name)
+
+
+def test_motion_score_is_checked_when_queued(comfy):
+    """Text Encode's VALIDATE_INPUTS: ComfyUI refuses 'dynamic' at queue time with the node's message."""
+    graph = prepare_test_graph("t2v_256px")
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"]["motion_score"] = "dynamic"
+    status, answer = _post(f"{comfy.url}/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400 and "no prompt refiner is configured" in json.dumps(answer), answer

@@ -78,8 +78,9 @@ def test_video_extension_and_text_only_high_compression(tiny_models, tmp_path):
     hc = tmp_path / "hc"
     tiny_dc_ae = ["--width", "64", "--height", "32", *TINY[4:]]
     assert cli.main(["generate", "--workflow", "high_compression", "--text-only", "--prompt", "a city at night",
-                     "--num-frames", "8", "--models-dir", str(tiny_models), "--output-dir", str(hc), *tiny_dc_ae]) == 0
-    assert read_video(next(hc.rglob("*.mp4")))[0].shape == (8, 32, 64, 3)
+                     "--num-frames", "13", "--models-dir", str(tiny_models), "--output-dir", str(hc), *tiny_dc_ae]) == 0
+    # 13 frames: the reference's 4 latent frames decode to 16 and the first 13 are kept (not a multiple of 4)
+    assert read_video(next(hc.rglob("*.mp4")))[0].shape == (13, 32, 64, 3)
 
 
 def test_clear_errors_for_what_cannot_run(tiny_models, tmp_path):

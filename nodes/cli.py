@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import shutil
 import sys
 import tempfile
@@ -19,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import NODE_CLASS_MAPPINGS, host
+from ..samplers import geometry
+from ..samplers.prompt import check_motion_score
+from ..samplers.seeds import OPEN_SORA_GLOBAL_SEED
+from . import NODE_CLASS_MAPPINGS, host, inference_plan
 from .workflow_runner import STANDALONE_CORE_NODES, WorkflowError, load_api_workflow, run_workflow
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -37,9 +39,26 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "aspect_ratio": (("OpenSoraNoise", "aspect_ratio"),),
     "width": (("OpenSoraNoise", "width"),),
     "height": (("OpenSoraNoise", "height"),),
+    "batch_size": (("OpenSoraNoise", "batch_size"),),
+    "noise_device": (("OpenSoraNoise", "noise_device"),),
+    "noise_dtype": (("OpenSoraNoise", "noise_dtype"),),
     "steps": (("OpenSoraSampler", "steps"),),
+    "guidance": (("OpenSoraSampler", "guidance"),),
+    "guidance_img": (("OpenSoraSampler", "guidance_img"),),
+    "text_osci": (("OpenSoraSampler", "text_osci"),),
+    "image_osci": (("OpenSoraSampler", "image_osci"),),
+    "scale_temporal_osci": (("OpenSoraSampler", "scale_temporal_osci"),),
+    "shift": (("OpenSoraSampler", "shift"),),
+    "flow_shift": (("OpenSoraSampler", "flow_shift"),),
+    "branch_mode": (("OpenSoraSampler", "branch_mode"),),
+    "fps": (("OpenSoraTextEncode", "fps"), ("OpenSoraSaveVideo", "fps")),
+    "motion_score": (("OpenSoraTextEncode", "motion_score"),),
+    "one_prompt_per_line": (("OpenSoraTextEncode", "one_prompt_per_line"),),
+    "cond_type": (("OpenSoraImageCondition", "cond_type"),),
     "weight_dtype": (("OpenSoraModelLoader", "weight_dtype"), ("OpenSoraTextEncoderLoader", "weight_dtype"),
                      ("OpenSoraVAELoader", "dtype")),
+    "attention": (("OpenSoraModelLoader", "attention"),),
+    "offload_blocks": (("OpenSoraModelLoader", "offload_blocks"),),
     "name": (("OpenSoraSaveVideo", "filename_prefix"),),
     "model": (("OpenSoraModelLoader", "model_name"),),
     "vae": (("OpenSoraVAELoader", "vae_name"),),
@@ -54,6 +73,9 @@ FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTex
 REFERENCE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"), ("LoadVideo", "file"))
 
 SMOKE_SETTINGS = {"num_frames": 9, "steps": 2, "weight_dtype": "fp32"}
+# fp8 weights exist for the diffusion model only; the text encoders and autoencoder then run in bf16.
+FP8_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")
+WEIGHT_DTYPE_CHOICES = ("bf16", "fp16", "fp32", *FP8_DTYPES)
 
 
 def available_workflows() -> list[str]:
@@ -89,6 +111,17 @@ def is_first_frame_node(node: dict) -> bool:
             and "flux" in str(inputs.get("model_name", inputs.get("vae_name", ""))).lower())
 
 
+def _value_for(option: str, class_type: str, value: Any) -> Any:
+    """The value an input takes: fp8 only for the diffusion model, fps as a float for the saver."""
+    if option == "weight_dtype" and value in FP8_DTYPES and class_type != "OpenSoraModelLoader":
+        return "bf16"
+    if option == "fps" and class_type == "OpenSoraSaveVideo":
+        return float(value)
+    if option == "motion_score":
+        return str(value)
+    return value
+
+
 def set_option(prompt: dict[str, dict], option: str, value: Any) -> int:
     """Set ``value`` on every node input that ``option`` targets; returns how many were set."""
     count = 0
@@ -97,9 +130,40 @@ def set_option(prompt: dict[str, dict], option: str, value: Any) -> int:
             continue
         for class_type, input_name in OPTION_TARGETS[option]:
             if node["class_type"] == class_type and input_name in node["inputs"]:
-                node["inputs"][input_name] = value
+                node["inputs"][input_name] = _value_for(option, class_type, value)
                 count += 1
     return count
+
+
+def without_image_condition(prompt: dict[str, dict]) -> dict[str, dict]:
+    """The workflow as text to video (``cond_type t2v``): no image condition and nothing that only fed it."""
+    dropped = {i for i, n in prompt.items() if n["class_type"] == "OpenSoraImageCondition"}
+    classes = node_classes()
+    while True:  # then every node whose outputs no longer go anywhere (loaders of the reference)
+        used = {v[0] for i, n in prompt.items() if i not in dropped for v in n["inputs"].values() if _is_link(v)}
+        orphans = {i for i, n in prompt.items() if i not in dropped and i not in used
+                   and not getattr(classes.get(n["class_type"]), "OUTPUT_NODE", False)}
+        if not orphans:
+            break
+        dropped |= orphans
+    return {
+        node_id: {**node, "inputs": {k: v for k, v in node["inputs"].items() if not (_is_link(v) and v[0] in dropped)}}
+        for node_id, node in prompt.items() if node_id not in dropped
+    }
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def set_cond_type(prompt: dict[str, dict], cond_type: str) -> dict[str, dict]:
+    """The reference's ``cond_type`` on a workflow: t2v drops the image condition; the others need one."""
+    if cond_type == "t2v":
+        return without_image_condition(prompt)
+    if not set_option(prompt, "cond_type", cond_type):
+        raise SystemExit(f"--cond-type {cond_type} needs a workflow with an image condition (i2v_head, i2v_loop, "
+                         "v2v_head); this one is text to video.")
+    return prompt
 
 
 def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
@@ -166,41 +230,32 @@ def apply_settings(prompt: dict[str, dict], settings: dict[str, Any]) -> dict[st
     for option, value in settings.items():
         if value is None or value == "":
             continue
-        if option == "ref":
+        if option == "cond_type":
+            prompt = set_cond_type(prompt, value)
+        elif option == "ref":
             set_references(prompt, [r.strip() for r in str(value).split(";") if r.strip()])
         elif not set_option(prompt, option, value):
             raise SystemExit(f"--{option.replace('_', '-')} does not apply to this workflow (no node takes it).")
     return prompt
 
 
-def read_prompt_rows(csv_path: str | None, prompt: str | None, negative: str | None, ref: str | None
-                     ) -> list[dict[str, str]]:
-    """One dict per sample: ``text`` and optional ``ref``, ``neg``, ``name`` (the reference's CSV columns)."""
-    if csv_path is None:
-        return [{"text": prompt or "", "neg": negative or "", "ref": ref or ""}]
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "text" not in rows[0]:
-        raise SystemExit(f"{csv_path} needs a header row with a 'text' column (optional: ref, neg, name).")
-    for row in rows:
-        row.setdefault("neg", negative or "")
-        if ref and not row.get("ref"):
-            row["ref"] = ref
-    return rows
-
-
-def run_rows(prompt: dict[str, dict], rows: Iterable[dict[str, str]], settings: dict[str, Any],
-             log=print) -> list[Path]:
-    """Run the workflow once per row; returns the files written."""
-    written: list[Path] = []
-    classes = node_classes()
-    remove_listener = host.add_progress_listener(_print_progress)
+def load_rows(args: argparse.Namespace) -> tuple[list[inference_plan.PromptRow], str]:
+    """The rows to generate (after ``--start-index/--end-index/--num-samples``) and the name stem."""
+    if args.csv is None:
+        table, stem = [{"text": args.prompt or ""}], inference_plan.PROMPT_TABLE_NAME
+    else:
+        try:
+            table, stem = inference_plan.read_prompt_table(args.csv)
+        except (OSError, ValueError) as error:
+            raise SystemExit(str(error)) from None
+    rows = inference_plan.prompt_rows(table, args.negative or "", args.ref or "")
     try:
-        for index, row in enumerate(rows):
-            written.extend(_run_row(prompt, classes, index, row, settings, log))
-    finally:
-        remove_listener()
-    return written
+        rows = inference_plan.select_rows(rows, args.start_index, args.end_index, args.num_samples)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if not rows:
+        raise SystemExit("--start-index/--end-index select no row of the prompt table.")
+    return rows, stem
 
 
 def _print_progress(value: int, total: int) -> None:
@@ -208,39 +263,108 @@ def _print_progress(value: int, total: int) -> None:
     print(f"\r    {value}/{total}", end="\n" if value >= total else "", file=sys.stderr, flush=True)
 
 
-def _run_row(prompt: dict[str, dict], classes: dict[str, type], index: int, row: dict[str, str],
-             settings: dict[str, Any], log) -> list[Path]:
-    """One sample: the row's prompt, negative, references and name on top of the command-line settings."""
+def _workflow_value(prompt: dict[str, dict], class_type: str, name: str) -> Any:
+    return next((n["inputs"].get(name) for n in prompt.values() if n["class_type"] == class_type), None)
+
+
+def describe_frames(prompt: dict[str, dict], settings: dict[str, Any]) -> str | None:
+    """``"num_frames: 16 -> 13 frames (as Open-Sora)"`` when the autoencoder writes fewer frames than asked."""
+    num_frames = settings.get("num_frames") or _workflow_value(prompt, "OpenSoraNoise", "num_frames")
+    autoencoder = _workflow_value(prompt, "OpenSoraNoise", "autoencoder")
+    if not num_frames or autoencoder is None:
+        return None
+    if num_frames < 1:
+        raise SystemExit(f"--num-frames {num_frames}: give 1 or more (1 = an image).")
+    change = geometry.describe_frame_change(num_frames, geometry.autoencoder_kind(autoencoder))
+    return f"num_frames: {change}" if change else None
+
+
+def _batch_value(rows: Sequence[inference_plan.PromptRow], column: str) -> str:
+    values = {getattr(row, column) for row in rows}
+    if len(values) > 1:
+        raise SystemExit(f"One batch holds rows with different '{column}' values ({sorted(values)}); the rows of a "
+                         "batch share them here: use --batch-size 1 or group the rows.")
+    return values.pop()
+
+
+def run_generations(prompt: dict[str, dict], generations: Iterable[inference_plan.Generation],
+                    settings: dict[str, Any], output_dir: Path, sub_dir: str, log=print) -> list[Path]:
+    """Run the workflow once per generation and give each video (and its sidecar) the reference's name."""
+    written: list[Path] = []
     settings = dict(settings)
     refiner = settings.pop("refiner", None)
-    text = refiner(row.get("text") or "", row.get("ref") or None) if refiner else (row.get("text"), None)
-    if refiner:
-        log(f"sample {index}: refined prompt: {text[0]}")
-    row_settings = dict(settings, prompt=text[0], negative=row.get("neg") or None, ref=row.get("ref") or None)
-    if text[1]:
-        row_settings["motion_score"] = text[1]
-    if row.get("name"):
-        row_settings["name"] = row["name"]
-    started = time.perf_counter()
-    graph = apply_settings(prompt, row_settings)
-    files = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}")).files()
-    log(f"sample {index}: {', '.join(map(str, files)) or '(no file)'} ({time.perf_counter() - started:.1f} s)")
-    return files
+    classes = node_classes()
+    target = output_dir / sub_dir
+    staging = Path(tempfile.mkdtemp(prefix=".opensora-", dir=output_dir))
+    remove_listener = host.add_progress_listener(_print_progress)
+    try:
+        for generation in generations:
+            started = time.perf_counter()
+            rows = generation.rows
+            texts = [row.prompt for row in rows]
+            if refiner is not None:
+                refined = [refiner(row.prompt, row.ref or None) for row in rows]
+                texts = [text for text, _ in refined]
+                scores = {score for _, score in refined if score}
+                if len(scores) > 1:
+                    raise SystemExit("The refiner gave the rows of one batch different motion scores: "
+                                     "use --batch-size 1 with --motion-score dynamic.")
+                if scores:
+                    settings = dict(settings, motion_score=scores.pop())
+                for text in texts:
+                    log(f"sample {generation.sample}: refined prompt: {text}")
+            run_settings = dict(
+                settings, prompt="\n".join(texts), one_prompt_per_line=len(rows) > 1 or None,
+                batch_size=len(rows), negative=_batch_value(rows, "neg") or None,
+                ref=_batch_value(rows, "ref") or None, seed=generation.seed,
+                name=f"{staging.name}/sample",
+            )
+            graph = apply_settings(prompt, run_settings)
+            files = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}")).files()
+            # the videos (a t2i2v first frame is saved beside them, in its own folder, and stays there)
+            files = [file for file in files if file.parent.name == staging.name]
+            if len(files) != len(rows):
+                raise SystemExit(f"The workflow wrote {len(files)} file(s) for {len(rows)} prompt(s).")
+            target.mkdir(parents=True, exist_ok=True)
+            for file, name in zip(files, generation.names):
+                for source in (file, file.with_suffix(".txt")):
+                    if source.exists():
+                        destination = target / f"{name}{source.suffix}"
+                        source.replace(destination)
+                        written.append(destination)
+            log(f"sample {generation.sample}, seed {generation.seed}: "
+                f"{', '.join(generation.names)} ({time.perf_counter() - started:.1f} s)")
+    finally:
+        remove_listener()
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
 
 
 # ----------------------------------------------------------------------------------------- commands
 
+# Command-line options that set node inputs directly (argparse dest = OPTION_TARGETS key).
+_NODE_OPTIONS = ("num_frames", "resolution", "aspect_ratio", "steps", "guidance", "guidance_img", "text_osci",
+                 "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode", "fps", "motion_score",
+                 "cond_type", "weight_dtype", "attention", "offload_blocks", "noise_device", "noise_dtype",
+                 "model", "vae", "t5", "clip")
+
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = {
-        "seed": args.seed, "num_frames": args.num_frames, "resolution": args.resolution,
-        "aspect_ratio": args.aspect_ratio, "steps": args.steps, "weight_dtype": args.weight_dtype,
-        "model": args.model, "vae": args.vae, "t5": args.t5, "clip": args.clip,
-    }
+    settings = {option: getattr(args, option) for option in _NODE_OPTIONS}
+    if args.resolution is not None:
+        try:
+            geometry.num_pixels(args.resolution)
+        except ValueError as error:
+            raise SystemExit(f"--resolution: {error}") from None
+    if args.motion_score is not None and args.motion_score != "dynamic":
+        try:
+            check_motion_score(args.motion_score)
+        except ValueError as error:
+            raise SystemExit(f"--motion-score: {error}") from None
     if args.refine_prompt or args.motion_score == "dynamic":
         settings["refiner"] = command_line_refiner(args)
-    elif args.motion_score:
-        settings["motion_score"] = args.motion_score
+        if args.motion_score == "dynamic":
+            settings["motion_score"] = None
     if args.width or args.height:
         if not (args.width and args.height):
             raise SystemExit("Give both --width and --height (or neither).")
@@ -287,6 +411,26 @@ def prepare_workflow(name: str, text_only: bool = False) -> dict[str, dict]:
     return prompt
 
 
+def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: dict[str, Any],
+                  rows: list[inference_plan.PromptRow], stem: str, output_dir: Path) -> list[Path]:
+    """Plan the generations as the reference's script, say what will happen, run them."""
+    generations = inference_plan.plan(rows, stem, args.batch_size, args.num_sample, args.seed, args.global_seed,
+                                      args.save_prefix, args.prompt_as_path)
+    frames = describe_frames(prompt, settings)
+    if frames:
+        print(frames)
+    if args.seed is None:
+        print(f"seed: none given, so as the official script: drawn from global seed {args.global_seed} "
+              f"({generations[0].seed} first)")
+    num_frames = settings.get("num_frames") or _workflow_value(prompt, "OpenSoraNoise", "num_frames")
+    resolution = settings.get("resolution") or _workflow_value(prompt, "OpenSoraNoise", "resolution")
+    sub_dir = inference_plan.sub_dir(num_frames, resolution)
+    try:
+        return run_generations(prompt, generations, settings, output_dir, sub_dir)
+    except WorkflowError as error:
+        raise SystemExit(f"The workflow cannot run: {error}") from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.smoke:
@@ -299,11 +443,8 @@ def _generate(args: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
     prompt = prepare_workflow(args.workflow, args.text_only)
-    rows = read_prompt_rows(args.csv, args.prompt, args.negative, args.ref)
-    try:
-        written = run_rows(prompt, rows, settings)
-    except WorkflowError as error:
-        raise SystemExit(f"The workflow cannot run: {error}") from None
+    rows, stem = load_rows(args)
+    written = _plan_and_run(args, prompt, settings, rows, stem, output_dir)
     print(f"done: {len(written)} file(s) in {output_dir}")
     return 0
 
@@ -324,11 +465,14 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")
         prompt = prepare_workflow(args.workflow if family == "t2i2v" else "t2v_256px")
         smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
-        rows = [{"text": args.prompt or "a red panda rides a bicycle through a snowy forest", "name": "smoke"}]
-        written = run_rows(prompt, rows, smoke_settings)
+        text = args.prompt or "a red panda rides a bicycle through a snowy forest"
+        rows = [inference_plan.PromptRow(index=0, text=text, name="smoke")]
+        written = _plan_and_run(args, prompt, smoke_settings, rows, "smoke", output_dir)
         if not written or not all(p.is_file() and p.stat().st_size > 0 for p in written):
             print("smoke test FAILED: no video was written", file=sys.stderr)
             return 1
+        for path in written:
+            print(f"wrote {path}")
         print(
             f"smoke test OK in {time.perf_counter() - started:.1f} s: the whole text-to-video graph ran on tiny "
             "RANDOM weights, so the video is noise. It checks the install, not the model."
@@ -443,18 +587,65 @@ def build_parser() -> argparse.ArgumentParser:
                           help="example workflow name (see 'workflows') or an API-format .json file")
     generate.add_argument("--prompt", help="the text prompt")
     generate.add_argument("--negative", help="negative prompt (default: empty, as the reference)")
-    generate.add_argument("--csv", help="CSV with a 'text' column and optional 'ref', 'neg', 'name' columns")
+    generate.add_argument("--csv", help="prompt table (.csv or .parquet) with a 'text' column and optional 'ref', "
+                                        "'neg', 'name', 'fps' columns, as the reference's")
     generate.add_argument("--ref", help="reference image/video for i2v/v2v workflows; two paths 'a.png;b.png' for i2v_loop")
     generate.add_argument("--models-dir", help="folder with diffusion_models/, vae/, text_encoders/")
-    generate.add_argument("--output-dir", default=None, help="where videos go (default ./output)")
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--num-frames", type=int, help="4k+1 frames (Hunyuan VAE) or 4k (DC-AE)")
-    generate.add_argument("--resolution", choices=("256px", "768px"))
-    generate.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1, 2.39:1")
+    generate.add_argument("--output-dir", "--save-dir", "--save_dir", default=None,
+                          help="where videos go (default ./output), in video_<resolution>/ as the reference")
+    generate.add_argument("--seed", "--sampling-option.seed", "--sampling_option.seed", type=int,
+                          help="sampling (noise) seed, the reference's sampling_option.seed; sample k of "
+                               "--num-sample uses seed+k (0 stays 0). Not given: as the official script, each "
+                               "generation draws random.randint(0, 2**32-1) after random.seed(--global-seed)")
+    generate.add_argument("--global-seed", type=int, default=OPEN_SORA_GLOBAL_SEED,
+                          help="the script's global seed (its config 'seed', 42), used only without --seed")
+    generate.add_argument("--num-frames", "--num_frames", type=int,
+                          help="any count >= 1, as the reference: the Hunyuan VAE writes the largest 4k+1 <= n "
+                               "(16 -> 13, printed), the DC-AE writes n")
+    generate.add_argument("--resolution",
+                          help="<N>px (N*N pixels: 256px, 768px) or <N>p (a 16:9 frame N pixels high: 720p), "
+                               "with --aspect-ratio; sizes from the reference's table (720p 16:9 = 1280x720)")
+    generate.add_argument("--aspect-ratio", "--aspect_ratio", help="e.g. 16:9, 9:16, 1:1, 2.39:1, 4:3, 3:2, 2:1, 5:8")
     generate.add_argument("--width", type=int, help="custom width in pixels (with --height; multiple of 16, or 32 for DC-AE)")
     generate.add_argument("--height", type=int, help="custom height in pixels (with --width)")
-    generate.add_argument("--steps", type=int, help="sampling steps (reference: 50)")
-    generate.add_argument("--weight-dtype", choices=("bf16", "fp16", "fp32"))
+    generate.add_argument("--steps", "--num-steps", "--num_steps", type=int, help="sampling steps (reference: 50)")
+    generate.add_argument("--guidance", type=float, help="text guidance scale (reference configs: 7.5)")
+    generate.add_argument("--guidance-img", "--guidance_img", type=float, help="image guidance scale (3.0)")
+    for flag, what in (("text-osci", "text-guidance oscillation"), ("image-osci", "image-guidance oscillation"),
+                       ("scale-temporal-osci", "image guidance ramped over latent frames (i2v)"),
+                       ("shift", "resolution/length-dependent timestep shift")):
+        generate.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, help=f"{what} (reference: on)")
+    generate.add_argument("--flow-shift", "--flow_shift", type=float, help="timestep shift alpha used directly (> 0)")
+    generate.add_argument("--fps", "--fps-save", "--fps_save", type=int,
+                          help="frame rate written into the prompt ('24 FPS.') and of the saved file (24)")
+    generate.add_argument("--motion-score", "--motion_score",
+                          help="integer written as '<n> motion score.' (reference: 4), 'off', or 'dynamic' (asks "
+                               "the --refine-* endpoint)")
+    generate.add_argument("--cond-type", "--cond_type",
+                          choices=("t2v", "i2v_head", "i2v_tail", "i2v_loop", "v2v_head", "v2v_tail",
+                                   "v2v_head_easy", "v2v_tail_easy"),
+                          help="t2v drops the workflow's image condition; the others need a workflow with one")
+    generate.add_argument("--batch-size", "--batch_size", type=int, default=1,
+                          help="prompts generated together (one seed per batch, as the reference)")
+    generate.add_argument("--num-sample", "--num_sample", type=int, default=1,
+                          help="samples per prompt: sample k uses seed+k and is saved with a '_k' suffix")
+    generate.add_argument("--start-index", "--start_index", type=int, default=0, help="first table row to generate")
+    generate.add_argument("--end-index", "--end_index", type=int, help="row after the last one to generate")
+    generate.add_argument("--num-samples", "--num_samples", type=int,
+                          help="rows to generate from --start-index (when no --end-index)")
+    generate.add_argument("--save-prefix", "--save_prefix", default="", help="put before every file name")
+    generate.add_argument("--prompt-as-path", "--prompt_as_path", action="store_true",
+                          help="name files '<prompt>-<k>' instead of 'prompt_0000'")
+    generate.add_argument("--weight-dtype", choices=WEIGHT_DTYPE_CHOICES,
+                          help="precision of the weights; fp8 applies to the diffusion model (text encoders and "
+                               "VAE then run in bf16)")
+    generate.add_argument("--offload-blocks", type=int, help="transformer blocks kept in RAM and streamed to the GPU")
+    generate.add_argument("--attention", help="attention kernel: auto, sdpa, flash_attn, sageattention ...")
+    generate.add_argument("--branch-mode", choices=("fast", "low memory", "reference"),
+                          help="how the guidance branches run (fast; reference = all three batched)")
+    generate.add_argument("--noise-device", choices=("cpu", "gpu"), help="where the noise is drawn (cpu: portable)")
+    generate.add_argument("--noise-dtype", choices=("fp32", "bf16"),
+                          help="precision the noise is drawn in (the official script: bf16 on the gpu)")
     generate.add_argument("--model", help="diffusion model file in diffusion_models/ (default: the workflow's)")
     generate.add_argument("--vae", help="autoencoder file in vae/ (default: the workflow's)")
     generate.add_argument("--t5", help="T5 file or Hugging Face folder in text_encoders/ (default: t5xxl_fp16.safetensors)")
@@ -463,8 +654,6 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--text-only", action="store_true",
                           help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "
                                "only inside ComfyUI) and generate from the text alone")
-    generate.add_argument("--motion-score", choices=("off", *(str(i) for i in range(1, 8)), "dynamic"),
-                          help="motion score in the prompt (reference: 4); dynamic = ask the --refine-* endpoint")
     generate.add_argument("--refine-prompt", action="store_true",
                           help="rewrite each prompt with an OpenAI-compatible chat endpoint before encoding (i2v: the "
                                "image is sent when the endpoint accepts images)")

@@ -12,7 +12,7 @@ from ..samplers.conditioning import TextConditioning
 from ..samplers.first_frame import reference_uint8
 from ..samplers.prompt import encode_conditioning, split_prompts
 from . import host
-from .save_video import _metadata, _sidecar_text
+from .save_video import _as_list, _metadata, _prompts, sidecar_texts
 
 
 class OpenSoraTextEncodeImage:
@@ -52,6 +52,11 @@ class OpenSoraTextEncodeImage:
         return (conditioning,)
 
 
+def _first(value: Any) -> Any:
+    """A list-input node's widget or single input: ComfyUI wraps it in a list of one."""
+    return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
+
+
 class OpenSoraSaveFirstFrame:
     """Save the generated condition image as the reference does and pass on its 8-bit version."""
 
@@ -79,6 +84,9 @@ class OpenSoraSaveFirstFrame:
                        "conditions the video on the PNG it saved.",)
     FUNCTION = "execute"
     OUTPUT_NODE = True
+    # The decoder hands one IMAGE per prompt as a list: seen at once, frame i gets prompt i and the output
+    # is one batch for the Image Condition.
+    INPUT_IS_LIST = True
     CATEGORY = "Open-Sora"
     DESCRIPTION = (
         "Saves the text-to-image-to-video first frame as a PNG with its prompt in a .txt, like the reference's "
@@ -88,11 +96,11 @@ class OpenSoraSaveFirstFrame:
 
     def execute(self, images: torch.Tensor, filename_prefix: str, conditioning: Any = None,
                 prompt_text: str | None = None, prompt: Any = None, extra_pnginfo: Any = None) -> dict:
+        images = torch.cat(_as_list(images)) if isinstance(images, list) else images
+        filename_prefix, conditioning, prompt_text, prompt, extra_pnginfo = (
+            _first(v) for v in (filename_prefix, conditioning, prompt_text, prompt, extra_pnginfo))
         media.check_frames(images)
-        sidecar = _sidecar_text(conditioning, prompt_text)
-        lines = sidecar.split("\n") if sidecar is not None else []
-        if lines and len(lines) != images.shape[0]:
-            lines = [sidecar] * images.shape[0]
+        lines = sidecar_texts(_prompts(conditioning, prompt_text), images.shape[0])
         pixels = reference_uint8(images)
         rounded = pixels.float().div(255)
         folder, filename, counter, subfolder = host.save_path(filename_prefix, images.shape[2], images.shape[1])
@@ -101,7 +109,7 @@ class OpenSoraSaveFirstFrame:
         for index in range(images.shape[0]):
             stem = f"{filename}_{counter + index:05}_"
             media.write_png(folder / f"{stem}.png", rounded[index], tags)
-            if lines:
+            if lines[index] is not None:
                 media.write_text(folder / f"{stem}.txt", lines[index])
             saved.append({"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"})
         return {"ui": {"images": saved}, "result": (rounded.to(host.intermediate_device()),)}

@@ -23,7 +23,8 @@ class OpenSoraImageCondition:
                 "vae": ("OPENSORA_VAE", {"tooltip": "The autoencoder the noise was made for."}),
                 "image": ("IMAGE", {
                     "tooltip": "Reference frames from any node (LoadImage, a Flux first frame, a video loader). "
-                               "One frame is read like the reference reads an image file, several like a video."}),
+                               "One frame is resized like the reference reads an image file (bicubic); several "
+                               "frames like a video file (bilinear), also when i2v takes one frame of them."}),
                 "noise": ("LATENT", {
                     "tooltip": "The noise from 'Open-Sora Noise' that the sampler will use: the condition is "
                                "built for its size, frame count and batch."}),

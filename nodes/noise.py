@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
+from ..samplers.seeds import open_sora_sampling_seeds
 from . import host
+
+log = logging.getLogger(__name__)
 
 CUSTOM = "custom"
 NOISE_DEVICES = ("cpu", "gpu")
 NOISE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+SEED_FIXED = "fixed"
+SEED_OPEN_SORA_DEFAULT = "open_sora_default"
+SEED_MODES = (SEED_FIXED, SEED_OPEN_SORA_DEFAULT)
 
 
 class OpenSoraNoise:
@@ -29,8 +37,9 @@ class OpenSoraNoise:
                                "4x32x32, used by the high-compression model)."}),
                 "resolution": (list(geometry.RESOLUTIONS) + [CUSTOM], {
                     "default": "256px",
-                    "tooltip": "Size preset of the reference (256px or 768px, with aspect_ratio), or 'custom' "
-                               "to use width and height."}),
+                    "tooltip": "Size name as the reference reads it, with aspect_ratio: <N>px is N*N pixels "
+                               "(256px, 768px: the trained sizes), <N>p a 16:9 frame N pixels high (720p 16:9 "
+                               "= 1280x720). 'custom' uses width and height."}),
                 "aspect_ratio": (geometry.all_aspect_ratios(), {
                     "default": "16:9",
                     "tooltip": "Width:height of the preset, from the reference's size table (e.g. 256px 16:9 "
@@ -43,8 +52,9 @@ class OpenSoraNoise:
                     "tooltip": "Pixel height for resolution 'custom': a multiple of 16 (hunyuan_vae) or 32 (dc_ae)."}),
                 "num_frames": ("INT", {
                     "default": 129, "min": 1, "max": 1025, "step": 1,
-                    "tooltip": "Video frames: 4k+1 for hunyuan_vae (129 = reference default, 1 = an image), a "
-                               "multiple of 4 for dc_ae (the reference uses 128)."}),
+                    "tooltip": "Video frames (129 = reference default, 1 = an image). Any count is accepted as "
+                               "the reference does: hunyuan_vae makes (n-1)//4+1 latent frames and writes "
+                               "4k+1 frames (16 -> 13, shown on the node); dc_ae writes n (it uses 128)."}),
                 "batch_size": ("INT", {
                     "default": 1, "min": 1, "max": 64,
                     "tooltip": "Videos sampled together (the reference's number of prompts in a batch)."}),
@@ -60,7 +70,16 @@ class OpenSoraNoise:
                     "default": "fp32",
                     "tooltip": "Precision the noise is drawn in. The official script draws in the model dtype "
                                "(bf16); on the CPU bf16 noise equals fp32 noise rounded, so this matters for gpu."}),
-            }
+            },
+            "optional": {
+                "seed_mode": (list(SEED_MODES), {
+                    "default": SEED_FIXED,
+                    "tooltip": "fixed: seed is the noise seed (the reference's sampling_option.seed, e.g. 1234). "
+                               "open_sora_default: seed is the script's global seed (42 in every config) and the "
+                               "noise seed is what the official script draws from it when no sampling seed is "
+                               "set (random.seed(seed); random.randint(0, 2**32-1): 42 -> 2746317213), i.e. its "
+                               "first video of a t2v or i2v run."}),
+            },
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -75,14 +94,26 @@ class OpenSoraNoise:
     )
 
     def execute(self, autoencoder: str, resolution: str, aspect_ratio: str, width: int, height: int,
-                num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str) -> tuple[dict]:
+                num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str,
+                seed_mode: str = SEED_FIXED) -> tuple[dict]:
         kind = geometry.autoencoder_kind(autoencoder)
         if resolution != CUSTOM:
             height, width = geometry.image_size(resolution, aspect_ratio, kind)
-        video = geometry.VideoGeometry(height, width, num_frames, kind.name)
+        if num_frames < 1:
+            raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
+        change = geometry.describe_frame_change(num_frames, kind)
+        if change is not None:
+            log.info("Open-Sora Noise: %s", change)
+        video = geometry.VideoGeometry(height, width, geometry.output_num_frames(num_frames, kind), kind.name)
         video.validate()
         if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")
+        if seed_mode not in SEED_MODES:
+            raise ValueError(f"seed_mode must be one of {SEED_MODES}, not {seed_mode!r}.")
+        if seed_mode == SEED_OPEN_SORA_DEFAULT:
+            (drawn,) = open_sora_sampling_seeds(seed)
+            log.info("Open-Sora Noise: global seed %d -> noise seed %d (as the official script)", seed, drawn)
+            seed = drawn
         device = torch.device("cpu") if noise_device == "cpu" else host.torch_device()
         noise = get_noise(video, batch_size, seed, device, NOISE_DTYPES[noise_dtype])
         samples = noise.to(device=host.intermediate_device(), dtype=torch.float32)

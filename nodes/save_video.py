@@ -11,20 +11,45 @@ from ..loaders import media
 from . import host
 
 
-def _sidecar_text(conditioning: Any, prompt_text: str | None) -> str | None:
-    """The final prompt(s) for the ``.txt`` sidecar: one line per prompt, or None when there is none.
+def _prompts(conditioning: Any, prompt_text: str | None) -> list[str]:
+    """The final prompts for the ``.txt`` sidecars (one per video), or none.
 
     A connected ``prompt_text`` wins (the user wired it to say exactly what the file should hold);
     otherwise the conditioning's final prompts are written.
     """
     if prompt_text:
-        return prompt_text
+        return [prompt_text]
     if conditioning is not None:
         prompts = getattr(conditioning, "prompts", None)
         if prompts is None:
             raise ValueError("The conditioning input is not an OPENSORA_COND value (it has no prompts).")
-        return "\n".join(prompts)
-    return None
+        return list(prompts)
+    return []
+
+
+def sidecar_texts(prompts: list[str], num_videos: int) -> list[str | None]:
+    """The sidecar text of each video, as the reference writes one prompt beside each sample.
+
+    N prompts for N videos: one each. One prompt: beside every video. One video with several prompts
+    (frames saved as one clip): all of them, one per line. No prompt: no sidecar.
+    """
+    if not prompts:
+        return [None] * num_videos
+    if len(prompts) == num_videos:
+        return list(prompts)
+    if len(prompts) == 1:
+        return prompts * num_videos
+    if num_videos == 1:
+        return ["\n".join(prompts)]
+    raise ValueError(
+        f"{num_videos} videos arrived with {len(prompts)} prompts; connect the conditioning that made these "
+        "videos (one prompt per video) or a single prompt."
+    )
+
+
+def _as_list(value: Any) -> list:
+    """ComfyUI hands a list-input node every input as a list; direct calls may pass plain values."""
+    return value if isinstance(value, list) else [value]
 
 
 def _metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
@@ -48,7 +73,8 @@ class OpenSoraSaveVideo:
             "required": {
                 "images": ("IMAGE", {
                     "tooltip": "Frames to save, [frames, height, width, 3] in 0..1 (e.g. from the Open-Sora "
-                               "decoder). One frame is saved as a PNG."}),
+                               "decoder, whose batch arrives as a list: one file per video). One frame is "
+                               "saved as a PNG."}),
                 "fps": ("FLOAT", {
                     "default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
                     "tooltip": "Frames per second of the file (the reference saves at 24)."}),
@@ -88,48 +114,70 @@ class OpenSoraSaveVideo:
         """Check the save settings when the prompt is queued, so ComfyUI refuses a bad prefix or
         encoder setting (HTTP 400) before any model runs. ComfyUI skips its own list and range checks
         for the inputs named here; these checks cover them. A linked input arrives as None and is
-        checked when the node runs."""
+        checked when the node runs. As an INPUT_IS_LIST node it is handed each value as a list."""
         try:
-            if filename_prefix is not None:
-                host.check_filename_prefix(filename_prefix)
-            media.check_encoder_settings(format, crf, pix_fmt)
+            for prefix in _as_list(filename_prefix):
+                if prefix is not None:
+                    host.check_filename_prefix(prefix)
+            for settings in zip(_as_list(format), _as_list(crf), _as_list(pix_fmt)):
+                media.check_encoder_settings(*settings)
         except ValueError as error:
             return str(error)
         return True
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The same frames, unchanged, so the graph can go on.",)
+    OUTPUT_TOOLTIPS = ("The same videos (a list, one IMAGE per video), unchanged, so the graph can go on.",)
     FUNCTION = "execute"
     OUTPUT_NODE = True
+    # Sees every video of a batch at once (ComfyUI hands lists) so video i gets prompt i as its sidecar.
+    INPUT_IS_LIST = True
+    OUTPUT_IS_LIST = (True,)
     CATEGORY = "Open-Sora"
     DESCRIPTION = (
         "Saves frames to the output folder as an H.264 MP4 (CRF 23, yuv420p, BT.709) like Open-Sora's "
         "reference, or WebM/GIF; a single frame becomes a PNG. Writes the prompt to a .txt sidecar and embeds "
-        "the workflow unless ComfyUI runs with --disable-metadata. Shows the result on the node."
+        "the workflow unless ComfyUI runs with --disable-metadata. Shows the result on the node. A batch "
+        "(the decoder's list of videos) becomes one file per video, each with its own prompt sidecar."
     )
 
     def execute(
         self,
-        images: torch.Tensor,
-        fps: float,
-        filename_prefix: str,
-        format: str,
-        crf: int,
-        pix_fmt: str,
+        images: list[torch.Tensor] | torch.Tensor,
+        fps: list[float] | float,
+        filename_prefix: list[str] | str,
+        format: list[str] | str,
+        crf: list[int] | int,
+        pix_fmt: list[str] | str,
         conditioning: Any = None,
-        prompt_text: str | None = None,
+        prompt_text: Any = None,
         prompt: Any = None,
         extra_pnginfo: Any = None,
     ) -> dict:
-        media.check_frames(images)
+        videos = _as_list(images)
+        settings = [_as_list(v) for v in (fps, filename_prefix, format, crf, pix_fmt)]
+        per_video = [[values[min(i, len(values) - 1)] for values in settings] for i in range(len(videos))]
+        for frames, (rate, _, fmt, quality, pixels) in zip(videos, per_video):
+            media.check_frames(frames)
+            if frames.shape[0] > 1:
+                media.check_video_settings(fmt, rate, quality, pixels)
+        conditioning, prompt_text = _as_list(conditioning)[0], _as_list(prompt_text)[0]
+        texts = sidecar_texts(_prompts(conditioning, prompt_text), len(videos))
+        tags = _metadata(_as_list(prompt)[0], _as_list(extra_pnginfo)[0])
+        saved = [
+            self._save_one(frames, *settings, text, tags)
+            for frames, settings, text in zip(videos, per_video, texts)
+        ]
+        ui = {"images": [entry for entry, _ in saved], "animated": tuple(animated for _, animated in saved)}
+        return {"ui": ui, "result": (videos,)}
+
+    @staticmethod
+    def _save_one(images: torch.Tensor, fps: float, filename_prefix: str, format: str, crf: int, pix_fmt: str,
+                  sidecar: str | None, tags: dict[str, str]) -> tuple[dict, bool]:
+        """Write one video (or one PNG for a single frame) and its sidecar; returns its preview entry."""
         single_image = images.shape[0] == 1
-        if not single_image:
-            media.check_video_settings(format, fps, crf, pix_fmt)
-        sidecar = _sidecar_text(conditioning, prompt_text)
         folder, filename, counter, subfolder = host.save_path(filename_prefix, images.shape[2], images.shape[1])
         stem = f"{filename}_{counter:05}_"
-        tags = _metadata(prompt, extra_pnginfo)
 
         if single_image:
             file = f"{stem}.png"
@@ -147,9 +195,7 @@ class OpenSoraSaveVideo:
             progress.update(1)
         if sidecar is not None:
             media.write_text(folder / f"{stem}.txt", sidecar)
-
-        saved = {"filename": file, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"images": [saved], "animated": (not single_image,)}, "result": (images,)}
+        return {"filename": file, "subfolder": subfolder, "type": "output"}, not single_image
 
 
 NODE_CLASS_MAPPINGS = {"OpenSoraSaveVideo": OpenSoraSaveVideo}

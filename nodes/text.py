@@ -18,6 +18,7 @@ from ..samplers.prompt import (
     DEFAULT_FPS,
     DEFAULT_MOTION_SCORE,
     MOTION_SCORES,
+    check_motion_score,
     encode_conditioning,
     final_prompts,
     from_native_conditioning,
@@ -116,8 +117,9 @@ class OpenSoraTextEncode:
                                "video saver. Not added if the prompt already ends with '<n> FPS.'."}),
                 "motion_score": (list(MOTION_SCORES), {
                     "default": DEFAULT_MOTION_SCORE,
-                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; 1 calm ... 7 very "
-                               "dynamic; the reference default is 4). 'off' appends nothing."}),
+                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; the reference default "
+                               "is 4; 1 calm ... 15 very dynamic, 0 still). 'off' appends nothing; 'dynamic' "
+                               "needs a prompt refiner (a language model) and is refused without one."}),
                 "one_prompt_per_line": ("BOOLEAN", {
                     "default": False,
                     "tooltip": "Each non-empty line of the prompt becomes one batch element (one video); "
@@ -143,13 +145,23 @@ class OpenSoraTextEncode:
         "(last hidden state) and CLIP-L gives its pooled output."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, motion_score: str | None = None) -> bool | str:
+        """At queue time: any whole-number score (the menu lists 0-15), 'off'; 'dynamic' needs a refiner."""
+        if motion_score is None:  # linked: checked when the node runs
+            return True
+        try:
+            check_motion_score(motion_score)
+        except ValueError as error:
+            return str(error)
+        return True
+
     def execute(self, text_encoder: OpenSoraTextEncoder, prompt: str, negative_prompt: str, fps: int,
                 motion_score: str, one_prompt_per_line: bool, motion_score_text: str | None = None
                 ) -> tuple[TextConditioning]:
         if motion_score_text is not None and motion_score_text.strip():
             motion_score = motion_score_text.strip()
-        if motion_score not in MOTION_SCORES:
-            raise ValueError(f"motion_score must be one of {list(MOTION_SCORES)}, not {motion_score!r}.")
+        check_motion_score(motion_score)
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
         host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
         host.check_interrupt()

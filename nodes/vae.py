@@ -120,15 +120,18 @@ class OpenSoraVAEDecode:
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("All frames of all batch elements, one after another, cut to the requested frame count.",)
+    OUTPUT_TOOLTIPS = ("One IMAGE per video of the batch (a list), each cut to the video's frame count: "
+                       "nodes after it run once per video, as the reference saves each sample on its own.",)
+    OUTPUT_IS_LIST = (True,)
     FUNCTION = "execute"
     CATEGORY = "Open-Sora"
     DESCRIPTION = (
         "Decodes an Open-Sora latent with its VAE. Frames are cut to the video's frame count and converted "
-        "to 0..1 as the reference's saver does (clamp to [-1, 1], then (x+1)/2)."
+        "to 0..1 as the reference's saver does (clamp to [-1, 1], then (x+1)/2). A batch of N videos comes "
+        "out as a list of N IMAGEs, so savers (this pack's, core Save Video, Video Combine) write N files."
     )
 
-    def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[torch.Tensor]:
+    def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[list[torch.Tensor]]:
         latent, geometry = read_latent(samples)
         check_latent_for_vae(latent, geometry, vae)
         check_input_finite(latent, "The latent given to Open-Sora VAE Decode",
@@ -154,7 +157,7 @@ class OpenSoraVAEDecode:
         stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
         check_finite(frames, stage, vae.dtype, module.device, remedy)
         check_not_flat(frames, latent, stage, vae.dtype, module.device, remedy)
-        return (frames,)
+        return (list(frames.split(geometry.num_frames)),)
 
 
 class OpenSoraLatentToNative:

@@ -10,6 +10,7 @@ Core ComfyUI nodes are not available here; callers pass stand-ins for the few a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -113,6 +114,22 @@ def _check_value(node_id: str, class_type: str, name: str, kind: Any, options: d
         raise WorkflowError(f"{where}: expected true or false, got {value!r}.")
 
 
+def _validated_by_node(cls: type) -> set[str]:
+    """Inputs a node's ``VALIDATE_INPUTS`` names: ComfyUI skips its own checks of those and asks the node."""
+    validate = getattr(cls, "VALIDATE_INPUTS", None)
+    return set(inspect.signature(validate).parameters) if validate is not None else set()
+
+
+def _node_validation(node_id: str, cls: type, inputs: Mapping[str, Any], names: set[str]) -> None:
+    """Call ``VALIDATE_INPUTS`` with the constant inputs it names (lists for list-input nodes)."""
+    constants = {k: v for k, v in inputs.items() if k in names and not _is_link(v)}
+    if getattr(cls, "INPUT_IS_LIST", False):
+        constants = {k: [v] for k, v in constants.items()}
+    verdict = cls.VALIDATE_INPUTS(**constants)
+    if verdict is not True:
+        raise WorkflowError(f"node {node_id} ({cls.__name__}): {verdict}")
+
+
 def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, type]) -> None:
     """Raise a :class:`WorkflowError` for anything ComfyUI's validation would refuse."""
     for node_id, node in prompt.items():
@@ -121,6 +138,9 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
             raise WorkflowError(f"node {node_id}: unknown node type '{class_type}' (is its pack installed?).")
         cls = node_classes[class_type]
         inputs = node.get("inputs", {})
+        by_node = _validated_by_node(cls)
+        if by_node:
+            _node_validation(node_id, cls, inputs, by_node)
         for name, (required, kind, options) in _input_specs(cls).items():
             if name not in inputs:
                 if required:
@@ -142,7 +162,7 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
                         f"node {node_id} ({class_type}) input '{name}' wants {kind} but node {source_id} "
                         f"output {index} gives {returns[index]}."
                     )
-            else:
+            elif name not in by_node:
                 _check_value(node_id, class_type, name, kind, options, value)
 
 
@@ -189,6 +209,39 @@ def _call_node(cls: type, kwargs: dict[str, Any]) -> tuple[tuple, dict | None]:
     return returned, None
 
 
+def _call_over_lists(cls: type, inputs: dict[str, list]) -> tuple[tuple[list, ...], dict | None]:
+    """Run a node on list-valued inputs the way ComfyUI does.
+
+    Every value travels as a list (one element unless a node declares ``OUTPUT_IS_LIST``). A node with
+    ``INPUT_IS_LIST`` gets the lists; any other runs once per element of its longest input (shorter
+    lists repeat their last element). Each output slot gathers one value per run, or joins the runs'
+    lists where ``OUTPUT_IS_LIST`` says so; the ``ui`` dicts of the runs are joined key by key.
+    """
+    if getattr(cls, "INPUT_IS_LIST", False):
+        runs = [inputs]
+    else:
+        count = max((len(v) for v in inputs.values()), default=1)
+        if any(len(v) == 0 for v in inputs.values()):
+            count = 0
+        runs = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
+    list_outputs = tuple(getattr(cls, "OUTPUT_IS_LIST", ()))
+    slots: list[list] = [[] for _ in getattr(cls, "RETURN_TYPES", ())]
+    ui: dict | None = None
+    for kwargs in runs:
+        outputs, run_ui = _call_node(cls, kwargs)
+        for index, value in enumerate(outputs):
+            if index >= len(slots):
+                slots.append([])
+            if index < len(list_outputs) and list_outputs[index]:
+                slots[index].extend(value)
+            else:
+                slots[index].append(value)
+        if run_ui is not None:
+            ui = {key: list(value) for key, value in run_ui.items()} if ui is None else {
+                key: [*ui.get(key, []), *value] for key, value in run_ui.items()}
+    return tuple(slots), ui
+
+
 def run_workflow(
     prompt: Mapping[str, dict],
     node_classes: Mapping[str, type],
@@ -199,6 +252,8 @@ def run_workflow(
 
     ``extra_pnginfo`` is handed to nodes that declare the hidden ``EXTRA_PNGINFO`` input (ComfyUI passes
     ``{"workflow": <UI graph>}``); ``on_node(node_id, class_type)`` is called before each node runs.
+    ``result.outputs[node_id]`` holds one list per output slot, as ComfyUI keeps them (one element
+    unless the node returns a list, e.g. one IMAGE per video from the decoder).
     """
     validate_workflow(prompt, node_classes)
     result = WorkflowResult(order=execution_order(prompt, node_classes))
@@ -210,15 +265,15 @@ def run_workflow(
             if on_node is not None:
                 on_node(node_id, node["class_type"])
             host.check_interrupt()
-            kwargs: dict[str, Any] = {}
+            inputs: dict[str, list] = {}
             declared = _input_specs(cls)
             for name, value in node.get("inputs", {}).items():
                 if name not in declared:
                     continue  # ComfyUI ignores inputs a node does not declare
-                kwargs[name] = result.outputs[value[0]][value[1]] if _is_link(value) else value
+                inputs[name] = result.outputs[value[0]][value[1]] if _is_link(value) else [value]
             for name, kind in _hidden_inputs(cls).items():
-                kwargs[name] = node_id if kind == "UNIQUE_ID" else hidden_values.get(kind)
-            outputs, ui = _call_node(cls, kwargs)
+                inputs[name] = [node_id if kind == "UNIQUE_ID" else hidden_values.get(kind)]
+            outputs, ui = _call_over_lists(cls, inputs)
             result.outputs[node_id] = outputs
             if ui is not None:
                 result.ui[node_id] = ui

@@ -7,6 +7,7 @@ Facts: docs/opensora_spec.md §2.3 (size table), §2.4 (frames), §3.1 (latent s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 # --------------------------------------------------------------------------------- autoencoders
@@ -76,16 +77,23 @@ def autoencoder_kind(name: str) -> AutoencoderKind:
 
 
 # ---------------------------------------------------------------------------------- frame counts
+#
+# The reference accepts any frame count. It draws T = (n - 1) // 4 + 1 latent frames for both
+# autoencoders (the high-compression config inherits the causal flag), decodes them and keeps the first
+# n frames. The causal HunyuanVideo VAE decodes 4(T - 1) + 1 frames, so n = 16 gives 13 frames; the
+# Video DC-AE decodes 4T >= n frames, so it always gives n.
+
+
+def output_num_frames(num_frames: int, kind: AutoencoderKind) -> int:
+    """Frames the reference writes when asked for ``num_frames`` (16 -> 13 for the HunyuanVideo VAE)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
+    return min(num_frames, decoded_num_frames(latent_num_frames(num_frames, kind), kind))
 
 
 def is_valid_num_frames(num_frames: int, kind: AutoencoderKind) -> bool:
     """Whether the autoencoder decodes exactly ``num_frames`` frames (1 = a single image)."""
-    if num_frames == 1:
-        return True
-    if num_frames < 1:
-        return False
-    t = kind.temporal_compression
-    return (num_frames - 1) % t == 0 if kind.causal else num_frames % t == 0
+    return num_frames >= 1 and output_num_frames(num_frames, kind) == num_frames
 
 
 def nearest_valid_num_frames(num_frames: int, kind: AutoencoderKind) -> tuple[int, int]:
@@ -104,50 +112,54 @@ def check_num_frames(num_frames: int, kind: AutoencoderKind) -> None:
     if is_valid_num_frames(num_frames, kind):
         return
     below, above = nearest_valid_num_frames(num_frames, kind)
-    rule = (
-        f"{kind.temporal_compression}k+1" if kind.causal else f"a multiple of {kind.temporal_compression}"
-    )
     raise ValueError(
-        f"num_frames={num_frames} cannot be produced by the {kind.display_name}: it needs {rule} frames "
-        f"(or 1 for an image). Nearest valid counts: {below} or {above}."
+        f"num_frames={num_frames} cannot be produced by the {kind.display_name}: it needs "
+        f"{kind.temporal_compression}k+1 frames (or 1 for an image). Nearest valid counts: {below} or {above}."
     )
 
 
 def latent_num_frames(num_frames: int, kind: AutoencoderKind) -> int:
-    """Latent frames T for ``num_frames`` pixel frames (reference ``api_fn``; 129 -> 33, 128 -> 32).
+    """Latent frames T for ``num_frames`` pixel frames: ``(n - 1) // 4 + 1`` (129 -> 33, 128 -> 32, 16 -> 4).
 
-    The reference config of the DC-AE model keeps the causal formula; for counts that are multiples of 4
-    it gives the same T as ``num_frames // 4``.
+    The reference uses this causal formula for the DC-AE model too (its config keeps the causal flag).
     """
-    if num_frames == 1:
-        return 1
-    t = kind.temporal_compression
-    return (num_frames - 1) // t + 1 if kind.causal else num_frames // t
+    return (max(1, num_frames) - 1) // kind.temporal_compression + 1
 
 
 def decoded_num_frames(latent_frames: int, kind: AutoencoderKind) -> int:
     """Pixel frames an autoencoder decodes from ``latent_frames`` latents."""
-    if latent_frames == 1:
+    if latent_frames == 1 and kind.causal:
         return 1
     t = kind.temporal_compression
     return t * (latent_frames - 1) + 1 if kind.causal else t * latent_frames
 
 
+def describe_frame_change(num_frames: int, kind: AutoencoderKind) -> str | None:
+    """``"16 -> 13 frames (as Open-Sora)"`` when the reference writes fewer frames than asked, else None."""
+    written = output_num_frames(num_frames, kind)
+    return None if written == num_frames else f"{num_frames} -> {written} frames (as Open-Sora)"
+
+
 # ------------------------------------------------------------------------------------ size table
 
 ASPECT_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "9:16", "5:8", "3:2", "4:3", "1:1")  # width:height
-RESOLUTIONS = ("256px", "768px")
+# The names offered in menus; any "<N>px" (N*N pixels) or "<N>p" (N*N*16/9 pixels) is accepted.
+RESOLUTIONS = ("144p", "240p", "256px", "360p", "480p", "512px", "720p", "768px", "1080p", "1080px")
+_RESOLUTION_NAME = re.compile(r"([1-9][0-9]*)(px|p)")
 
 
-def _num_pixels(resolution: str) -> int:
+def num_pixels(resolution: str) -> int:
+    """Pixel count of a resolution name as the reference reads it: ``"256px"`` -> 256*256,
+    ``"720p"`` -> int(720*720/9*16) (the 16:9 frame of that height). A ``"_<setting>"`` tail is ignored."""
     name = resolution.split("_")[0]
-    if name.endswith("px"):
-        side = int(name[:-2])
-        return side * side
-    if name.endswith("p"):
-        side = int(name[:-1])
-        return int(side * side / 9 * 16)
-    raise ValueError(f"Invalid resolution '{resolution}': expected e.g. '256px', '768px' or '720p'")
+    match = _RESOLUTION_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(
+            f"Invalid resolution '{resolution}': write <N>px (N*N pixels, e.g. 256px, 768px) or <N>p "
+            f"(a 16:9 frame N pixels high, e.g. 480p, 720p, 1080p)."
+        )
+    side = int(match.group(1))
+    return side * side if match.group(2) == "px" else int(side * side / 9 * 16)
 
 
 def aspect_ratio_table(resolution: str, training: bool = False, divisor: int = 16) -> dict[str, tuple[int, int]]:
@@ -156,12 +168,14 @@ def aspect_ratio_table(resolution: str, training: bool = False, divisor: int = 1
     Each landscape entry's transpose is added and the transposes override (the reference's order).
     ``divisor`` is the reference's ``AE_SPATIAL_COMPRESSION`` (16, or 32 for the DC-AE model).
     """
-    total = _num_pixels(resolution)
+    total = num_pixels(resolution)
     table: dict[str, tuple[int, int]] = {}
     transposed: dict[str, tuple[int, int]] = {}
     for ratio in ASPECT_RATIOS:
         w_ratio, h_ratio = map(float, ratio.split(":"))
         width = int(math.sqrt(total * (w_ratio / h_ratio)) // divisor) * divisor
+        if width == 0:
+            raise ValueError(f"Resolution '{resolution}' is too small for sizes in steps of {divisor} pixels.")
         height = int((total / width) // divisor) * divisor
         if training:
             diff = abs(height * width - total)
@@ -182,9 +196,8 @@ def aspect_ratio_table(resolution: str, training: bool = False, divisor: int = 1
 
 def all_aspect_ratios() -> list[str]:
     """Every aspect-ratio name of the inference table, landscape first."""
-    names = list(ASPECT_RATIOS)
-    names += [":".join(r.split(":")[::-1]) for r in ASPECT_RATIOS if r != "1:1"]
-    return names
+    transposed = [":".join(r.split(":")[::-1]) for r in ASPECT_RATIOS]
+    return list(dict.fromkeys([*ASPECT_RATIOS, *transposed]))  # each once (16:9 and 9:16 are both listed)
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -127,16 +127,32 @@ def resize_crop_video(frames: torch.Tensor, height: int, width: int) -> torch.Te
     return ((clip - 0.5) / 0.5).permute(1, 0, 2, 3)
 
 
-def prepare_clip(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def prepare_clip(frames: torch.Tensor, height: int, width: int, from_video: bool | None = None) -> torch.Tensor:
     """IMAGE frames ``[N, H, W, 3]`` in [0, 1] -> ``[3, N, height, width]`` in [-1, 1].
 
-    A single frame takes the reference's image-file path (PIL bicubic), several frames its video-file
-    path (bilinear), so a LoadImage picture and a loaded video match what the reference would read.
+    Frames cut from a video take the reference's video-file path (bilinear), a picture its image-file
+    path (PIL bicubic), so a LoadImage picture and a loaded video match what the reference would read.
+    ``from_video`` says which; by default several frames are a video and one frame a picture.
     """
     pixels = to_uint8(frames)
-    if pixels.shape[0] == 1:
+    if from_video is None:
+        from_video = pixels.shape[0] > 1
+    if not from_video:
+        if pixels.shape[0] != 1:
+            raise ValueError(f"A picture is one frame; got {pixels.shape[0]}.")
         return resize_crop_image(pixels[0], height, width).unsqueeze(1)
     return resize_crop_video(pixels, height, width)
+
+
+def clips_from_video(cond_type: str, image: torch.Tensor, last_image: torch.Tensor | None) -> list[bool]:
+    """For each clip of :func:`select_reference_clips`: whether its source is a video (several frames).
+
+    The reference reads a video reference whole with its video transform (bilinear) and only then takes
+    the first or last frame, so even a single i2v frame of a video is resized as video frames are.
+    """
+    tail_source = last_image if last_image is not None else image
+    sources = {"i2v_tail": [tail_source], "i2v_loop": [image, tail_source]}.get(cond_type, [image])
+    return [source.shape[0] > 1 for source in sources]
 
 
 # --------------------------------------------------------------------------------- the condition
@@ -254,8 +270,8 @@ def encode_image_condition(
             raise ValueError(f"{name} must be IMAGE frames [N, H, W, 3]; got shape {tuple(frames.shape)}.")
     clips = select_reference_clips(cond_type, image, last_image, geometry.kind)
     references = []
-    for clip in clips:
-        pixels = prepare_clip(clip, geometry.height, geometry.width)
+    for clip, from_video in zip(clips, clips_from_video(cond_type, image, last_image)):
+        pixels = prepare_clip(clip, geometry.height, geometry.width, from_video)
         references.append(encode(pixels.unsqueeze(0))[0].float().cpu())
     return build_image_condition(cond_type, geometry, batch_size, references)
 

@@ -25,3 +25,4 @@ def get_noise(
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     return torch.randn(geometry.latent_shape(batch_size), device=device, dtype=dtype, generator=generator)
+

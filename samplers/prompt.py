@@ -17,28 +17,56 @@ from typing import Protocol, Sequence
 import torch
 
 from .conditioning import TextConditioning
+
 DEFAULT_FPS = 24
 DEFAULT_MOTION_SCORE = "4"
 MOTION_SCORE_OFF = "off"
-# Choices offered to users: off, or the scores the model card demonstrates (1 = calm ... 7 = very dynamic).
-MOTION_SCORES: tuple[str, ...] = (MOTION_SCORE_OFF, *(str(i) for i in range(1, 8)))
+# "dynamic": the reference asks a language model to pick a score for each prompt.
+MOTION_SCORE_DYNAMIC = "dynamic"
+# Menu choices: off, the integers the reference's score predictor is told to choose from (1-15) and 0
+# (a still video's VMAF motion value), and dynamic. Any non-negative integer is accepted in code.
+MOTION_SCORES: tuple[str, ...] = (MOTION_SCORE_OFF, *(str(i) for i in range(16)), MOTION_SCORE_DYNAMIC)
 
 _FPS_ENDING = re.compile(r"\d+ FPS\.$")
+
+
+def check_motion_score(motion_score: str | int | None) -> str | None:
+    """The motion score as written into the prompt (``"4"``), or None for none (``None`` / ``"off"``).
+
+    The reference writes ``"<score> motion score."``; scores are VMAF motion values, so any integer
+    from 0 is taken. ``"dynamic"`` needs a prompt refiner, which is not configured: a clear error.
+    """
+    if motion_score is None or str(motion_score).strip() == MOTION_SCORE_OFF:
+        return None
+    text = str(motion_score).strip()
+    if text == MOTION_SCORE_DYNAMIC:
+        raise ValueError(
+            "motion_score 'dynamic' asks a language model to choose each prompt's motion score (the reference "
+            "sends the prompt to GPT-4o); no prompt refiner is configured. Give a number instead (the "
+            "reference default is 4; 1 = calm ... 15 = very dynamic) or 'off'."
+        )
+    if not text.isdigit():
+        raise ValueError(
+            f"motion_score {motion_score!r} is not a score: give a whole number from 0 (the reference default "
+            "is 4; 1 = calm ... 15 = very dynamic), 'off' or 'dynamic'."
+        )
+    return str(int(text))
 
 
 def add_prompt_suffix(prompt: str, fps: int = DEFAULT_FPS,
                       motion_score: str | int | None = DEFAULT_MOTION_SCORE) -> str:
     """The final positive prompt: ``"raining, sea"`` -> ``"raining, sea. 24 FPS. 4 motion score."``.
 
-    ``motion_score`` of ``None`` or ``"off"`` appends no motion score.
+    ``motion_score`` of ``None`` or ``"off"`` appends no motion score (see :func:`check_motion_score`).
     """
+    score = check_motion_score(motion_score)
     text = prompt.strip()
     if not text.endswith("."):
         text += "."
     if not _FPS_ENDING.search(text):
         text += f" {int(fps)} FPS."
-    if motion_score is not None and str(motion_score) != MOTION_SCORE_OFF:
-        text += f" {motion_score} motion score."
+    if score is not None:
+        text += f" {score} motion score."
     return text
 
 
@@ -58,6 +86,7 @@ def split_prompts(text: str, one_prompt_per_line: bool) -> list[str]:
 def final_prompts(text: str, negative: str, fps: int, motion_score: str | int | None,
                   one_prompt_per_line: bool) -> tuple[list[str], list[str]]:
     """Positive prompts with their suffix and the negative prompt replicated per batch element."""
+    check_motion_score(motion_score)  # before anything else is done
     prompts = [add_prompt_suffix(p, fps, motion_score) for p in split_prompts(text, one_prompt_per_line)]
     return prompts, [negative] * len(prompts)
 

@@ -27,17 +27,33 @@ TINY = ["--width", "48", "--height", "32", "--steps", "1", "--weight-dtype", "fp
 
 def test_smoke_generates_a_video_offline(standalone_host, tmp_path, capsys):
     assert cli.main(["generate", "--smoke", "--output-dir", str(tmp_path / "out")]) == 0
-    (video,) = (tmp_path / "out").glob("*.mp4")
+    (video,) = (tmp_path / "out").rglob("*.mp4")
+    assert video.relative_to(tmp_path / "out").as_posix() == "video_256px/smoke.mp4"  # the reference's layout
     frames, fps = read_video(video)
     assert frames.shape == (9, 192, 336, 3) and fps == 24
-    assert "noise" in capsys.readouterr().out  # it says the weights are random
+    said = capsys.readouterr().out
+    assert "noise" in said  # it says the weights are random
+    assert "as the official script: drawn from global seed 42 (2746317213 first)" in said
+
+
+def test_smoke_of_the_issue_example_says_16_to_13(standalone_host, tmp_path, capsys):
+    """SamplingOption(resolution, aspect_ratio="16:9", num_frames=16, guidance=7.0, seed=1234) on the CLI
+    (144p instead of 720p keeps the test quick: same rules, 256x144)."""
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--smoke", "--resolution", "144p", "--aspect-ratio", "16:9", "--num-frames", "16",
+                     "--steps", "2", "--guidance", "7.0", "--seed", "1234", "--output-dir", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "num_frames: 16 -> 13 frames (as Open-Sora)" in said and "seed 1234" in said
+    frames, fps = read_video(out / "video_144p" / "smoke.mp4")
+    assert frames.shape == (13, 144, 256, 3) and fps == 24
+    assert (out / "video_144p" / "smoke.txt").read_text().endswith(". 24 FPS. 4 motion score.")
 
 
 def test_smoke_runs_the_t2i2v_graph_offline(standalone_host, tmp_path):
     """t2i2v from pack nodes only: Flux-dev first frame (saved as PNG + .txt), then the video."""
     assert cli.main(["generate", "--smoke", "--workflow", "t2i2v", "--output-dir", str(tmp_path / "out"),
                      "--prompt", "raining, sea"]) == 0
-    (video,) = (tmp_path / "out").glob("*.mp4")
+    (video,) = (tmp_path / "out").glob("video_*/*.mp4")  # the reference's naming: video_<resolution>/
     (frame,) = (tmp_path / "out").rglob("generated_condition/*.png")
     assert read_video(video)[0].shape == (9, 192, 336, 3)
     assert frame.with_suffix(".txt").read_text(encoding="utf-8") == "raining, sea"  # the image prompt has no suffix
@@ -73,7 +89,7 @@ def test_csv_of_prompts_with_references_and_names(tiny_models, tmp_path):
                      "--output-dir", str(out), "--num-frames", "5", "--seed", "7", *TINY])
     assert code == 0
     for name, text in (("boat", "a boat on a lake"), ("fox", "a fox in the snow")):
-        (video,) = out.glob(f"{name}_*.mp4")
+        video = out / "video_custom" / f"{name}.mp4"  # the name column names the file, as the reference
         frames, _fps = read_video(video)
         assert frames.shape == (5, 32, 48, 3)
         assert video.with_suffix(".txt").read_text().startswith(text + ". 24 FPS.")
@@ -88,8 +104,9 @@ def test_video_extension_and_text_only_high_compression(tiny_models, tmp_path):
     hc = tmp_path / "hc"
     tiny_dc_ae = ["--width", "64", "--height", "32", *TINY[4:]]
     assert cli.main(["generate", "--workflow", "high_compression", "--text-only", "--prompt", "a city at night",
-                     "--num-frames", "8", "--models-dir", str(tiny_models), "--output-dir", str(hc), *tiny_dc_ae]) == 0
-    assert read_video(next(hc.rglob("*.mp4")))[0].shape == (8, 32, 64, 3)
+                     "--num-frames", "13", "--models-dir", str(tiny_models), "--output-dir", str(hc), *tiny_dc_ae]) == 0
+    # 13 frames: the reference's 4 latent frames decode to 16 and the first 13 are kept (not a multiple of 4)
+    assert read_video(next(hc.rglob("*.mp4")))[0].shape == (13, 32, 64, 3)
 
 
 def test_clear_errors_for_what_cannot_run(tiny_models, tmp_path):
@@ -177,3 +194,89 @@ def test_download_lays_files_out_for_comfyui(tmp_path, monkeypatch):
     count = len(fetched)
     assert cli.main(["download", "--what", "t2i2v", "--models-dir", str(tmp_path)]) == 0
     assert len(fetched) == count  # present files are not fetched again
+
+
+# ----------------------------------------------------------------- the reference's options and naming
+
+
+def test_table_range_batches_samples_and_names(tiny_models, tmp_path, capsys):
+    """Rows 1..2 of a 3-row table, 2 samples each with seed+k, batches of 2: four files named as the
+    reference names them, each with its own sidecar carrying the table's fps."""
+    table = tmp_path / "scenes.csv"
+    table.write_text("text,fps\nrow zero,24\na boat on a lake,24\na fox in the snow,30\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--csv", str(table), "--start_index", "1", "--end-index", "3", "--num_sample", "2",
+                     "--batch-size", "2", "--sampling_option.seed", "5", "--num-frames", "5", "--models-dir",
+                     str(tiny_models), "--save-dir", str(out), *TINY]) == 0
+    folder = out / "video_custom"
+    names = ["scenes_0001", "scenes_0002", "scenes_0001_1", "scenes_0002_1"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("mp4", "txt"))
+    assert (folder / "scenes_0001.txt").read_text() == "a boat on a lake 12 FPS. 4 motion score."
+    assert (folder / "scenes_0002_1.txt").read_text() == "a fox in the snow 15 FPS. 4 motion score."
+    said = capsys.readouterr().out
+    assert "sample 0, seed 5: scenes_0001, scenes_0002" in said and "sample 1, seed 6" in said
+    same_seed_other_sample = read_video(folder / "scenes_0001.mp4")[0], read_video(folder / "scenes_0001_1.mp4")[0]
+    assert same_seed_other_sample[0].shape == (5, 32, 48, 3)
+    assert (same_seed_other_sample[0] != same_seed_other_sample[1]).any()  # seed 5 vs 6
+
+
+def test_prompt_naming_prefix_and_prompt_as_path(tiny_models, tmp_path):
+    common = ["--models-dir", str(tiny_models), "--num-frames", "1", *TINY]
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--prompt", "raining, sea", "--save-prefix", "run_", "--output-dir", str(out),
+                     "--motion-score", "20", "--fps", "16", *common]) == 0
+    assert (out / "image_custom" / "run_prompt_0000.png").is_file()  # one frame: a PNG, as the reference
+    assert (out / "image_custom" / "run_prompt_0000.txt").read_text() == "raining, sea. 16 FPS. 20 motion score."
+    assert cli.main(["generate", "--prompt", "raining, sea.", "--prompt-as-path", "--output-dir", str(out),
+                     *common]) == 0
+    assert (out / "image_custom" / "raining, sea-0.png").is_file()
+
+
+def test_sampler_and_loader_options_reach_the_nodes():
+    graph = cli.load_api_workflow(cli.workflow_path("i2v_head"))
+    settings = dict(guidance=7.0, guidance_img=2.5, text_osci=False, image_osci=False, scale_temporal_osci=False,
+                    shift=False, flow_shift=3.0, branch_mode="reference", fps=16, motion_score=0,
+                    weight_dtype="fp8_e4m3fn", attention="sdpa", offload_blocks=4, noise_device="gpu",
+                    noise_dtype="bf16", batch_size=2, cond_type="i2v_tail", resolution="720p")
+    applied = cli.apply_settings(graph, settings)
+    nodes = {n["class_type"]: n["inputs"] for n in applied.values()}
+    sampler = nodes["OpenSoraSampler"]
+    assert (sampler["guidance"], sampler["guidance_img"], sampler["flow_shift"], sampler["branch_mode"]) == (
+        7.0, 2.5, 3.0, "reference")
+    assert not any(sampler[k] for k in ("text_osci", "image_osci", "scale_temporal_osci", "shift"))
+    assert (nodes["OpenSoraTextEncode"]["fps"], nodes["OpenSoraSaveVideo"]["fps"]) == (16, 16.0)
+    assert nodes["OpenSoraTextEncode"]["motion_score"] == "0"
+    assert nodes["OpenSoraModelLoader"]["weight_dtype"] == "fp8_e4m3fn"  # fp8 for the diffusion model only
+    assert nodes["OpenSoraTextEncoderLoader"]["weight_dtype"] == "bf16" and nodes["OpenSoraVAELoader"]["dtype"] == "bf16"
+    assert (nodes["OpenSoraModelLoader"]["attention"], nodes["OpenSoraModelLoader"]["offload_blocks"]) == ("sdpa", 4)
+    noise = nodes["OpenSoraNoise"]
+    assert (noise["noise_device"], noise["noise_dtype"], noise["batch_size"], noise["resolution"]) == (
+        "gpu", "bf16", 2, "720p")
+    assert nodes["OpenSoraImageCondition"]["cond_type"] == "i2v_tail"
+
+
+def test_cond_type_t2v_turns_an_i2v_workflow_into_text_to_video(tiny_models, tmp_path):
+    t2v = cli.set_cond_type(cli.load_api_workflow(cli.workflow_path("i2v_loop")), "t2v")
+    kinds = sorted(n["class_type"] for n in t2v.values())
+    assert "OpenSoraImageCondition" not in kinds and "LoadImage" not in kinds
+    sampler = next(n for n in t2v.values() if n["class_type"] == "OpenSoraSampler")
+    assert "image_condition" not in sampler["inputs"]
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--workflow", "i2v_loop", "--cond_type", "t2v", "--prompt", "a lake",
+                     "--num-frames", "5", "--models-dir", str(tiny_models), "--output-dir", str(out), *TINY]) == 0
+    assert read_video(out / "video_custom" / "prompt_0000.mp4")[0].shape == (5, 32, 48, 3)
+    with pytest.raises(SystemExit, match="needs a workflow with an image condition"):
+        cli.set_cond_type(cli.load_api_workflow(cli.workflow_path("t2v_256px")), "i2v_head")
+
+
+def test_bad_reference_options_are_refused_with_what_to_write(tiny_models, tmp_path, monkeypatch):
+    common = ["--prompt", "x", "--models-dir", str(tiny_models), "--output-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--resolution: Invalid resolution '720'.*<N>px"):
+        cli.main(["generate", "--resolution", "720", *common])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # dynamic asks the refiner endpoint: it needs a key
+    with pytest.raises(SystemExit, match="No API key.*OPENAI_API_KEY"):
+        cli.main(["generate", "--motion-score", "dynamic", *common])
+    with pytest.raises(SystemExit, match="--motion-score: .*whole number"):
+        cli.main(["generate", "--motion-score", "high", *common])
+    with pytest.raises(SystemExit, match="select no row"):
+        cli.main(["generate", "--start-index", "3", *common])

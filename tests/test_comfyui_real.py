@@ -182,8 +182,9 @@ def test_workflow_runs_in_comfyui(comfy, name):
         for item in output.get("images", [])
     ]
     videos = [path for path in files if path.suffix == ".mp4"]  # t2i2v also reports its first-frame PNG
-    assert len(videos) == 1, f"Expected one video, got: {entry['outputs']}"
-    check_video_output(graph, videos[0])
+    assert videos, f"No video reported: {entry['outputs']}"
+    for path in videos:
+        check_video_output(graph, path)
 
 
 def test_cancel_during_a_long_decode_takes_effect_within_2_s(comfy):
@@ -300,3 +301,36 @@ def test_prompt_refiner_asks_once_per_seed(comfy):
         assert sidecar.read_text(encoding="utf-8").strip() == f"{REFINED} 24 FPS. 4 motion score."
     finally:
         server.close()
+
+
+def test_batch_of_two_saves_two_videos_and_two_sidecars_in_comfyui(comfy):
+    """ComfyUI's list mapping: the decoder's two videos reach Save Video as two files with their prompts."""
+    graph = prepare_test_graph("t2v_256px")
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraNoise":
+            node["inputs"]["batch_size"] = 2
+        elif node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
+        elif node["class_type"] == "OpenSoraSaveVideo":
+            node["inputs"]["filename_prefix"] = "batch/two"
+    entry = comfy.run(graph)
+    assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
+    items = [item for output in entry["outputs"].values() for item in output.get("images", [])]
+    assert [item["filename"] for item in items] == ["two_00001_.mp4", "two_00002_.mp4"]
+    folder = comfy.base / "output" / "batch"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "two_00001_.mp4", "two_00001_.txt", "two_00002_.mp4", "two_00002_.txt"]
+    assert (folder / "two_00001_.txt").read_text() == "a red fox. 24 FPS. 4 motion score."
+    assert (folder / "two_00002_.txt").read_text() == "a grey cat. 24 FPS. 4 motion score."
+    for name in ("two_00001_.mp4", "two_00002_.mp4"):
+        check_video_output(graph, folder / name)
+
+
+def test_motion_score_is_checked_when_queued(comfy):
+    """Text Encode's VALIDATE_INPUTS: ComfyUI refuses 'dynamic' at queue time with the node's message."""
+    graph = prepare_test_graph("t2v_256px")
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"]["motion_score"] = "dynamic"
+    status, answer = _post(f"{comfy.url}/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400 and "no prompt refiner is configured" in json.dumps(answer), answer

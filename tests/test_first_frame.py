@@ -32,7 +32,7 @@ def test_first_frame_png_and_output_are_the_reference_pixels(standalone_host, tm
     (vae,) = OpenSoraVAELoader().execute(path.name, dtype)
     geometry = VideoGeometry(height=48, width=80, num_frames=1, autoencoder=FLUX_AE.name)
     z = 3 * torch.randn(2, 16, 1, 6, 10, generator=torch.Generator().manual_seed(7))
-    (frames,) = OpenSoraVAEDecode().execute(vae, make_latent(z, geometry), "reference")
+    (frames,) = OpenSoraVAEDecode().execute(vae, make_latent(z, geometry), "reference")  # one IMAGE per prompt
     with torch.no_grad():  # the decoder output itself, in the decoder's dtype (one prompt at a time, as decoded)
         decoded = torch.cat([vae.module.decode(z[i:i + 1])[:, :, 0] for i in range(2)])
     expected = torch.stack([_reference_png_pixels(d) for d in decoded])
@@ -53,7 +53,7 @@ def test_first_frame_png_and_output_are_the_reference_pixels(standalone_host, tm
         assert np.array_equal(png, expected[index].numpy())
         text = (folder / entry["filename"]).with_suffix(".txt").read_text(encoding="utf-8")
         assert text == conditioning.prompts[index]
-    assert arithmetic_dtype(frames) == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    assert arithmetic_dtype(torch.cat(frames)) == (torch.bfloat16 if dtype == "bf16" else torch.float32)
 
 
 def test_bf16_rounding_differs_from_float32_rounding_where_the_reference_would():

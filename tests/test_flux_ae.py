@@ -99,7 +99,7 @@ def test_vae_nodes_load_and_decode_a_first_frame(standalone_host, tiny):
     assert loaded.kind is FLUX_AE
     geometry = VideoGeometry(height=32, width=48, num_frames=1, autoencoder=FLUX_AE.name)
     z = torch.randn(1, 16, 1, 4, 6, generator=torch.Generator().manual_seed(1))
-    (frames,) = OpenSoraVAEDecode().execute(loaded, make_latent(z, geometry), "reference")
+    ((frames,),) = OpenSoraVAEDecode().execute(loaded, make_latent(z, geometry), "reference")
     with torch.no_grad():
         expected = ((vae.decode(z[:, :, 0] / 0.3611 + 0.1159).sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
     assert frames.shape == (1, 32, 48, 3)

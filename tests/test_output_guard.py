@@ -92,7 +92,7 @@ def test_decode_stops_on_black_frames_from_a_real_latent(bf16_vae, monkeypatch):
         vae_nodes.OpenSoraVAEDecode().execute(bf16_vae, make_latent(torch.randn(GEOMETRY.latent_shape(1)), GEOMETRY),
                                               "none")
     zeros = make_latent(torch.zeros(GEOMETRY.latent_shape(1)), GEOMETRY)
-    (frames,) = vae_nodes.OpenSoraVAEDecode().execute(bf16_vae, zeros, "none")  # a flat latent may decode flat
+    ((frames,),) = vae_nodes.OpenSoraVAEDecode().execute(bf16_vae, zeros, "none")  # a flat latent may decode flat
     assert frames.shape == (9, 32, 48, 3)
 
 

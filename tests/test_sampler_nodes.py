@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -29,9 +30,9 @@ SAMPLER_DEFAULTS = dict(method="i2v", steps=12, guidance=7.5, guidance_img=3.0, 
 
 
 def _noise(width=96, height=64, num_frames=9, seed=42, batch_size=1, autoencoder="hunyuan_vae",
-           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32") -> dict:
+           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32", **optional) -> dict:
     (latent,) = OpenSoraNoise().execute(autoencoder, resolution, aspect_ratio, width, height, num_frames,
-                                        batch_size, seed, noise_device, noise_dtype)
+                                        batch_size, seed, noise_device, noise_dtype, **optional)
     return latent
 
 
@@ -99,6 +100,7 @@ def test_nodes_are_registered_with_frozen_inputs():
     assert list(OpenSoraNoise.INPUT_TYPES()["required"]) == [
         "autoencoder", "resolution", "aspect_ratio", "width", "height", "num_frames", "batch_size", "seed",
         "noise_device", "noise_dtype"]
+    assert list(OpenSoraNoise.INPUT_TYPES()["optional"]) == ["seed_mode"]
     assert list(OpenSoraSampler.INPUT_TYPES()["required"]) == [
         "model", "conditioning", "noise", "method", "steps", "guidance", "guidance_img", "text_osci",
         "image_osci", "scale_temporal_osci", "shift", "flow_shift", "branch_mode"]
@@ -150,11 +152,46 @@ def test_bf16_noise_is_fp32_noise_rounded():
     assert torch.equal(bf16, fp32.bfloat16().float())
 
 
-def test_noise_refuses_frame_counts_the_autoencoder_cannot_make():
-    with pytest.raises(ValueError, match="Nearest valid counts: 125 or 129"):
-        _noise(num_frames=128)
-    with pytest.raises(ValueError, match="Nearest valid counts: 128 or 132"):
-        _noise(autoencoder="dc_ae", width=128, height=128, num_frames=129)
+def _reference_frames(num_frames: int, causal: bool) -> tuple[int, int]:
+    """(latent frames, frames written) as the reference's steps give them: T = (n-1)//4+1 for both
+    autoencoders, decode (4(T-1)+1 causal, 4T otherwise), keep the first n."""
+    latent = (num_frames - 1) // 4 + 1
+    decoded = (4 * (latent - 1) + 1 if latent > 1 else 1) if causal else 4 * latent
+    return latent, min(num_frames, decoded)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 4, 5, 13, 16, 17, 100, 128, 129, 130])
+@pytest.mark.parametrize("autoencoder", ["hunyuan_vae", "dc_ae"])
+def test_noise_accepts_any_frame_count_as_the_reference(num_frames, autoencoder, caplog):
+    latent_frames, written = _reference_frames(num_frames, autoencoder == "hunyuan_vae")
+    with caplog.at_level(logging.INFO):
+        samples, video = read_latent(_noise(autoencoder=autoencoder, width=128, height=128, num_frames=num_frames))
+    assert samples.shape[2] == latent_frames and video.num_frames == written
+    said = f"{num_frames} -> {written} frames (as Open-Sora)"
+    assert (said in caplog.text) == (written != num_frames)
+
+
+def test_open_sora_default_seed_mode_draws_the_official_scripts_seed():
+    # The script: random.seed(cfg.seed) at start-up, then random.randint(0, 2**32 - 1) per generation.
+    import random
+
+    state = random.Random(42)
+    drawn = state.randint(0, 2**32 - 1)
+    assert drawn == 2746317213
+    official = _noise(seed=42, seed_mode="open_sora_default")
+    fixed = _noise(seed=drawn)
+    assert official["seed"] == drawn and torch.equal(official["samples"], fixed["samples"])
+    assert torch.equal(_noise(seed=1234, seed_mode="fixed")["samples"], _noise(seed=1234)["samples"])
+    with pytest.raises(ValueError, match="seed_mode"):
+        _noise(seed_mode="random")
+
+
+def test_noise_16_frames_of_720p_gives_13_frames_of_1280x720():
+    samples, video = read_latent(_noise(resolution="720p", aspect_ratio="16:9", num_frames=16))
+    assert (video.width, video.height, video.num_frames) == (1280, 720, 13)
+    assert samples.shape == (1, 16, 4, 90, 160)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        _noise(num_frames=0)
 
 
 def test_noise_refuses_sizes_that_are_not_multiples():

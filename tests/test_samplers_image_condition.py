@@ -152,3 +152,39 @@ def test_condition_for_another_video_is_refused():
         cond.check_matches(VIDEO, 2)
     with pytest.raises(ValueError, match="Video DC-AE"):
         cond.check_matches(geometry.VideoGeometry(64, 96, 8, geometry.VIDEO_DC_AE.name), 1)
+
+
+def _reference_video_resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The reference's video-file transform written out: uint8 frames scaled to cover the target with
+    bilinear interpolation (no antialiasing), centre crop with a truncated offset, then to [-1, 1]."""
+    clip = (frames * 255).round().permute(0, 3, 1, 2) / 255
+    h, w = clip.shape[-2:]
+    if height / h > width / w:
+        size = (height, round(w * height / h))
+    else:
+        size = (round(h * width / w), width)
+    clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+    top, left = int((size[0] - height) / 2), int((size[1] - width) / 2)
+    return clip[..., top:top + height, left:left + width].permute(1, 0, 2, 3) * 2 - 1
+
+
+@pytest.mark.parametrize("cond_type, last", [("i2v_head", False), ("i2v_tail", False), ("i2v_loop", True)])
+def test_i2v_frame_of_a_video_is_resized_as_video_frames(cond_type, last):
+    """A multi-frame IMAGE is a video: the reference resizes the whole video bilinearly and then takes
+    one frame, so even the single i2v frame must not take the picture path (bicubic)."""
+    video = _pattern(50, 100, frames=5)
+    picture = _pattern(40, 70)
+    seen = []
+
+    def encode(pixels):
+        seen.append(pixels[0])
+        return torch.zeros(1, 16, 1, 8, 12)
+
+    ic.encode_image_condition(encode, video, picture if last else None, cond_type, VIDEO, 1)
+    first = {"i2v_head": video[:1], "i2v_tail": video[-1:], "i2v_loop": video[:1]}[cond_type]
+    assert torch.allclose(seen[0], _reference_video_resize(first, 64, 96), atol=1e-6)
+    bicubic = ic.prepare_clip(first, 64, 96, from_video=False)
+    assert not torch.allclose(seen[0], bicubic, atol=1e-3)  # the two paths really differ here
+    if last:  # last_image is one picture: the image path
+        assert torch.allclose(seen[1], ic.prepare_clip(picture, 64, 96, from_video=False), atol=1e-6)
+        assert not torch.allclose(seen[1], _reference_video_resize(picture, 64, 96), atol=1e-3)

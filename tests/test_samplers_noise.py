@@ -75,3 +75,4 @@ def test_dc_ae_packing_has_one_token_per_latent_pixel():
     packed = packing.pack(z, 1)
     assert packed.shape == (1, 24, 128)
     assert torch.equal(packing.unpack(packed, 2, 3, 4, 1), z)
+

@@ -61,7 +61,7 @@ def test_saves_reference_mp4_with_sidecar_preview_and_passthrough(standalone_hos
         "images": [{"filename": "video_00001_.mp4", "subfolder": "OpenSora", "type": "output"}],
         "animated": (True,),
     }
-    assert out["result"][0] is frames
+    assert out["result"][0][0] is frames  # a list of videos (OUTPUT_IS_LIST), here one
     assert all_files(standalone_host.output_directory()) == ["OpenSora/video_00001_.mp4", "OpenSora/video_00001_.txt"]
     assert (folder / "video_00001_.txt").read_text(encoding="utf-8") == cond.prompts[0]
 
@@ -198,3 +198,47 @@ def test_settings_are_refused_at_queue_time(settings, message):
     # linked (converted) widgets arrive as None at queue time and are checked when the node runs
     assert OpenSoraSaveVideo.VALIDATE_INPUTS(filename_prefix=None, format=None, crf=40, pix_fmt=None) is True
     assert set(inspect.signature(OpenSoraSaveVideo.VALIDATE_INPUTS).parameters) == set(widgets)
+    # ComfyUI hands an INPUT_IS_LIST node's validation lists, as it does its execute
+    listed = OpenSoraSaveVideo.VALIDATE_INPUTS(**{k: [v] for k, v in {**widgets, **settings}.items()})
+    assert isinstance(listed, str) and message in listed
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+
+def test_batch_of_videos_gives_one_file_and_one_sidecar_each(standalone_host):
+    """As the reference's saver: every sample its own video and its own prompt file."""
+    assert OpenSoraSaveVideo.INPUT_IS_LIST is True and OpenSoraSaveVideo.OUTPUT_IS_LIST == (True,)
+    videos = [smooth_frames(5, 32, 48), torch.rand(5, 32, 48, 3)]
+    cond = conditioning("a fox. 24 FPS. 4 motion score.", "a cat. 24 FPS. 4 motion score.")
+    # As ComfyUI calls a list-input node: every input a list, widgets lists of one.
+    out = OpenSoraSaveVideo().execute(images=videos, **{k: [v] for k, v in DEFAULTS.items()},
+                                      conditioning=[cond], prompt=[PROMPT_GRAPH], extra_pnginfo=[WORKFLOW])
+    folder = standalone_host.output_directory() / "OpenSora"
+    assert all_files(folder) == ["video_00001_.mp4", "video_00001_.txt", "video_00002_.mp4", "video_00002_.txt"]
+    assert (folder / "video_00001_.txt").read_text() == cond.prompts[0]
+    assert (folder / "video_00002_.txt").read_text() == cond.prompts[1]
+    for name in ("video_00001_.mp4", "video_00002_.mp4"):
+        assert iio2.get_reader(folder / name).count_frames() == 5
+        assert json.loads(ffmpeg_metadata(folder / name)["prompt"]) == PROMPT_GRAPH
+    assert [e["filename"] for e in out["ui"]["images"]] == ["video_00001_.mp4", "video_00002_.mp4"]
+    assert out["ui"]["animated"] == (True, True)
+    assert out["result"][0] is videos
+
+
+def test_batch_of_images_gives_pngs_with_sidecars(standalone_host):
+    images = [torch.rand(1, 16, 24, 3) for _ in range(3)]
+    out = save(images=images, prompt_text="one prompt for all")
+    folder = standalone_host.output_directory() / "OpenSora"
+    assert all_files(folder) == [f"video_0000{i}_.{ext}" for i in (1, 2, 3) for ext in ("png", "txt")]
+    assert all((folder / f"video_0000{i}_.txt").read_text() == "one prompt for all" for i in (1, 2, 3))
+    assert out["ui"]["animated"] == (False, False, False)
+
+
+def test_prompt_count_that_fits_no_video_count_is_refused_before_any_file(standalone_host):
+    with pytest.raises(ValueError, match="3 videos arrived with 2 prompts"):
+        save(images=[torch.rand(3, 16, 16, 3)] * 3, conditioning=conditioning("a", "b"))
+    bad = [torch.rand(3, 16, 16, 3), torch.rand(3, 16, 16)]
+    with pytest.raises(ValueError, match="Expected IMAGE frames"):
+        save(images=bad)
+    assert all_files(standalone_host.output_directory()) == []

@@ -189,3 +189,12 @@ def test_truncated_and_empty_prompts_are_reported(golden_models, monkeypatch, ca
     assert "T5 reads only the first 512" in warnings[0] and "CLIP reads only the first 77" in warnings[1]
     assert encoder.t5.tokenizer.token_count("a fox") == len(encoder.t5.tokenizer.token_ids("a fox"))
     assert returned["result"][0].batch_size == 2
+
+
+def test_motion_score_is_checked_at_queue_time():
+    """VALIDATE_INPUTS takes over the menu check: any whole number, 'off'; 'dynamic' says it needs a refiner."""
+    for score in ("0", "4", "15", "20", "off"):
+        assert OpenSoraTextEncode.VALIDATE_INPUTS(motion_score=score) is True
+    assert "no prompt refiner" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="dynamic")
+    assert "whole number" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="4.5")
+    assert OpenSoraTextEncode.VALIDATE_INPUTS() is True  # a linked input is checked when the node runs

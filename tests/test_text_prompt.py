@@ -18,7 +18,7 @@ from comfyui_opensora.loaders.tokenizers import (
     clean_clip_text,
     load_t5_tokenizer,
 )
-from comfyui_opensora.samplers.prompt import add_prompt_suffix, final_prompts, split_prompts
+from comfyui_opensora.samplers.prompt import MOTION_SCORES, add_prompt_suffix, final_prompts, split_prompts
 
 # (raw prompt, fps, motion score, what opensora/utils/inference.py gives: ensure_sentence_ends_with_period,
 #  add_fps_info_to_text, then add_motion_score_to_text when a motion score is configured)
@@ -49,6 +49,27 @@ def test_prompt_suffix_matches_golden_manifest():
     manifest = json.loads((GOLDEN_TEXT / "manifest.json").read_text())
     processing = manifest["prompt_processing"]
     assert [add_prompt_suffix(t, 24, "4") for t in processing["raw"]] == processing["result"]
+
+
+@pytest.mark.parametrize("score", [0, 1, 4, 8, 10, 15, 20, "0", "9", "12", " 15 "])
+def test_every_integer_motion_score_is_written_as_the_reference_writes_it(score):
+    # The reference appends f" {motion_score} motion score." to the period-ended, fps-suffixed prompt.
+    assert add_prompt_suffix("raining, sea", 24, score) == f"raining, sea. 24 FPS. {int(score)} motion score."
+
+
+def test_motion_score_menu_offers_0_to_15_and_dynamic():
+    assert MOTION_SCORES == ("off", *(str(i) for i in range(16)), "dynamic")
+
+
+@pytest.mark.parametrize("score", ["-1", "4.5", "high", ""])
+def test_motion_scores_that_are_not_integers_are_refused(score):
+    with pytest.raises(ValueError, match="whole number"):
+        add_prompt_suffix("a cat", 24, score)
+
+
+def test_dynamic_motion_score_without_a_refiner_is_a_clear_error():
+    with pytest.raises(ValueError, match="dynamic.*no prompt refiner is configured"):
+        final_prompts("a fox", "", 24, "dynamic", one_prompt_per_line=False)
 
 
 def test_prompt_batch_and_negative_replication():

@@ -61,10 +61,13 @@ def test_decode_gives_all_frames_in_unit_range(loaded_vae, standalone_host):
     updates = []
     remove = standalone_host.add_progress_listener(lambda value, total: updates.append((value, total)))
     try:
-        (frames,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, latent, "reference")
+        (videos,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, latent, "reference")
     finally:
         remove()
-    assert frames.shape == (18, 32, 48, 3) and frames.dtype == torch.float32 and frames.device.type == "cpu"
+    assert vae_nodes.OpenSoraVAEDecode.OUTPUT_IS_LIST == (True,)
+    assert [v.shape for v in videos] == [(9, 32, 48, 3)] * 2  # one IMAGE per video of the batch
+    frames = torch.cat(videos)
+    assert frames.dtype == torch.float32 and frames.device.type == "cpu"
     # The bar moves after every decoder convolution, not once per batch element.
     module = loaded_vae.module
     total = 2 * module.decode_work(tuple(latent["samples"][:1].shape), module.reference_tiling())
@@ -75,7 +78,7 @@ def test_decode_gives_all_frames_in_unit_range(loaded_vae, standalone_host):
     assert frames.min() >= 0 and frames.max() <= 1
     for mode in ("none", "memory_budget", "reference_temporal"):
         (other,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, latent, mode)
-        assert torch.equal(other, frames), mode  # small latents: no tile is needed in any mode
+        assert torch.equal(torch.cat(other), frames), mode  # small latents: no tile is needed in any mode
 
 
 def test_decode_streams_temporal_tiles_and_cuts_frames(loaded_vae):
@@ -119,7 +122,7 @@ def test_cancel_during_a_decode_stops_it_at_the_next_convolution(loaded_vae, sta
     assert seen == [1, 2, 3]  # no convolution ran after the interrupt was raised
     decoder = loaded_vae.module.decoder
     assert all(not module._forward_hooks for module in decoder.modules())
-    (frames,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, _latent(batch=1), "none")
+    ((frames,),) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, _latent(batch=1), "none")
     assert frames.shape == (9, 32, 48, 3)  # the next run is unaffected
 
 

@@ -31,9 +31,9 @@ def _geometry():
 
 
 def expected_table() -> dict:
-    """What the JS table must hold: autoencoder rules and every preset size, from geometry.py."""
+    """What the JS table must hold: the autoencoder rules and the aspect ratios, from geometry.py."""
     geometry = _geometry()
-    autoencoders, sizes = {}, {}
+    autoencoders = {}
     for name, kind in geometry.AUTOENCODERS.items():
         autoencoders[name] = {
             "causal": kind.causal,
@@ -43,11 +43,7 @@ def expected_table() -> dict:
             "spatial_compression": kind.spatial_compression,
             "temporal_compression": kind.temporal_compression,
         }
-        sizes[name] = {
-            resolution: {ratio: list(geometry.image_size(resolution, ratio, kind)) for ratio in geometry.all_aspect_ratios()}
-            for resolution in geometry.RESOLUTIONS
-        }
-    return {"autoencoders": autoencoders, "sizes": sizes}
+    return {"aspect_ratios": list(geometry.ASPECT_RATIOS), "autoencoders": autoencoders}
 
 
 def _js_literal(value, depth: int = 0) -> str:
@@ -175,21 +171,33 @@ def run_in_node(tmp_path: Path, cases: list[dict]) -> dict:
     return json.loads(result.stdout)
 
 
+# Menu names plus names no menu offers: the display must follow the reference's formula for any name.
+EXTRA_RESOLUTIONS = ("100px", "200p", "333p", "540p", "1000px", "1234p", "2160p", "4096px")
+
+
 def _cases() -> list[dict]:
     geometry = _geometry()
     cases = []
     for autoencoder in geometry.AUTOENCODERS:
-        for resolution in list(geometry.RESOLUTIONS):
+        for resolution in (*geometry.RESOLUTIONS, *EXTRA_RESOLUTIONS):
             for ratio in geometry.all_aspect_ratios():
                 cases.append(dict(autoencoder=autoencoder, resolution=resolution, aspect_ratio=ratio,
                                   width=0, height=0, num_frames=129 if autoencoder == "hunyuan_vae" else 128, batch_size=2))
-        for frames in (1, 2, 4, 5, 33, 64, 127, 128, 129, 130):
+        for frames in (1, 2, 4, 5, 13, 16, 33, 64, 127, 128, 129, 130):
             cases.append(dict(autoencoder=autoencoder, resolution="256px", aspect_ratio="9:16",
                               width=0, height=0, num_frames=frames, batch_size=1))
         for height, width in ((192, 336), (200, 336), (8, 64), (96, 96), (576, 1024), (480, 848)):
             cases.append(dict(autoencoder=autoencoder, resolution="custom", aspect_ratio="16:9",
                               width=width, height=height, num_frames=33, batch_size=1))
     return cases
+
+
+def _reference_written_frames(num_frames: int, causal: bool, t: int = 4) -> int:
+    """Frames the reference writes, from its own steps: T = (n-1)//t+1 latents (t = 4 for both video
+    autoencoders, 1 for the per-frame Flux AE), decode, keep n."""
+    latent = (num_frames - 1) // t + 1
+    decoded = (t * (latent - 1) + 1 if latent > 1 else 1) if causal else t * latent
+    return min(num_frames, decoded)
 
 
 @needs_node
@@ -203,7 +211,8 @@ def test_js_video_info_agrees_with_geometry(tmp_path):
             height, width = values["height"], values["width"]
         else:
             height, width = geometry.image_size(values["resolution"], values["aspect_ratio"], kind)
-        video = geometry.VideoGeometry(height, width, values["num_frames"], kind.name)
+        written = _reference_written_frames(values["num_frames"], kind.causal, kind.temporal_compression)
+        video = geometry.VideoGeometry(height, width, written, kind.name)
         try:
             video.validate()
             valid = True
@@ -214,12 +223,22 @@ def test_js_video_info_agrees_with_geometry(tmp_path):
         assert info["ok"] == valid, (values, info["problems"])
         assert info["latent"] == list(video.latent_shape(values["batch_size"])), values
         assert info["tokens"] == video.latent_frames * video.tokens_per_frame, values
-        frames_ok = geometry.is_valid_num_frames(values["num_frames"], kind)
-        assert any("frames" in p for p in info["problems"]) == (not frames_ok), values
-        if not frames_ok:
-            below, above = geometry.nearest_valid_num_frames(values["num_frames"], kind)
-            assert f"({below} or {above})" in result["text"][0]
+        assert info["numFrames"] == written, values
+        assert not any("frames" in p for p in info["problems"]), values  # every count >= 1 is accepted
+        if written != values["num_frames"]:
+            assert f"{values['num_frames']} -> {written} frames (as Open-Sora)" in result["text"][0], values
+        else:
+            assert "->" not in result["text"][0], values
         assert result["text"][0].startswith("✓" if valid else "✗")
+
+
+@needs_node
+def test_js_shows_720p_16_to_13_frames(tmp_path):
+    values = dict(autoencoder="hunyuan_vae", resolution="720p", aspect_ratio="16:9", width=0, height=0,
+                  num_frames=16, batch_size=1)
+    (result,) = run_in_node(tmp_path, [values])["info"]
+    assert result["text"][0] == "✓ 1280×720 px · 16 -> 13 frames (as Open-Sora)"
+    assert result["info"]["latent"] == [1, 16, 4, 90, 160]
 
 
 @needs_node

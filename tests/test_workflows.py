@@ -109,6 +109,25 @@ def test_ui_workflow_is_well_formed_and_documented(name):
 # ------------------------------------------------------------------------------- running them
 
 
+def test_batch_of_two_saves_two_videos_with_their_own_sidecars(tiny_host):
+    """Batch size 2 and two prompts: two MP4s and two .txt files, each video with its own prompt."""
+    graph = prepare_test_graph("t2v_256px")
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraNoise":
+            node["inputs"]["batch_size"] = 2
+        elif node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
+    result = run_workflow(graph, ALL_NODES)
+    videos = sorted(result.files())
+    assert [p.suffix for p in videos] == [".mp4", ".mp4"]
+    sidecars = [p.with_suffix(".txt").read_text() for p in videos]
+    assert sidecars == ["a red fox. 24 FPS. 4 motion score.", "a grey cat. 24 FPS. 4 motion score."]
+    first, second = (check_video_output(graph, p) for p in videos)
+    assert first.std() > 0 and second.std() > 0 and not (first == second).all()
+    decode_id = next(i for i, n in graph.items() if n["class_type"] == "OpenSoraVAEDecode")
+    assert len(result.outputs[decode_id][0]) == 2  # the decoder's list: one IMAGE per video
+
+
 @pytest.mark.parametrize("name", api_twins())
 def test_workflow_runs_end_to_end(tiny_host, name):
     graph = prepare_test_graph(name)
@@ -261,7 +280,7 @@ def test_t2v_workflow_reproduces_golden_frames(standalone_host, golden_dir, monk
     result = run_workflow(graph, nodes)
 
     save_id = next(i for i, n in graph.items() if n["class_type"] == "OpenSoraSaveVideo")
-    (frames,) = result.outputs[save_id]
+    ((frames,),) = result.outputs[save_id]  # one output slot holding one video
     ours = torch.stack([torch.from_numpy(media.to_uint8(f)) for f in frames]).int()
     expected = tensors["frames_uint8"].int()
     assert ours.shape == expected.shape
@@ -269,3 +288,59 @@ def test_t2v_workflow_reproduces_golden_frames(standalone_host, golden_dir, monk
     assert diff.max().item() <= 1, f"max abs diff {diff.max().item()} levels"
     assert (diff > 0).float().mean().item() < 0.01
     check_video_output(graph, result.files()[0])
+
+
+# ----------------------------------------------------------------------- ComfyUI's list semantics
+
+
+class _Numbers:
+    RETURN_TYPES = ("INT",)
+    OUTPUT_IS_LIST = (True,)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"count": ("INT", {"default": 3})}}
+
+    def execute(self, count):
+        return (list(range(count)),)
+
+
+class _AddOffset:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {}), "offset": ("INT", {"default": 0})}}
+
+    def execute(self, value, offset):
+        return (value + offset,)
+
+
+class _Collect:
+    RETURN_TYPES = ()
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    INPUT_IS_LIST = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"values": ("INT", {}), "tag": ("STRING", {"default": ""})}}
+
+    def execute(self, values, tag):
+        return {"ui": {"seen": [(list(values), list(tag))]}, "result": ()}
+
+
+def test_runner_maps_list_outputs_like_comfyui():
+    """A list output runs a plain node once per element; a list-input node sees whole lists."""
+    nodes = {"Numbers": _Numbers, "AddOffset": _AddOffset, "Collect": _Collect}
+    graph = {
+        "1": {"class_type": "Numbers", "inputs": {"count": 3}},
+        "2": {"class_type": "AddOffset", "inputs": {"value": ["1", 0], "offset": 10}},
+        "3": {"class_type": "Collect", "inputs": {"values": ["2", 0], "tag": "x"}},
+    }
+    result = run_workflow(graph, nodes)
+    assert result.outputs["1"] == ([0, 1, 2],)
+    assert result.outputs["2"] == ([10, 11, 12],)
+    assert result.ui["3"] == {"seen": [([10, 11, 12], ["x"])]}

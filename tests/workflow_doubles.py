@@ -382,11 +382,12 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
 
 
 def check_video_output(graph: Mapping[str, dict], path: Path) -> np.ndarray:
-    """The file is a playable MP4 with the frames, size and frame rate the graph asked for."""
+    """The file is a playable MP4 with the frames, size and frame rate the graph asked for (one video of
+    the batch: each is saved on its own)."""
     noise = _video_noise(graph)["inputs"]
     save = next(n for n in graph.values() if n["class_type"] == "OpenSoraSaveVideo")["inputs"]
     assert path.suffix == ".mp4" and path.is_file(), path
     frames, fps = read_video(path)
-    assert frames.shape == (noise["num_frames"] * noise["batch_size"], noise["height"], noise["width"], 3), frames.shape
+    assert frames.shape == (noise["num_frames"], noise["height"], noise["width"], 3), frames.shape
     assert abs(fps - save["fps"]) < 1e-3, fps
     return frames

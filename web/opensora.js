@@ -6,28 +6,16 @@
 // No network access; nothing here changes what a workflow computes.
 import { app } from "../../scripts/app.js";
 
-// The size table and latent rules of samplers/geometry.py. Written by
+// The autoencoder rules and aspect ratios of samplers/geometry.py; sizes for any resolution name are
+// computed below with the reference's formula. Written by
 // `python tests/test_web_extension.py --write`; tests/test_web_extension.py checks they agree.
 // BEGIN GEOMETRY TABLE
 export const GEOMETRY = {
+  "aspect_ratios": ["2.39:1", "2:1", "16:9", "1.85:1", "9:16", "5:8", "3:2", "4:3", "1:1"],
   "autoencoders": {
     "dc_ae": {"causal": false, "latent_channels": 128, "patch_size": 1, "size_divisor": 32, "spatial_compression": 32, "temporal_compression": 4},
     "flux_ae": {"causal": true, "latent_channels": 16, "patch_size": 2, "size_divisor": 16, "spatial_compression": 8, "temporal_compression": 1},
     "hunyuan_vae": {"causal": true, "latent_channels": 16, "patch_size": 2, "size_divisor": 16, "spatial_compression": 8, "temporal_compression": 4}
-  },
-  "sizes": {
-    "dc_ae": {
-      "256px": {"1.85:1": [192, 320], "16:9": [192, 320], "1:1": [256, 256], "1:1.85": [320, 192], "1:2": [352, 160], "1:2.39": [384, 160], "2.39:1": [160, 384], "2:1": [160, 352], "2:3": [288, 224], "3:2": [224, 288], "3:4": [288, 224], "4:3": [224, 288], "5:8": [320, 192], "8:5": [192, 320], "9:16": [320, 192]},
-      "768px": {"1.85:1": [576, 1024], "16:9": [576, 1024], "1:1": [768, 768], "1:1.85": [1024, 576], "1:2": [1056, 544], "1:2.39": [1184, 480], "2.39:1": [480, 1184], "2:1": [544, 1056], "2:3": [928, 608], "3:2": [608, 928], "3:4": [864, 672], "4:3": [672, 864], "5:8": [1024, 576], "8:5": [576, 1024], "9:16": [1024, 576]}
-    },
-    "flux_ae": {
-      "256px": {"1.85:1": [192, 336], "16:9": [192, 336], "1:1": [256, 256], "1:1.85": [336, 192], "1:2": [352, 176], "1:2.39": [384, 160], "2.39:1": [160, 384], "2:1": [176, 352], "2:3": [304, 208], "3:2": [208, 304], "3:4": [288, 224], "4:3": [224, 288], "5:8": [336, 192], "8:5": [192, 336], "9:16": [336, 192]},
-      "768px": {"1.85:1": [560, 1040], "16:9": [576, 1024], "1:1": [768, 768], "1:1.85": [1040, 560], "1:2": [1072, 544], "1:2.39": [1184, 496], "2.39:1": [496, 1184], "2:1": [544, 1072], "2:3": [928, 624], "3:2": [624, 928], "3:4": [880, 656], "4:3": [656, 880], "5:8": [992, 592], "8:5": [592, 992], "9:16": [1024, 576]}
-    },
-    "hunyuan_vae": {
-      "256px": {"1.85:1": [192, 336], "16:9": [192, 336], "1:1": [256, 256], "1:1.85": [336, 192], "1:2": [352, 176], "1:2.39": [384, 160], "2.39:1": [160, 384], "2:1": [176, 352], "2:3": [304, 208], "3:2": [208, 304], "3:4": [288, 224], "4:3": [224, 288], "5:8": [336, 192], "8:5": [192, 336], "9:16": [336, 192]},
-      "768px": {"1.85:1": [560, 1040], "16:9": [576, 1024], "1:1": [768, 768], "1:1.85": [1040, 560], "1:2": [1072, 544], "1:2.39": [1184, 496], "2.39:1": [496, 1184], "2:1": [544, 1072], "2:3": [928, 624], "3:2": [624, 928], "3:4": [880, 656], "4:3": [656, 880], "5:8": [992, 592], "8:5": [592, 992], "9:16": [1024, 576]}
-    }
   }
 };
 // END GEOMETRY TABLE
@@ -36,29 +24,58 @@ export const CUSTOM = "custom";
 
 // ---------------------------------------------------------------------------- geometry (mirror)
 
-export function isValidNumFrames(numFrames, ae) {
-  if (numFrames === 1) return true;
-  if (numFrames < 1) return false;
-  const t = ae.temporal_compression;
-  return ae.causal ? (numFrames - 1) % t === 0 : numFrames % t === 0;
+const RESOLUTION_NAME = /^([1-9][0-9]*)(px|p)$/;
+
+/** Pixel count of a resolution name ("256px" = 256², "720p" = 720²·16/9), or null if it is not one. */
+export function numPixels(resolution) {
+  const match = RESOLUTION_NAME.exec(String(resolution).split("_")[0]);
+  if (!match) return null;
+  const side = Number(match[1]);
+  return match[2] === "px" ? side * side : Math.trunc((side * side) / 9 * 16);
 }
 
-export function nearestValidNumFrames(numFrames, ae) {
-  let below = Math.max(1, numFrames);
-  while (!isValidNumFrames(below, ae)) below -= 1;
-  let above = Math.max(1, numFrames);
-  while (!isValidNumFrames(above, ae)) above += 1;
-  return [below, above];
+// Python's float floor division (a // b) for positive numbers, so sizes agree to the pixel.
+function floorDiv(a, b) {
+  const mod = a % b;
+  const div = (a - mod) / b;
+  let floor = Math.floor(div);
+  if (div - floor > 0.5) floor += 1;
+  return floor;
+}
+
+/** {"w:h": [height, width]} of the inference size table for a resolution name and size divisor. */
+export function aspectRatioTable(resolution, divisor) {
+  const total = numPixels(resolution);
+  if (total === null) return null;
+  const table = {};
+  const transposed = {};
+  for (const ratio of GEOMETRY.aspect_ratios) {
+    const [w, h] = ratio.split(":").map(Number);
+    const width = floorDiv(Math.sqrt(total * (w / h)), divisor) * divisor;
+    if (width === 0) return null;
+    const height = floorDiv(total / width, divisor) * divisor;
+    table[ratio] = [height, width];
+    transposed[ratio.split(":").reverse().join(":")] = [width, height];
+  }
+  return Object.assign(table, transposed);
+}
+
+/** Pixel [height, width] of a preset (rounded up to 16 as the reference does), or null. */
+export function imageSize(resolution, aspectRatio, ae) {
+  const size = aspectRatioTable(resolution, ae.size_divisor)?.[aspectRatio];
+  return size ? size.map((v) => Math.ceil(v / 16) * 16) : null;
 }
 
 export function latentNumFrames(numFrames, ae) {
-  if (numFrames === 1) return 1;
-  const t = ae.temporal_compression;
-  return ae.causal ? Math.floor((numFrames - 1) / t) + 1 : Math.floor(numFrames / t);
+  return Math.floor((Math.max(1, numFrames) - 1) / ae.temporal_compression) + 1;
 }
 
-function frameRule(ae) {
-  return ae.causal ? `${ae.temporal_compression}k+1` : `a multiple of ${ae.temporal_compression}`;
+/** Frames the reference writes for a requested count (16 -> 13 for the causal VAE). */
+export function outputNumFrames(numFrames, ae) {
+  const latent = latentNumFrames(numFrames, ae);
+  const t = ae.temporal_compression;
+  const decoded = ae.causal ? (latent === 1 ? 1 : t * (latent - 1) + 1) : t * latent;
+  return Math.min(numFrames, decoded);
 }
 
 /** Size, latent shape and problems of the video an OpenSoraNoise node with these values makes. */
@@ -68,16 +85,14 @@ export function videoInfo(values) {
   let height = values.height;
   let width = values.width;
   if (values.resolution !== CUSTOM) {
-    const size = (GEOMETRY.sizes[values.autoencoder]?.[values.resolution] || {})[values.aspect_ratio];
+    const size = imageSize(values.resolution, values.aspect_ratio, ae);
     if (!size) return { ok: false, problems: [`no preset ${values.resolution} ${values.aspect_ratio}`] };
     [height, width] = size;
   }
-  const numFrames = values.num_frames;
+  const requested = values.num_frames;
   const problems = [];
-  if (!isValidNumFrames(numFrames, ae)) {
-    const [below, above] = nearestValidNumFrames(numFrames, ae);
-    problems.push(`${numFrames} frames: needs ${frameRule(ae)} (${below} or ${above})`);
-  }
+  if (!(requested >= 1)) problems.push(`${requested} frames: at least 1 is needed`);
+  const numFrames = requested >= 1 ? outputNumFrames(requested, ae) : requested;
   const d = ae.size_divisor;
   for (const [name, value] of [["width", width], ["height", height]]) {
     if (value < d) problems.push(`${name} ${value} < ${d}`);
@@ -86,11 +101,12 @@ export function videoInfo(values) {
   const p = ae.patch_size;
   const latentHeight = p * Math.ceil(height / d);
   const latentWidth = p * Math.ceil(width / d);
-  const latentFrames = latentNumFrames(Math.max(1, numFrames), ae);
+  const latentFrames = latentNumFrames(Math.max(1, requested), ae);
   return {
     ok: problems.length === 0,
     height,
     width,
+    requested,
     numFrames,
     latent: [values.batch_size ?? 1, ae.latent_channels, latentFrames, latentHeight, latentWidth],
     tokens: latentFrames * (latentHeight / p) * (latentWidth / p),
@@ -102,7 +118,8 @@ export function videoInfo(values) {
 export function describeVideo(values) {
   const info = videoInfo(values);
   if (info.latent === undefined) return [`✗ ${info.problems.join("; ")}`, ""];
-  const what = info.numFrames === 1 ? "1 frame (image)" : `${info.numFrames} frames`;
+  let what = info.numFrames === 1 ? "1 frame (image)" : `${info.numFrames} frames`;
+  if (info.numFrames !== info.requested) what = `${info.requested} -> ${info.numFrames} frames (as Open-Sora)`;
   const first = info.ok
     ? `✓ ${info.width}×${info.height} px · ${what}`
     : `✗ ${info.problems.join("; ")}`;

@@ -166,6 +166,23 @@ def set_cond_type(prompt: dict[str, dict], cond_type: str) -> dict[str, dict]:
     return prompt
 
 
+def check_references(prompt: dict[str, dict], args: argparse.Namespace,
+                     rows: Sequence[inference_plan.PromptRow]) -> None:
+    """An i2v/v2v workflow needs its reference files from the command line: say which option gives them,
+    and that each one exists, before any model loads."""
+    takes = any(node["class_type"] == class_type for node in prompt.values() for class_type, _ in REFERENCE_INPUTS)
+    if not takes:
+        return
+    references = [args.ref] if args.ref else [row.ref for row in rows]
+    if not all(references):
+        raise SystemExit(f"--workflow {args.workflow} starts from a reference image or video: give --ref FILE "
+                         "(';'-separated for several), a 'ref' column in --csv, or --cond-type t2v.")
+    for reference in references:
+        for part in str(reference).split(";"):
+            if part.strip() and not Path(part.strip()).is_file():
+                raise SystemExit(f"--ref {part.strip()}: no such file.")
+
+
 def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
     """Give reference files (images or videos) to the workflow's loader nodes, in node-id order."""
     loaders = [
@@ -258,9 +275,26 @@ def load_rows(args: argparse.Namespace) -> tuple[list[inference_plan.PromptRow],
     return rows, stem
 
 
+# What the progress line calls the work of a node (the others are named by their class).
+STAGES = {"OpenSoraSampler": "sampling", "OpenSoraVAEDecode": "decoding", "OpenSoraSaveVideo": "saving",
+          "OpenSoraSaveFirstFrame": "saving first frame", "OpenSoraImageCondition": "encoding reference",
+          "OpenSoraTextEncode": "encoding text", "OpenSoraTextEncodeImage": "encoding text"}
+_running_stage = ["working"]
+
+
+def _start_node(log, node_id: str, class_type: str) -> None:
+    _running_stage[0] = STAGES.get(class_type, class_type)
+    log(f"  [{node_id}] {class_type}")
+
+
 def _print_progress(value: int, total: int) -> None:
-    """Progress of the running node (sampling steps, decoded chunks, saved frames) on one terminal line."""
-    print(f"\r    {value}/{total}", end="\n" if value >= total else "", file=sys.stderr, flush=True)
+    """Progress of the running node (``sampling 3/50``, ``decoding 1/2``, ``saving 9/129``): one line
+    rewritten on a terminal; elsewhere (logs) about ten lines per stage."""
+    stage = _running_stage[0]
+    if sys.stderr.isatty():
+        print(f"\r    {stage} {value}/{total}", end="\n" if value >= total else "", file=sys.stderr, flush=True)
+    elif value == total or value % max(1, total // 10) == 0:
+        print(f"    {stage} {value}/{total}", file=sys.stderr, flush=True)
 
 
 def _workflow_value(prompt: dict[str, dict], class_type: str, name: str) -> Any:
@@ -320,7 +354,7 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
                 name=f"{staging.name}/sample",
             )
             graph = apply_settings(prompt, run_settings)
-            files = run_workflow(graph, classes, on_node=lambda i, t: log(f"  [{i}] {t}")).files()
+            files = run_workflow(graph, classes, on_node=lambda i, t: _start_node(log, i, t)).files()
             # the videos (a t2i2v first frame is saved beside them, in its own folder, and stays there)
             files = [file for file in files if file.parent.name == staging.name]
             if len(files) != len(rows):
@@ -431,9 +465,20 @@ def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: d
         raise SystemExit(f"The workflow cannot run: {error}") from None
 
 
+SMOKE_WORKFLOWS = ("t2v_256px", "t2i2v", "t2i2v_comfy_flux")
+
+
 def _generate(args: argparse.Namespace) -> int:
+    workflow_path(args.workflow)  # an unknown workflow is the first thing to say
     settings = _settings(args)
     if args.smoke:
+        ignored = [flag for flag, value in (("--csv", args.csv), ("--ref", args.ref), ("--models-dir", args.models_dir))
+                   if value]
+        if args.workflow not in SMOKE_WORKFLOWS:
+            ignored.append(f"--workflow {args.workflow}")
+        if ignored:
+            raise SystemExit(f"--smoke runs the t2v (or t2i2v) graph on tiny built-in models and would ignore "
+                             f"{', '.join(ignored)}: leave them out, or drop --smoke.")
         return _smoke(args, settings)
     if args.models_dir is None:
         raise SystemExit("--models-dir is required (the folder holding diffusion_models/, vae/, text_encoders/).")
@@ -443,10 +488,38 @@ def _generate(args: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
     prompt = prepare_workflow(args.workflow, args.text_only)
+    check_model_files(apply_settings(prompt, {k: settings.get(k) for k in MODEL_FILE_INPUTS}), args)
     rows, stem = load_rows(args)
+    check_references(apply_settings(prompt, {"cond_type": settings.get("cond_type")}), args, rows)
     written = _plan_and_run(args, prompt, settings, rows, stem, output_dir)
     print(f"done: {len(written)} file(s) in {output_dir}")
     return 0
+
+
+# option -> the loader input it names and that input's model folder
+MODEL_FILE_INPUTS = {"model": ("model_name", host.DIFFUSION_MODELS), "vae": ("vae_name", host.VAE),
+                     "t5": ("t5_name", host.TEXT_ENCODERS), "clip": ("clip_name", host.TEXT_ENCODERS)}
+
+
+def check_model_files(prompt: dict[str, dict], args: argparse.Namespace) -> None:
+    """Every weight file the workflow loads is in --models-dir, or one line naming the file, the
+    sub-folder it belongs in and the download command."""
+    for node in prompt.values():
+        if not node["class_type"].startswith("OpenSora"):
+            continue
+        for input_name, folder in MODEL_FILE_INPUTS.values():
+            name = node["inputs"].get(input_name)
+            if not isinstance(name, str):
+                continue
+            try:
+                host.resolve_file(folder, name)
+            except FileNotFoundError:
+                family = next((what for what in DOWNLOADS if args.workflow.startswith(what)), "t2v")
+                raise SystemExit(
+                    f"{Path(args.models_dir) / folder / name} is missing: put the file (or its folder) in "
+                    f"{Path(args.models_dir) / folder}/, or fetch it with: python3 <pack folder> download "
+                    f"--what {family} --models-dir {args.models_dir}"
+                ) from None
 
 
 def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
@@ -580,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python3 ComfyUI-OpenSora",
         description="Open-Sora 2.0 without the ComfyUI UI: run the pack's example workflows headless.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="run an example workflow for a prompt or a CSV of prompts")
@@ -681,4 +755,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate" and args.output_dir is None and not args.smoke:
         args.output_dir = "output"
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except (SystemExit, ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        if args.debug or isinstance(error, SystemExit) and not isinstance(error.code, str):
+            raise
+        message = error.code if isinstance(error, SystemExit) else str(error)
+        print(f"error: {_first_lines(message)}", file=sys.stderr)
+        print("(run with --debug for the full traceback)", file=sys.stderr)
+        return USER_ERROR
+
+
+USER_ERROR = 2  # argparse's exit status for a usage mistake: the same for every mistake a user can fix
+
+
+def _first_lines(message: str, lines: int = 2) -> str:
+    """A user mistake in one or two lines: the message's own first lines (what happened, what to change)."""
+    kept = [line for line in str(message).strip().splitlines() if line.strip()][:lines]
+    return "\n".join(kept) or "unknown error"

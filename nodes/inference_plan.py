@@ -79,6 +79,10 @@ def read_prompt_table(path: str | Path) -> tuple[list[dict[str, Any]], str]:
             rows = list(csv.DictReader(handle))
     if not rows or "text" not in rows[0]:
         raise ValueError(f"{path} needs a 'text' column (optional: {', '.join(TABLE_COLUMNS[1:])}) and a row.")
+    unknown = [column for column in rows[0] if column not in TABLE_COLUMNS]
+    if unknown:
+        raise ValueError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; the columns read are "
+                         f"{', '.join(TABLE_COLUMNS)}.")
     return rows, path.name.split(".")[0]
 
 

@@ -112,16 +112,16 @@ def test_video_extension_and_text_only_high_compression(tiny_models, tmp_path):
 def test_clear_errors_for_what_cannot_run(tiny_models, tmp_path):
     common = ["--models-dir", str(tiny_models), "--output-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="only inside ComfyUI.*--text-only"):
-        cli.main(["generate", "--workflow", "t2i2v_comfy_flux", "--prompt", "x", *common])
+        cli.main(["--debug", "generate", "--workflow", "t2i2v_comfy_flux", "--prompt", "x", *common])
     with pytest.raises(SystemExit, match="takes no reference"):
-        cli.main(["generate", "--workflow", "t2v_256px", "--prompt", "x", "--ref", "a.png", *common])
+        cli.main(["--debug", "generate", "--workflow", "t2v_256px", "--prompt", "x", "--ref", "a.png", *common])
     with pytest.raises(SystemExit, match="Unknown workflow 'nope'.*t2v_256px"):
-        cli.main(["generate", "--workflow", "nope", "--prompt", "x", *common])
-    with pytest.raises(SystemExit, match="cannot run: .*'missing.safetensors' is not one of the choices"):
-        cli.main(["generate", "--prompt", "x", "--model", "missing.safetensors", *common])
+        cli.main(["--debug", "generate", "--workflow", "nope", "--prompt", "x", *common])
+    with pytest.raises(SystemExit, match="diffusion_models/missing.safetensors is missing.*download --what t2v"):
+        cli.main(["--debug", "generate", "--prompt", "x", "--model", "missing.safetensors", *common])
     with pytest.raises(SystemExit, match="'text' column"):
         (tmp_path / "bad.csv").write_text("prompt\nhello\n")
-        cli.main(["generate", "--csv", str(tmp_path / "bad.csv"), *common])
+        cli.main(["--debug", "generate", "--csv", str(tmp_path / "bad.csv"), *common])
 
 
 def test_downloads_place_every_file_the_workflows_name():
@@ -272,11 +272,59 @@ def test_cond_type_t2v_turns_an_i2v_workflow_into_text_to_video(tiny_models, tmp
 def test_bad_reference_options_are_refused_with_what_to_write(tiny_models, tmp_path, monkeypatch):
     common = ["--prompt", "x", "--models-dir", str(tiny_models), "--output-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="--resolution: Invalid resolution '720'.*<N>px"):
-        cli.main(["generate", "--resolution", "720", *common])
+        cli.main(["--debug", "generate", "--resolution", "720", *common])
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # dynamic asks the refiner endpoint: it needs a key
     with pytest.raises(SystemExit, match="No API key.*OPENAI_API_KEY"):
-        cli.main(["generate", "--motion-score", "dynamic", *common])
+        cli.main(["--debug", "generate", "--motion-score", "dynamic", *common])
     with pytest.raises(SystemExit, match="--motion-score: .*whole number"):
-        cli.main(["generate", "--motion-score", "high", *common])
+        cli.main(["--debug", "generate", "--motion-score", "high", *common])
     with pytest.raises(SystemExit, match="select no row"):
-        cli.main(["generate", "--start-index", "3", *common])
+        cli.main(["--debug", "generate", "--start-index", "3", *common])
+
+
+# ------------------------------------------------------------------------------ first-run mistakes
+
+
+def _mistake(capsys, argv: list[str]) -> str:
+    """A user mistake: exit status 2 and one or two lines saying what to change, no traceback."""
+    assert cli.main(argv) == cli.USER_ERROR
+    said = capsys.readouterr().err
+    assert "Traceback" not in said and said.startswith("error: ")
+    assert len(said.strip().splitlines()) <= 3  # the message (1-2 lines) and the --debug hint
+    return said
+
+
+def test_first_run_mistakes_are_short_and_say_what_to_change(tiny_models, tmp_path, capsys):
+    common = ["--models-dir", str(tiny_models), "--output-dir", str(tmp_path / "out")]
+    said = _mistake(capsys, ["generate", "--workflow", "nope", "--prompt", "x", *common])
+    assert "Unknown workflow 'nope'" in said and "t2v_256px" in said
+    said = _mistake(capsys, ["generate", "--workflow", "i2v_head", "--prompt", "x", *common])
+    assert "--ref FILE" in said
+    said = _mistake(capsys, ["generate", "--workflow", "i2v_head", "--prompt", "x", "--ref",
+                             str(tmp_path / "missing.png"), *common])
+    assert "missing.png: no such file" in said
+    (tmp_path / "table.csv").write_text("text,refs\nhello,x.png\n")
+    said = _mistake(capsys, ["generate", "--csv", str(tmp_path / "table.csv"), *common])
+    assert "unknown column(s) 'refs'" in said and "text, ref, neg, name, fps" in said
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    said = _mistake(capsys, ["generate", "--prompt", "x", "--models-dir", str(empty)])
+    assert "diffusion_models/Open_Sora_v2.safetensors is missing" in said and "download --what t2v" in said
+    said = _mistake(capsys, ["generate", "--smoke", "--csv", str(tmp_path / "table.csv")])
+    assert "--smoke" in said and "would ignore --csv" in said
+    said = _mistake(capsys, ["generate", "--smoke", "--steps", "0"])
+    assert "'steps': 0 is smaller than the minimum 1" in said
+
+
+def test_debug_shows_the_traceback(tiny_models, tmp_path):
+    with pytest.raises(SystemExit, match="Unknown workflow"):
+        cli.main(["--debug", "generate", "--workflow", "nope", "--prompt", "x", "--models-dir", str(tiny_models)])
+
+
+def test_progress_lines_name_the_stage(capsys, monkeypatch):
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
+    cli._start_node(lambda line: None, "7", "OpenSoraSampler")
+    for value in range(1, 51):
+        cli._print_progress(value, 50)
+    lines = capsys.readouterr().err.split("\n")
+    assert "    sampling 5/50" in lines and "    sampling 50/50" in lines and len([x for x in lines if x]) == 10

@@ -296,5 +296,5 @@ def test_command_line_refines_each_prompt(server, standalone_host, tmp_path, mon
 
     server.default = (503, {"error": {"message": "down"}}, 0.0)
     with pytest.raises(SystemExit, match="Prompt refinement failed after 3 attempts"):
-        cli.main(["generate", "--prompt", "x", "--models-dir", str(models), "--output-dir", str(tmp_path / "o2"),
-                  "--refine-prompt", "--refine-base-url", server.url, "--device", "cpu"])
+        cli.main(["--debug", "generate", "--prompt", "x", "--models-dir", str(models), "--output-dir",
+                  str(tmp_path / "o2"), "--refine-prompt", "--refine-base-url", server.url, "--device", "cpu"])

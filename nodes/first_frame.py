@@ -10,9 +10,10 @@ import torch
 from ..loaders import media
 from ..samplers.conditioning import TextConditioning
 from ..samplers.first_frame import reference_uint8
-from ..samplers.prompt import encode_conditioning, split_prompts
+from ..samplers.prompt import split_prompts
 from . import host
-from .save_video import _as_list, _metadata, _prompts, sidecar_texts
+from .save_video import as_list, media_metadata, sidecar_prompts, sidecar_texts
+from .text import encode_prompts
 
 
 class OpenSoraTextEncodeImage:
@@ -43,18 +44,9 @@ class OpenSoraTextEncodeImage:
         "pooled, from the prompt as typed (no fps / motion-score suffix, which only the video's prompt gets)."
     )
 
-    def execute(self, text_encoder: Any, prompt: str, one_prompt_per_line: bool) -> tuple[TextConditioning]:
+    def execute(self, text_encoder: Any, prompt: str, one_prompt_per_line: bool) -> tuple[TextConditioning] | dict:
         prompts = split_prompts(prompt, one_prompt_per_line)
-        host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
-        host.check_interrupt()
-        conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, [""] * len(prompts),
-                                           host.intermediate_device())
-        return (conditioning,)
-
-
-def _first(value: Any) -> Any:
-    """A list-input node's widget or single input: ComfyUI wraps it in a list of one."""
-    return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
+        return encode_prompts(text_encoder, prompt, prompts, [""] * len(prompts), "Open-Sora Text Encode (first frame)")
 
 
 class OpenSoraSaveFirstFrame:
@@ -96,15 +88,15 @@ class OpenSoraSaveFirstFrame:
 
     def execute(self, images: torch.Tensor, filename_prefix: str, conditioning: Any = None,
                 prompt_text: str | None = None, prompt: Any = None, extra_pnginfo: Any = None) -> dict:
-        images = torch.cat(_as_list(images)) if isinstance(images, list) else images
+        images = torch.cat(as_list(images))
         filename_prefix, conditioning, prompt_text, prompt, extra_pnginfo = (
-            _first(v) for v in (filename_prefix, conditioning, prompt_text, prompt, extra_pnginfo))
+            as_list(v)[0] for v in (filename_prefix, conditioning, prompt_text, prompt, extra_pnginfo))
         media.check_frames(images)
-        lines = sidecar_texts(_prompts(conditioning, prompt_text), images.shape[0])
+        lines = sidecar_texts(sidecar_prompts(conditioning, prompt_text), images.shape[0])
         pixels = reference_uint8(images)
         rounded = pixels.float().div(255)
         folder, filename, counter, subfolder = host.save_path(filename_prefix, images.shape[2], images.shape[1])
-        tags = _metadata(prompt, extra_pnginfo)
+        tags = media_metadata(prompt, extra_pnginfo)
         saved = []
         for index in range(images.shape[0]):
             stem = f"{filename}_{counter + index:05}_"

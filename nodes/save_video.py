@@ -11,7 +11,7 @@ from ..loaders import media
 from . import host
 
 
-def _prompts(conditioning: Any, prompt_text: str | None) -> list[str]:
+def sidecar_prompts(conditioning: Any, prompt_text: str | None) -> list[str]:
     """The final prompts for the ``.txt`` sidecars (one per video), or none.
 
     A connected ``prompt_text`` wins (the user wired it to say exactly what the file should hold);
@@ -47,12 +47,12 @@ def sidecar_texts(prompts: list[str], num_videos: int) -> list[str | None]:
     )
 
 
-def _as_list(value: Any) -> list:
+def as_list(value: Any) -> list:
     """ComfyUI hands a list-input node every input as a list; direct calls may pass plain values."""
     return value if isinstance(value, list) else [value]
 
 
-def _metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
+def media_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
     """ComfyUI's embedded metadata: ``prompt`` and every EXTRA_PNGINFO key (``workflow``) as JSON."""
     if host.metadata_disabled():
         return {}
@@ -116,10 +116,10 @@ class OpenSoraSaveVideo:
         for the inputs named here; these checks cover them. A linked input arrives as None and is
         checked when the node runs. As an INPUT_IS_LIST node it is handed each value as a list."""
         try:
-            for prefix in _as_list(filename_prefix):
+            for prefix in as_list(filename_prefix):
                 if prefix is not None:
                     host.check_filename_prefix(prefix)
-            for settings in zip(_as_list(format), _as_list(crf), _as_list(pix_fmt)):
+            for settings in zip(as_list(format), as_list(crf), as_list(pix_fmt)):
                 media.check_encoder_settings(*settings)
         except ValueError as error:
             return str(error)
@@ -154,16 +154,16 @@ class OpenSoraSaveVideo:
         prompt: Any = None,
         extra_pnginfo: Any = None,
     ) -> dict:
-        videos = _as_list(images)
-        settings = [_as_list(v) for v in (fps, filename_prefix, format, crf, pix_fmt)]
+        videos = as_list(images)
+        settings = [as_list(v) for v in (fps, filename_prefix, format, crf, pix_fmt)]
         per_video = [[values[min(i, len(values) - 1)] for values in settings] for i in range(len(videos))]
         for frames, (rate, _, fmt, quality, pixels) in zip(videos, per_video):
             media.check_frames(frames)
             if frames.shape[0] > 1:
                 media.check_video_settings(fmt, rate, quality, pixels)
-        conditioning, prompt_text = _as_list(conditioning)[0], _as_list(prompt_text)[0]
-        texts = sidecar_texts(_prompts(conditioning, prompt_text), len(videos))
-        tags = _metadata(_as_list(prompt)[0], _as_list(extra_pnginfo)[0])
+        conditioning, prompt_text = as_list(conditioning)[0], as_list(prompt_text)[0]
+        texts = sidecar_texts(sidecar_prompts(conditioning, prompt_text), len(videos))
+        tags = media_metadata(as_list(prompt)[0], as_list(extra_pnginfo)[0])
         saved = [
             self._save_one(frames, *settings, text, tags)
             for frames, settings, text in zip(videos, per_video, texts)

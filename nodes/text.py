@@ -163,19 +163,26 @@ class OpenSoraTextEncode:
             motion_score = motion_score_text.strip()
         check_motion_score(motion_score)
         prompts, negatives = final_prompts(prompt, negative_prompt, fps, motion_score, one_prompt_per_line)
-        host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
-        host.check_interrupt()
-        warnings = prompt_warnings(text_encoder, prompt, prompts, negatives)
-        for warning in warnings:
-            log.warning("Open-Sora Text Encode: %s", warning)
-        if warnings:
-            host.show_text("\n".join(warnings))
-        conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
-                                           host.intermediate_device())
-        _check_conditioning(text_encoder, conditioning)
-        if warnings:
-            return {"ui": {"text": warnings}, "result": (conditioning,)}
-        return (conditioning,)
+        return encode_prompts(text_encoder, prompt, prompts, negatives, "Open-Sora Text Encode")
+
+
+def encode_prompts(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: list[str], negatives: list[str],
+                   node: str) -> tuple[TextConditioning] | dict:
+    """The text nodes' shared work: load the encoders, warn about empty or cut prompts (log and node text),
+    encode, check the result. Returns the node's output, with the warnings for the UI when there are any."""
+    host.load_models([text_encoder.t5_managed, text_encoder.clip_managed])
+    host.check_interrupt()
+    warnings = prompt_warnings(text_encoder, raw_prompt, prompts, negatives)
+    for warning in warnings:
+        log.warning("%s: %s", node, warning)
+    if warnings:
+        host.show_text("\n".join(warnings))
+    conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
+                                       host.intermediate_device())
+    _check_conditioning(text_encoder, conditioning)
+    if warnings:
+        return {"ui": {"text": warnings}, "result": (conditioning,)}
+    return (conditioning,)
 
 
 def prompt_warnings(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: list[str],

@@ -64,7 +64,6 @@ OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "vae": (("OpenSoraVAELoader", "vae_name"),),
     "t5": (("OpenSoraTextEncoderLoader", "t5_name"),),
     "clip": (("OpenSoraTextEncoderLoader", "clip_name"),),
-    "motion_score": (("OpenSoraTextEncode", "motion_score"),),
 }
 # ComfyUI's own Flux nodes (the t2i2v first frame): not available outside ComfyUI.
 FLUX_NODE_TYPES = ("UNETLoader", "ModelSamplingFlux", "DualCLIPLoader", "CLIPTextEncode", "FluxGuidance",
@@ -170,8 +169,7 @@ def check_references(prompt: dict[str, dict], args: argparse.Namespace,
                      rows: Sequence[inference_plan.PromptRow]) -> None:
     """An i2v/v2v workflow needs its reference files from the command line: say which option gives them,
     and that each one exists, before any model loads."""
-    takes = any(node["class_type"] == class_type for node in prompt.values() for class_type, _ in REFERENCE_INPUTS)
-    if not takes:
+    if not _reference_loaders(prompt):
         return
     references = [args.ref] if args.ref else [row.ref for row in rows]
     if not all(references):
@@ -183,14 +181,19 @@ def check_references(prompt: dict[str, dict], args: argparse.Namespace,
                 raise SystemExit(f"--ref {part.strip()}: no such file.")
 
 
-def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
-    """Give reference files (images or videos) to the workflow's loader nodes, in node-id order."""
-    loaders = [
+def _reference_loaders(prompt: dict[str, dict]) -> list[tuple[str, str]]:
+    """(node id, input) of the workflow's reference-media loaders, in node-id order."""
+    return [
         (node_id, input_name)
         for node_id, node in sorted(prompt.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
         for class_type, input_name in REFERENCE_INPUTS
         if node["class_type"] == class_type
     ]
+
+
+def set_references(prompt: dict[str, dict], references: Sequence[str]) -> None:
+    """Give reference files (images or videos) to the workflow's loader nodes, in node-id order."""
+    loaders = _reference_loaders(prompt)
     if not loaders:
         raise SystemExit("This workflow takes no reference image or video; drop --ref (or choose an i2v/v2v workflow).")
     if len(references) not in (1, len(loaders)):
@@ -488,7 +491,7 @@ def _generate(args: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
     prompt = prepare_workflow(args.workflow, args.text_only)
-    check_model_files(apply_settings(prompt, {k: settings.get(k) for k in MODEL_FILE_INPUTS}), args)
+    check_model_files(apply_settings(prompt, {k: settings.get(k) for k in MODEL_FOLDERS}), args)
     rows, stem = load_rows(args)
     check_references(apply_settings(prompt, {"cond_type": settings.get("cond_type")}), args, rows)
     written = _plan_and_run(args, prompt, settings, rows, stem, output_dir)
@@ -496,30 +499,29 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-# option -> the loader input it names and that input's model folder
-MODEL_FILE_INPUTS = {"model": ("model_name", host.DIFFUSION_MODELS), "vae": ("vae_name", host.VAE),
-                     "t5": ("t5_name", host.TEXT_ENCODERS), "clip": ("clip_name", host.TEXT_ENCODERS)}
+# The options that name weight files (their loader inputs are in OPTION_TARGETS) -> their model folder.
+MODEL_FOLDERS = {"model": host.DIFFUSION_MODELS, "vae": host.VAE, "t5": host.TEXT_ENCODERS,
+                 "clip": host.TEXT_ENCODERS}
 
 
 def check_model_files(prompt: dict[str, dict], args: argparse.Namespace) -> None:
     """Every weight file the workflow loads is in --models-dir, or one line naming the file, the
     sub-folder it belongs in and the download command."""
-    for node in prompt.values():
-        if not node["class_type"].startswith("OpenSora"):
-            continue
-        for input_name, folder in MODEL_FILE_INPUTS.values():
-            name = node["inputs"].get(input_name)
-            if not isinstance(name, str):
-                continue
-            try:
-                host.resolve_file(folder, name)
-            except FileNotFoundError:
-                family = next((what for what in DOWNLOADS if args.workflow.startswith(what)), "t2v")
-                raise SystemExit(
-                    f"{Path(args.models_dir) / folder / name} is missing: put the file (or its folder) in "
-                    f"{Path(args.models_dir) / folder}/, or fetch it with: python3 <pack folder> download "
-                    f"--what {family} --models-dir {args.models_dir}"
-                ) from None
+    for option, folder in MODEL_FOLDERS.items():
+        for class_type, input_name in OPTION_TARGETS[option]:
+            for node in prompt.values():
+                name = node["inputs"].get(input_name) if node["class_type"] == class_type else None
+                if not isinstance(name, str):
+                    continue
+                try:
+                    host.resolve_file(folder, name)
+                except FileNotFoundError:
+                    family = next((what for what in DOWNLOADS if args.workflow.startswith(what)), "t2v")
+                    raise SystemExit(
+                        f"{Path(args.models_dir) / folder / name} is missing: put the file (or its folder) in "
+                        f"{Path(args.models_dir) / folder}/, or fetch it with: python3 <pack folder> download "
+                        f"--what {family} --models-dir {args.models_dir}"
+                    ) from None
 
 
 def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
@@ -282,22 +282,26 @@ def load_rows(args: argparse.Namespace) -> tuple[list[inference_plan.PromptRow],
 STAGES = {"OpenSoraSampler": "sampling", "OpenSoraVAEDecode": "decoding", "OpenSoraSaveVideo": "saving",
           "OpenSoraSaveFirstFrame": "saving first frame", "OpenSoraImageCondition": "encoding reference",
           "OpenSoraTextEncode": "encoding text", "OpenSoraTextEncodeImage": "encoding text"}
-_running_stage = ["working"]
 
 
-def _start_node(log, node_id: str, class_type: str) -> None:
-    _running_stage[0] = STAGES.get(class_type, class_type)
-    log(f"  [{node_id}] {class_type}")
+class StageProgress:
+    """Progress lines that name the running node's stage (``sampling 3/50``, ``decoding 1/2``, ``saving
+    9/129``): one line rewritten on a terminal; elsewhere (logs) about ten lines per stage."""
 
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.stage = "working"
 
-def _print_progress(value: int, total: int) -> None:
-    """Progress of the running node (``sampling 3/50``, ``decoding 1/2``, ``saving 9/129``): one line
-    rewritten on a terminal; elsewhere (logs) about ten lines per stage."""
-    stage = _running_stage[0]
-    if sys.stderr.isatty():
-        print(f"\r    {stage} {value}/{total}", end="\n" if value >= total else "", file=sys.stderr, flush=True)
-    elif value == total or value % max(1, total // 10) == 0:
-        print(f"    {stage} {value}/{total}", file=sys.stderr, flush=True)
+    def start_node(self, node_id: str, class_type: str) -> None:
+        self.stage = STAGES.get(class_type, class_type)
+        self.log(f"  [{node_id}] {class_type}")
+
+    def __call__(self, value: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r    {self.stage} {value}/{total}", end="\n" if value >= total else "", file=sys.stderr,
+                  flush=True)
+        elif value == total or value % max(1, total // 10) == 0:
+            print(f"    {self.stage} {value}/{total}", file=sys.stderr, flush=True)
 
 
 def _workflow_value(prompt: dict[str, dict], class_type: str, name: str) -> Any:
@@ -333,7 +337,8 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
     classes = node_classes()
     target = output_dir / sub_dir
     staging = Path(tempfile.mkdtemp(prefix=".opensora-", dir=output_dir))
-    remove_listener = host.add_progress_listener(_print_progress)
+    progress = StageProgress(log)
+    remove_listener = host.add_progress_listener(progress)
     try:
         for generation in generations:
             started = time.perf_counter()
@@ -357,7 +362,7 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
                 name=f"{staging.name}/sample",
             )
             graph = apply_settings(prompt, run_settings)
-            files = run_workflow(graph, classes, on_node=lambda i, t: _start_node(log, i, t)).files()
+            files = run_workflow(graph, classes, on_node=progress.start_node).files()
             # the videos (a t2i2v first frame is saved beside them, in its own folder, and stays there)
             files = [file for file in files if file.parent.name == staging.name]
             if len(files) != len(rows):

@@ -323,8 +323,9 @@ def test_debug_shows_the_traceback(tiny_models, tmp_path):
 
 def test_progress_lines_name_the_stage(capsys, monkeypatch):
     monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
-    cli._start_node(lambda line: None, "7", "OpenSoraSampler")
+    progress = cli.StageProgress(lambda line: None)
+    progress.start_node("7", "OpenSoraSampler")
     for value in range(1, 51):
-        cli._print_progress(value, 50)
+        progress(value, 50)
     lines = capsys.readouterr().err.split("\n")
     assert "    sampling 5/50" in lines and "    sampling 50/50" in lines and len([x for x in lines if x]) == 10

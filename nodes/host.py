@@ -300,12 +300,20 @@ def _walk_files(root: Path) -> Iterator[str]:
                 yield (relative / name).as_posix()
 
 
+def _is_absolute(name: str) -> bool:
+    """An absolute path on any system (``/x``, ``\\x``, ``C:x``)."""
+    return os.path.isabs(name) or name.startswith(("/", "\\")) or bool(PureWindowsPath(name).drive)
+
+
+def _climbs(name: str) -> bool:
+    """A name with a ``..`` part (either separator)."""
+    return ".." in name.replace("\\", "/").split("/")
+
+
 def _inside(name: str) -> bool:
     """Whether ``name`` stays inside the folder it is looked up in, by its words alone: no absolute path,
     no ``..``. Links are followed afterwards: where a link points is the user's choice."""
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    return bool(parts) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).anchor \
-        and ".." not in parts
+    return bool(name.strip()) and not _is_absolute(name) and not _climbs(name)
 
 
 def _dangling_link(root: Path, name: str) -> Path | None:
@@ -364,13 +372,12 @@ def check_filename_prefix(prefix: str) -> None:
     """Refuse an output prefix that is empty, absolute or walks out of the output folder (``..``)."""
     if not prefix or not prefix.strip():
         raise ValueError("filename_prefix is empty: give a name such as 'OpenSora/video'.")
-    parts = prefix.replace("\\", "/").split("/")
-    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":"):
+    if _is_absolute(prefix):
         raise ValueError(
             f"filename_prefix '{prefix}' is an absolute path; files are saved inside the output folder, "
             "so give a relative prefix such as 'OpenSora/video'."
         )
-    if ".." in parts:
+    if _climbs(prefix):
         raise ValueError(
             f"filename_prefix '{prefix}' contains '..': saving outside the output folder is not allowed."
         )

@@ -26,7 +26,8 @@ from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lo
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
 from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
 
-from workflow_doubles import PACK_ROOT, api_twins, check_video_output, prepare_test_graph, read_video, write_test_inputs
+from workflow_doubles import (PACK_ROOT, api_twins, check_video_output, prepare_test_graph, read_video,
+                              two_prompt_batch_graph, write_test_inputs)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -305,14 +306,8 @@ def test_prompt_refiner_asks_once_per_seed(comfy):
 
 def test_batch_of_two_saves_two_videos_and_two_sidecars_in_comfyui(comfy):
     """ComfyUI's list mapping: the decoder's two videos reach Save Video as two files with their prompts."""
-    graph = prepare_test_graph("t2v_256px")
-    for node in graph.values():
-        if node["class_type"] == "OpenSoraNoise":
-            node["inputs"]["batch_size"] = 2
-        elif node["class_type"] == "OpenSoraTextEncode":
-            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
-        elif node["class_type"] == "OpenSoraSaveVideo":
-            node["inputs"]["filename_prefix"] = "batch/two"
+    graph = two_prompt_batch_graph()
+    next(n for n in graph.values() if n["class_type"] == "OpenSoraSaveVideo")["inputs"]["filename_prefix"] = "batch/two"
     entry = comfy.run(graph)
     assert entry["status"]["status_str"] == "success", _execution_error(entry["status"])
     items = [item for output in entry["outputs"].values() for item in output.get("images", [])]

@@ -33,6 +33,7 @@ from workflow_doubles import (
     prepare_test_graph,
     strip_meta,
     ui_to_api,
+    two_prompt_batch_graph,
     ui_workflows,
     write_test_inputs,
 )
@@ -111,12 +112,7 @@ def test_ui_workflow_is_well_formed_and_documented(name):
 
 def test_batch_of_two_saves_two_videos_with_their_own_sidecars(tiny_host):
     """Batch size 2 and two prompts: two MP4s and two .txt files, each video with its own prompt."""
-    graph = prepare_test_graph("t2v_256px")
-    for node in graph.values():
-        if node["class_type"] == "OpenSoraNoise":
-            node["inputs"]["batch_size"] = 2
-        elif node["class_type"] == "OpenSoraTextEncode":
-            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
+    graph = two_prompt_batch_graph()
     result = run_workflow(graph, ALL_NODES)
     videos = sorted(result.files())
     assert [p.suffix for p in videos] == [".mp4", ".mp4"]

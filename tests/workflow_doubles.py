@@ -381,6 +381,17 @@ def prepare_test_graph(name: str) -> dict[str, dict]:
     return graph
 
 
+
+def two_prompt_batch_graph(name: str = "t2v_256px") -> dict[str, dict]:
+    """:func:`prepare_test_graph` with batch size 2 and one prompt per line (two videos, two prompts)."""
+    graph = prepare_test_graph(name)
+    for node in graph.values():
+        if node["class_type"] == "OpenSoraNoise":
+            node["inputs"]["batch_size"] = 2
+        elif node["class_type"] == "OpenSoraTextEncode":
+            node["inputs"].update(prompt="a red fox\na grey cat", one_prompt_per_line=True)
+    return graph
+
 def check_video_output(graph: Mapping[str, dict], path: Path) -> np.ndarray:
     """The file is a playable MP4 with the frames, size and frame rate the graph asked for (one video of
     the batch: each is saved on its own)."""

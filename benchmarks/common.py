@@ -6,11 +6,10 @@ the package ``comfyui_opensora`` the way ComfyUI does (by file path), without Co
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import platform
-import sys
+import runpy
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "comfyui_opensora"
-
-
-def import_pack():
-    """Import the pack as ``comfyui_opensora`` (idempotent)."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACKAGE, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACKAGE]
-
-
+import_pack = runpy.run_path(str(PACK_ROOT / "__main__.py"))["import_pack"]  # the pack's one bootstrap
 import_pack()
 from comfyui_opensora.models.fp8 import FP8_DTYPES, convert_blocks_to_fp8  # noqa: E402
 from comfyui_opensora.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402

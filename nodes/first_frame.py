@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..loaders import media
+from ..media import writers as media
 from ..samplers.conditioning import TextConditioning
 from ..samplers.first_frame import reference_uint8
 from ..samplers.prompt import split_prompts

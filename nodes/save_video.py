@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..loaders import media
+from ..media import writers as media
 from . import host
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..media.pixels import to_uint8
 from .geometry import AutoencoderKind, VideoGeometry, decoded_num_frames
 from .packing import pack
 
@@ -87,11 +88,6 @@ def select_reference_clips(
 
 
 # ------------------------------------------------------------------------------ frame preparation
-
-
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE values in [0, 1] -> the uint8 pixels an image file holds (rounded)."""
-    return frames.detach().float().cpu().mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _fill_size(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, bool]:

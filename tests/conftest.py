@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden_v1"
-PACKAGE = "comfyui_opensora"
 
-
-def _import_pack():
-    if PACKAGE in sys.modules:
-        return sys.modules[PACKAGE]
-    spec = importlib.util.spec_from_file_location(
-        PACKAGE, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_import_pack()
+runpy.run_path(str(PACK_ROOT / "__main__.py"))["import_pack"]()  # the pack's one bootstrap
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
-from comfyui_opensora.nodes import cli
+from comfyui_opensora.standalone import arguments, cli, downloads, workflow_edit, workflow_runner
 
 from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
 from workflow_doubles import PACK_ROOT, WORKFLOW_DIR, load_json, read_video, write_test_clip, write_test_image
@@ -63,7 +63,7 @@ def test_smoke_runs_the_t2i2v_graph_offline(standalone_host, tmp_path):
 def test_text_only_drops_either_kind_of_first_frame():
     """--text-only leaves the same text-to-video graph from the pack-node t2i2v and the ComfyUI-Flux variant."""
     def video_part(name: str) -> dict:
-        graph = cli.without_flux_first_frame(cli.load_api_workflow(cli.workflow_path(name)))
+        graph = workflow_edit.without_flux_first_frame(workflow_runner.load_api_workflow(arguments.workflow_path(name)))
         for node in graph.values():
             node["inputs"].pop("filename_prefix", None)
         return graph
@@ -132,9 +132,9 @@ def test_downloads_place_every_file_the_workflows_name():
     families = {"t2v_256px": "t2v", "t2v_256px_lora": "t2v", "t2v_768px": "t2v", "i2v_head": "i2v", "i2v_loop": "i2v", "v2v_head": "i2v",
                 "t2i2v": "t2i2v", "t2i2v_comfy_flux": "t2i2v", "high_compression": "high_compression",
                 "high_compression_comfy_flux": "high_compression"}
-    assert set(families) == set(cli.available_workflows())
+    assert set(families) == set(arguments.available_workflows())
     for name, family in families.items():
-        placed = {(item.folder, item.name) for item in cli.DOWNLOADS[family]}
+        placed = {(item.folder, item.name) for item in downloads.DOWNLOADS[family]}
         for node in load_json(WORKFLOW_DIR / "api" / f"{name}.json").values():
             for class_type, (field, folder) in loaders.items():
                 if node["class_type"] == class_type:
@@ -156,16 +156,29 @@ def test_downloads_fetch_no_weights_the_family_does_not_load():
         loaded = {node["inputs"][key] for name in names
                   for node in load_json(WORKFLOW_DIR / "api" / f"{name}.json").values()
                   for key in fields.get(node["class_type"], ())}
-        weights = {item.name for item in cli.DOWNLOADS[family] if item.name.endswith(".safetensors")}
+        weights = {item.name for item in downloads.DOWNLOADS[family] if item.name.endswith(".safetensors")}
         assert weights == loaded, family
-    assert "Open_Sora_v2.safetensors" not in {item.name for item in cli.DOWNLOADS["high_compression"]}
+    assert "Open_Sora_v2.safetensors" not in {item.name for item in downloads.DOWNLOADS["high_compression"]}
 
 
 def test_pack_folder_runs_as_a_script():
     """`python3 <pack folder> ...` imports the pack by path, without ComfyUI."""
     done = subprocess.run([sys.executable, str(PACK_ROOT), "workflows"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == cli.available_workflows()
+    assert done.stdout.split() == arguments.available_workflows()
+
+
+def test_help_and_usage_mistakes_answer_before_torch_is_imported():
+    """`--help`, argparse mistakes and an unknown workflow need no heavy import: run with torch unimportable."""
+    blocked = "import runpy, sys; sys.modules['torch'] = None; sys.argv = [{script!r}] + {argv!r}; " \
+              "runpy.run_path({script!r}, run_name='__main__')"
+    script = str(PACK_ROOT / "__main__.py")
+    for argv, status, said in ((["--help"], 0, "generate"), (["generate", "--steps", "x"], 2, "invalid int value"),
+                               (["generate", "--workflow", "nope"], 2, "error: Unknown workflow 'nope'")):
+        done = subprocess.run([sys.executable, "-c", blocked.format(script=script, argv=argv)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == status and said in done.stdout + done.stderr, (argv, done.stderr)
+        assert "Traceback" not in done.stderr
 
 
 def test_download_lays_files_out_for_comfyui(tmp_path, monkeypatch):
@@ -233,12 +246,12 @@ def test_prompt_naming_prefix_and_prompt_as_path(tiny_models, tmp_path):
 
 
 def test_sampler_and_loader_options_reach_the_nodes():
-    graph = cli.load_api_workflow(cli.workflow_path("i2v_head"))
+    graph = workflow_runner.load_api_workflow(arguments.workflow_path("i2v_head"))
     settings = dict(guidance=7.0, guidance_img=2.5, text_osci=False, image_osci=False, scale_temporal_osci=False,
                     shift=False, flow_shift=3.0, branch_mode="reference", fps=16, motion_score=0,
                     weight_dtype="fp8_e4m3fn", attention="sdpa", offload_blocks=4, noise_device="gpu",
                     noise_dtype="bf16", batch_size=2, cond_type="i2v_tail", resolution="720p")
-    applied = cli.apply_settings(graph, settings)
+    applied = workflow_edit.apply_settings(graph, settings)
     nodes = {n["class_type"]: n["inputs"] for n in applied.values()}
     sampler = nodes["OpenSoraSampler"]
     assert (sampler["guidance"], sampler["guidance_img"], sampler["flow_shift"], sampler["branch_mode"]) == (
@@ -256,7 +269,7 @@ def test_sampler_and_loader_options_reach_the_nodes():
 
 
 def test_cond_type_t2v_turns_an_i2v_workflow_into_text_to_video(tiny_models, tmp_path):
-    t2v = cli.set_cond_type(cli.load_api_workflow(cli.workflow_path("i2v_loop")), "t2v")
+    t2v = workflow_edit.set_cond_type(workflow_runner.load_api_workflow(arguments.workflow_path("i2v_loop")), "t2v")
     kinds = sorted(n["class_type"] for n in t2v.values())
     assert "OpenSoraImageCondition" not in kinds and "LoadImage" not in kinds
     sampler = next(n for n in t2v.values() if n["class_type"] == "OpenSoraSampler")
@@ -266,7 +279,7 @@ def test_cond_type_t2v_turns_an_i2v_workflow_into_text_to_video(tiny_models, tmp
                      "--num-frames", "5", "--models-dir", str(tiny_models), "--output-dir", str(out), *TINY]) == 0
     assert read_video(out / "video_custom" / "prompt_0000.mp4")[0].shape == (5, 32, 48, 3)
     with pytest.raises(SystemExit, match="needs a workflow with an image condition"):
-        cli.set_cond_type(cli.load_api_workflow(cli.workflow_path("t2v_256px")), "i2v_head")
+        workflow_edit.set_cond_type(workflow_runner.load_api_workflow(arguments.workflow_path("t2v_256px")), "i2v_head")
 
 
 def test_bad_reference_options_are_refused_with_what_to_write(tiny_models, tmp_path, monkeypatch):
@@ -287,7 +300,7 @@ def test_bad_reference_options_are_refused_with_what_to_write(tiny_models, tmp_p
 
 def _mistake(capsys, argv: list[str]) -> str:
     """A user mistake: exit status 2 and one or two lines saying what to change, no traceback."""
-    assert cli.main(argv) == cli.USER_ERROR
+    assert cli.main(argv) == arguments.USER_ERROR
     said = capsys.readouterr().err
     assert "Traceback" not in said and said.startswith("error: ")
     assert len(said.strip().splitlines()) <= 3  # the message (1-2 lines) and the --debug hint

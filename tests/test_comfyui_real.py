@@ -24,7 +24,7 @@ import pytest
 
 from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
-from comfyui_opensora.nodes.cli import FLUX_NODE_TYPES, without_flux_first_frame
+from comfyui_opensora.standalone.workflow_edit import FLUX_NODE_TYPES, without_flux_first_frame
 
 from workflow_doubles import (PACK_ROOT, api_twins, check_video_output, prepare_test_graph, read_video,
                               two_prompt_batch_graph, write_test_inputs)

@@ -14,7 +14,7 @@ from comfyui_opensora.nodes.vae import OpenSoraVAEDecode, OpenSoraVAELoader
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.first_frame import arithmetic_dtype, reference_uint8
 from comfyui_opensora.samplers.geometry import FLUX_AE, VideoGeometry
-from comfyui_opensora.samplers.image_condition import to_uint8
+from comfyui_opensora.media.pixels import to_uint8
 from comfyui_opensora.samplers.latent import make_latent
 
 

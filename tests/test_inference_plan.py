@@ -1,4 +1,4 @@
-"""nodes/inference_plan.py: rows, range, batches, samples, seeds and names as the reference's inference
+"""standalone/inference_plan.py: rows, range, batches, samples, seeds and names as the reference's inference
 script plans them (expected values restated from its rules here)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from comfyui_opensora.nodes import inference_plan as ip
+from comfyui_opensora.standalone import inference_plan as ip
 
 
 def rows(n: int, named: bool = False) -> list[ip.PromptRow]:

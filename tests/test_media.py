@@ -1,4 +1,4 @@
-"""loaders/media.py: pixel conversion, ffmpeg video writing (decoded back), metadata, PNG, atomic files."""
+"""media/writers.py + media/pixels.py: pixel conversion, ffmpeg video writing (decoded back), metadata, PNG, atomic files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_opensora.loaders import media
+from comfyui_opensora.media import pixels
+from comfyui_opensora.media import writers as media
 
 
 def smooth_frames(frames: int, height: int, width: int) -> torch.Tensor:
@@ -34,7 +35,7 @@ def smooth_frames(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 def as_uint8(frames: torch.Tensor) -> np.ndarray:
-    return np.stack([media.to_uint8(f) for f in frames])
+    return np.stack([pixels.to_uint8(f).numpy() for f in frames])
 
 
 def ffmpeg_metadata(path: Path) -> dict[str, str]:
@@ -74,14 +75,14 @@ def test_to_uint8_matches_reference_rounding():
     values = torch.tensor([-0.5, 0.0, 0.5 / 255, 0.4999 / 255, 0.5, 127.49 / 255, 1.0, 1.7, float("nan")])
     frame = values[:, None, None].expand(-1, 1, 3)
     expected = [0, 0, 1, 0, 128, 127, 255, 255, 0]
-    assert media.to_uint8(frame)[:, 0, 0].tolist() == expected
+    assert pixels.to_uint8(frame).numpy()[:, 0, 0].tolist() == expected
 
 
 def test_to_uint8_float32_vs_reference_bf16_differs_by_at_most_one_level():
     # The reference rounds its bf16 decoder output with bf16 arithmetic; we round in float32.
     decoder_out = (torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1).bfloat16()
     image = (decoder_out.float().clamp(-1, 1) + 1) / 2
-    ours = np.stack([media.to_uint8(f) for f in image]).astype(int)
+    ours = np.stack([pixels.to_uint8(f).numpy() for f in image]).astype(int)
     x = decoder_out.clone().clamp_(-1, 1)  # the reference: in place, in bf16
     reference = x.add_(1).div_(2).mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy().astype(int)
     difference = np.abs(ours - reference)
@@ -285,7 +286,7 @@ def test_png_has_reference_pixels_and_text_chunks(tmp_path):
     path = media.write_png(tmp_path / "frame.png", frame, {"prompt": '{"a": 1}', "workflow": "{}"})
     image = Image.open(path)
     assert image.mode == "RGB" and image.size == (20, 12)
-    assert (np.asarray(image) == media.to_uint8(frame)).all()
+    assert (np.asarray(image) == pixels.to_uint8(frame).numpy()).all()
     assert image.text == {"prompt": '{"a": 1}', "workflow": "{}"}
 
 

@@ -22,7 +22,7 @@ from comfyui_opensora.llm.prompt_refiner import Endpoint, RefineError
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, cli
 from comfyui_opensora.nodes.prompt_refiner import OpenSoraPromptRefiner
-from comfyui_opensora.nodes.workflow_runner import run_workflow
+from comfyui_opensora.standalone.workflow_runner import run_workflow
 
 from workflow_doubles import API_DIR, CORE_NODE_DOUBLES, load_json, prepare_test_graph
 from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)

@@ -20,7 +20,8 @@ from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
 from comfyui_opensora.nodes.noise import OpenSoraNoise
 from comfyui_opensora.nodes.sampler import OpenSoraSampler
 from comfyui_opensora.nodes.vae import OpenSoraVAE
-from comfyui_opensora.samplers import geometry, packing, preview
+from comfyui_opensora.media import preview
+from comfyui_opensora.samplers import geometry, packing
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.latent import read_latent
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from comfyui_opensora.media.pixels import to_uint8
 from comfyui_opensora.samplers import geometry, image_condition as ic, packing
 
 VIDEO = geometry.VideoGeometry(64, 96, 9)  # latent [16, 3, 8, 12]
@@ -29,7 +30,7 @@ def test_image_of_the_target_size_is_only_normalised():
 
 def test_image_path_is_pil_bicubic_cover_then_centre_crop():
     frame = _pattern(50, 100)  # 100x50 -> covers 64x96 at 128x64, crop columns 16..112
-    pixels = ic.to_uint8(frame)[0].numpy()
+    pixels = to_uint8(frame)[0].numpy()
     resized = np.array(Image.fromarray(pixels).resize((128, 64), Image.BICUBIC))
     expected = torch.from_numpy(resized[:, 16:112].copy()).permute(2, 0, 1).float() / 255 * 2 - 1
     assert torch.allclose(ic.prepare_clip(frame, 64, 96)[:, 0], expected, atol=1e-6)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from comfyui_opensora import NODE_CLASS_MAPPINGS
-from comfyui_opensora.loaders import media
+from comfyui_opensora.media import pixels
 from comfyui_opensora.nodes.save_video import OpenSoraSaveVideo
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
@@ -112,7 +112,7 @@ def test_single_frame_is_a_png_with_text_chunks(standalone_host):
         "animated": (False,),
     }
     image = Image.open(standalone_host.output_directory() / "OpenSora" / "video_00001_.png")
-    assert (np.asarray(image) == media.to_uint8(frame[0])).all()
+    assert (np.asarray(image) == pixels.to_uint8(frame[0]).numpy()).all()
     assert json.loads(image.text["prompt"]) == PROMPT_GRAPH
     assert json.loads(image.text["workflow"]) == WORKFLOW["workflow"]
     assert (standalone_host.output_directory() / "OpenSora" / "video_00001_.txt").read_text() == "a still lake"

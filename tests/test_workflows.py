@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_opensora.loaders import media
+from comfyui_opensora.media import pixels
 from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.models.autoencoder import Tiling
 from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE
-from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, workflow_runner
-from comfyui_opensora.nodes.workflow_runner import WorkflowError, run_workflow, validate_workflow
+from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
+from comfyui_opensora.standalone import workflow_runner
+from comfyui_opensora.standalone.workflow_runner import WorkflowError, run_workflow, validate_workflow
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
 from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
@@ -277,7 +278,7 @@ def test_t2v_workflow_reproduces_golden_frames(standalone_host, golden_dir, monk
 
     save_id = next(i for i, n in graph.items() if n["class_type"] == "OpenSoraSaveVideo")
     ((frames,),) = result.outputs[save_id]  # one output slot holding one video
-    ours = torch.stack([torch.from_numpy(media.to_uint8(f)) for f in frames]).int()
+    ours = torch.stack([torch.from_numpy(pixels.to_uint8(f).numpy()) for f in frames]).int()
     expected = tensors["frames_uint8"].int()
     assert ours.shape == expected.shape
     diff = (ours - expected).abs()

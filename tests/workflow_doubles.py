@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from comfyui_opensora.nodes import host
-from comfyui_opensora.nodes.workflow_runner import STANDALONE_CORE_NODES
+from comfyui_opensora.standalone.workflow_runner import STANDALONE_CORE_NODES
 
 NOTE_TYPES = ("Note", "MarkdownNote")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")

@@ -5,9 +5,7 @@ converted and streamed one at a time, so a long clip never exists as a whole uin
 Every file is written under a hidden temporary name in its destination folder and renamed into place
 only when complete: a failed or interrupted save leaves nothing behind.
 
-Pixel conversion (docs/opensora_spec.md §7.4): the reference turns the decoder output ``x`` in [-1, 1]
-into ``trunc(clamp((x + 1) / 2 * 255 + 0.5, 0, 255))`` in bf16; our IMAGE already is ``(x + 1) / 2`` and
-we apply the same rounding in float32 (bf16 arithmetic can move a value by one level).
+Pixels are converted by :func:`.pixels.to_uint8` (the reference's rounding).
 
 Colour: the reference hands rgb24 frames to PyAV, whose swscale conversion uses the BT.601 matrix and
 writes no colour tags. We convert with the BT.709 matrix, TV range, and tag the stream as BT.709 so
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .pixels import to_uint8
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,6 @@ def check_frames(frames: object) -> None:
         raise ValueError(f"Frames of size {frames.shape[2]}x{frames.shape[1]} cannot be saved.")
 
 
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """One IMAGE frame ``[H, W, 3]`` in 0..1 -> uint8 ``[H, W, 3]`` with the reference's rounding
-    ``trunc(clamp(v * 255 + 0.5, 0, 255))`` (computed in float32; NaN becomes 0)."""
-    values = torch.nan_to_num(frame.detach().to("cpu", torch.float32), nan=0.0)
-    return values.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).numpy()
-
-
 def even_size(height: int, width: int) -> tuple[int, int]:
     """The size yuv420p needs: odd sides grow by one pixel."""
     return height + height % 2, width + width % 2
@@ -140,7 +133,7 @@ def write_png(path: str | os.PathLike, frame: torch.Tensor, text: Mapping[str, s
         info.add_text(key, value)
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
-            Image.fromarray(to_uint8(frame)).save(handle, format="PNG", pnginfo=info, compress_level=4)
+            Image.fromarray(to_uint8(frame).numpy()).save(handle, format="PNG", pnginfo=info, compress_level=4)
     return Path(path)
 
 
@@ -309,7 +302,7 @@ def write_video(
                 for index in range(frames.shape[0]):
                     if before_frame is not None:
                         before_frame(index)
-                    pixels = pad_to(to_uint8(frames[index]), height, width)
+                    pixels = pad_to(to_uint8(frames[index]).numpy(), height, width)
                     try:
                         process.stdin.write(np.ascontiguousarray(pixels).data)
                     except OSError:  # ffmpeg quit early; its status and message are reported below

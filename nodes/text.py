@@ -17,6 +17,7 @@ from ..samplers.conditioning import TextConditioning
 from ..samplers.prompt import (
     DEFAULT_FPS,
     DEFAULT_MOTION_SCORE,
+    ENCODE_CHUNK,
     MOTION_SCORES,
     check_motion_score,
     encode_conditioning,
@@ -177,8 +178,14 @@ def encode_prompts(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: 
         log.warning("%s: %s", node, warning)
     if warnings:
         host.show_text("\n".join(warnings))
+    progress = host.Progress(-(-(len(prompts) + len(set(negatives))) // ENCODE_CHUNK))  # encoder calls
+
+    def after_chunk(_done: int, _total: int) -> None:
+        progress.update(1)
+        host.check_interrupt()
+
     conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,
-                                       host.intermediate_device())
+                                       host.intermediate_device(), after_chunk)
     _check_conditioning(text_encoder, conditioning)
     if warnings:
         return {"ui": {"text": warnings}, "result": (conditioning,)}

@@ -12,7 +12,7 @@ Also here: bringing ComfyUI's native Flux CONDITIONING (T5-XXL states + CLIP-L p
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -95,14 +95,27 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
+ENCODE_CHUNK = 8  # texts per encoder call: Cancel and progress between calls, same rows as one batch
+
+
 def encode_conditioning(t5: TextEncoder, clip: TextEncoder, prompts: Sequence[str],
-                        negative_prompts: Sequence[str], out_device: torch.device | str = "cpu"
-                        ) -> TextConditioning:
-    """Encode final prompts and one negative per prompt (each distinct negative is encoded once)."""
+                        negative_prompts: Sequence[str], out_device: torch.device | str = "cpu",
+                        after_chunk: Callable[[int, int], None] | None = None) -> TextConditioning:
+    """Encode final prompts and one negative per prompt (each distinct negative is encoded once).
+
+    Texts go through the encoders ``ENCODE_CHUNK`` at a time; ``after_chunk(done, total)`` runs after
+    each call (progress, and Cancel when it raises), so a table of many prompts stays interruptible.
+    """
     negatives = sorted(set(negative_prompts))
     texts = [*prompts, *negatives]
-    t5_states = t5.encode(texts).to(out_device)
-    pooled = clip.encode(texts).to(out_device)
+    chunks = [texts[start:start + ENCODE_CHUNK] for start in range(0, len(texts), ENCODE_CHUNK)]
+    t5_parts, clip_parts = [], []
+    for index, chunk in enumerate(chunks):
+        t5_parts.append(t5.encode(chunk).to(out_device))
+        clip_parts.append(clip.encode(chunk).to(out_device))
+        if after_chunk is not None:
+            after_chunk(index + 1, len(chunks))
+    t5_states, pooled = torch.cat(t5_parts), torch.cat(clip_parts)
     n = len(prompts)
     rows = [n + negatives.index(text) for text in negative_prompts]
     return TextConditioning(

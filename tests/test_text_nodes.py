@@ -198,3 +198,32 @@ def test_motion_score_is_checked_at_queue_time():
     assert "no prompt refiner" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="dynamic")
     assert "whole number" in OpenSoraTextEncode.VALIDATE_INPUTS(motion_score="4.5")
     assert OpenSoraTextEncode.VALIDATE_INPUTS() is True  # a linked input is checked when the node runs
+
+
+def test_many_prompts_are_encoded_in_chunks_that_cancel_can_stop(golden_models):
+    """A long prompt list is encoded ENCODE_CHUNK texts per call: the rows equal encoding each prompt
+    alone, progress counts the calls, and Cancel stops between calls."""
+    from comfyui_opensora.samplers.prompt import ENCODE_CHUNK
+
+    lines = [f"a fox number {i} runs" for i in range(ENCODE_CHUNK + 3)]
+    seen = []
+    remove = golden_models.add_progress_listener(lambda value, total: seen.append((value, total)))
+    try:
+        cond = OpenSoraTextEncode().execute(load(), "\n".join(lines), "", 24, "4", True)[0]
+    finally:
+        remove()
+    assert seen == [(1, 2), (2, 2)]  # 11 prompts + 1 negative: two encoder calls
+    alone = OpenSoraTextEncode().execute(load(), lines[-1], "", 24, "4", False)[0]
+    assert torch.allclose(cond.t5[-1], alone.t5[0], rtol=0, atol=1e-5 * alone.t5.abs().max().item())
+    assert torch.allclose(cond.clip[-1], alone.clip[0], rtol=0, atol=1e-5 * alone.clip.abs().max().item())
+
+    def cancel_after_first_call(value, total):
+        golden_models.request_interrupt()
+
+    remove = golden_models.add_progress_listener(cancel_after_first_call)
+    try:
+        with pytest.raises(golden_models.Interrupted):
+            OpenSoraTextEncode().execute(load(), "\n".join(lines), "", 24, "4", True)
+    finally:
+        remove()
+        golden_models.request_interrupt(False)

@@ -127,6 +127,9 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
     settings = dict(settings)
     refiner = settings.pop("refiner", None)
     classes = node_classes()
+    # the reference refines as an image prompt (t2i) whenever the video starts from an image
+    from_image = any(node["class_type"] == "OpenSoraImageCondition"
+                     for node in apply_settings(prompt, {"cond_type": settings.get("cond_type")}).values())
     target = output_dir / sub_dir
     staging = Path(tempfile.mkdtemp(prefix=".opensora-", dir=output_dir))
     progress = StageProgress(log)
@@ -137,7 +140,7 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
             rows = generation.rows
             texts = [row.prompt for row in rows]
             if refiner is not None:
-                refined = [refiner(row.prompt, row.ref or None) for row in rows]
+                refined = [refiner(row.prompt, row.ref or None, from_image) for row in rows]
                 texts = [text for text, _ in refined]
                 scores = {score for _, score in refined if score}
                 if len(scores) > 1:
@@ -207,16 +210,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_line_refiner(args: argparse.Namespace):
-    """``(text, ref) -> (prompt, motion score or None)`` for --refine-prompt / --motion-score dynamic."""
+    """``(text, ref, from_image) -> (prompt, motion score or None)`` for --refine-prompt / --motion-score
+    dynamic. The request kind follows the reference: ``t2v`` for text to video, ``t2i`` when the video
+    starts from an image; ``i2v`` with the image only when asked (--refine-with-image)."""
     from ..llm.prompt_refiner import Endpoint, RefineError, dynamic_motion_score, read_api_key, refine_prompt
 
-    def refine(text: str, ref: str | None) -> tuple[str, str | None]:
+    def refine(text: str, ref: str | None, from_image: bool) -> tuple[str, str | None]:
         try:
             endpoint = Endpoint(args.refine_base_url, args.refine_model,
                                 read_api_key(args.refine_key_env, args.refine_key_file or "", args.refine_base_url))
-            image_url = _image_data_url(ref) if ref and ";" not in ref and args.refine_prompt else None
+            image_url = (_image_data_url(ref) if args.refine_with_image and ref and ";" not in ref and from_image
+                         else None)
             if args.refine_prompt:
-                text = refine_prompt(endpoint, text, "i2v" if ref else "t2v", image_url, args.seed)
+                kind = "i2v" if image_url else "t2i" if from_image else "t2v"
+                text = refine_prompt(endpoint, text, kind, image_url, args.seed)
             score = dynamic_motion_score(endpoint, text, args.seed) if args.motion_score == "dynamic" else None
         except RefineError as error:
             raise SystemExit(str(error)) from None

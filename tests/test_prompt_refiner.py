@@ -20,7 +20,8 @@ from PIL import Image
 from comfyui_opensora.llm import prompt_refiner as refiner
 from comfyui_opensora.llm.prompt_refiner import Endpoint, RefineError
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
-from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, cli
+from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
+from comfyui_opensora.standalone import cli
 from comfyui_opensora.nodes.prompt_refiner import OpenSoraPromptRefiner
 from comfyui_opensora.standalone.workflow_runner import run_workflow
 
@@ -293,8 +294,31 @@ def test_command_line_refines_each_prompt(server, standalone_host, tmp_path, mon
     assert sidecar.read_text(encoding="utf-8").strip() == f"{REFINED} 24 FPS. 2 motion score."
     assert [r["auth"] for r in server.requests] == ["Bearer sk-cli"] * 2
     assert server.requests[0]["body"]["seed"] == 5
+    assert server.requests[0]["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["t2v"]
 
     server.default = (503, {"error": {"message": "down"}}, 0.0)
     with pytest.raises(SystemExit, match="Prompt refinement failed after 3 attempts"):
         cli.main(["--debug", "generate", "--prompt", "x", "--models-dir", str(models), "--output-dir",
                   str(tmp_path / "o2"), "--refine-prompt", "--refine-base-url", server.url, "--device", "cpu"])
+
+
+def test_command_line_refines_as_the_reference_when_the_video_starts_from_an_image(server, tmp_path):
+    """i2v: the reference refines the text as an image prompt (t2i) and never sends the image;
+    --refine-with-image asks for an i2v prompt with the image attached."""
+    models = tmp_path / "cli_models"
+    write_tiny_model_folder(models, "t2v")
+    reference = tmp_path / "first.png"
+    Image.fromarray((_image()[0].numpy() * 255).astype(np.uint8)).save(reference)
+    common = ["generate", "--workflow", "i2v_head", "--prompt", "rain begins", "--ref", str(reference),
+              "--models-dir", str(models), "--width", "48", "--height", "32", "--steps", "1", "--num-frames", "9",
+              "--weight-dtype", "fp32", "--device", "cpu", "--seed", "5", "--refine-prompt",
+              "--refine-base-url", server.url, "--refine-model", "tiny-llm"]
+    assert cli.main([*common, "--output-dir", str(tmp_path / "a")]) == 0
+    (request,) = server.requests
+    assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["t2i"]
+    assert request["body"]["messages"][1]["content"] == "rain begins"
+    server.requests.clear()
+    assert cli.main([*common, "--output-dir", str(tmp_path / "b"), "--refine-with-image"]) == 0
+    (request,) = server.requests
+    assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["i2v"]
+    assert isinstance(request["body"]["messages"][1]["content"], list)

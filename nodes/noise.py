@@ -97,8 +97,8 @@ class OpenSoraNoise:
                 num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str,
                 seed_mode: str = SEED_FIXED) -> tuple[dict]:
         kind = geometry.autoencoder_kind(autoencoder)
-        if resolution != CUSTOM:
-            height, width = geometry.image_size(resolution, aspect_ratio, kind)
+        if resolution != CUSTOM:  # a Flux image is the t2i2v first frame: the reference sizes it from its training table
+            height, width = geometry.image_size(resolution, aspect_ratio, kind, training=kind.name == "flux_ae")
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
         change = geometry.describe_frame_change(num_frames, kind)

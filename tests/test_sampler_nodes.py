@@ -417,3 +417,16 @@ def test_cancel_during_the_image_encode_stops_at_the_next_convolution(standalone
     with pytest.raises(standalone_host.Interrupted):
         OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
     assert later == []  # stopped right after the first convolution
+
+
+def test_a_flux_first_frame_is_sized_from_the_reference_training_table():
+    """The t2i2v first frame uses the reference's training size table; the video keeps the inference one."""
+
+    def size(autoencoder: str, aspect_ratio: str) -> tuple[int, int]:
+        latent = OpenSoraNoise().execute(autoencoder, "768px", aspect_ratio, 0, 0, 1, 1, 0, "cpu", "fp32")[0]
+        video = read_latent(latent)[1]
+        return video.height, video.width
+
+    assert size("flux_ae", "16:9") == (576, 1024)
+    assert size("flux_ae", "4:3") == (672, 880)
+    assert size("hunyuan_vae", "4:3") == (656, 880)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..loaders import media
-from . import host
+from .. import host
 
 
 def sidecar_prompts(conditioning: Any, prompt_text: str | None) -> list[str]:

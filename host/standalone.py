@@ -206,6 +206,6 @@ def _fill_prefix_variables(prefix: str, width: int, height: int) -> str:
 def _next_counter(folder: Path, filename: str) -> int:
     """One past the highest ``<number>`` among ``<filename>_<number>_...`` files in ``folder`` (1 for none);
     names compare as the file system does (without case on Windows)."""
-    numbered = re.compile(re.escape(os.path.normcase(filename)) + r"_(\d+)(?:_|$)")
+    numbered = re.compile(re.escape(os.path.normcase(filename)) + r"_(\d+)(?:_|\Z)")
     numbers = [int(found[1]) for entry in os.listdir(folder) if (found := numbered.match(os.path.normcase(entry)))]
     return max(numbers, default=0) + 1

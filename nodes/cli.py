@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .. import host
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
 from ..samplers.seeds import OPEN_SORA_GLOBAL_SEED
-from . import NODE_CLASS_MAPPINGS, host, inference_plan
+from . import NODE_CLASS_MAPPINGS, inference_plan
 from .workflow_runner import STANDALONE_CORE_NODES, WorkflowError, load_api_workflow, run_workflow
 
 PACK_ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from ..media import writers as media
 from ..samplers.conditioning import TextConditioning
 from ..samplers.first_frame import reference_uint8
 from ..samplers.prompt import split_prompts
-from . import host
+from .. import host
 from .save_video import as_list, media_metadata, sidecar_prompts, sidecar_texts
 from .text import encode_prompts
 

@@ -7,7 +7,7 @@ import torch
 from ..models.autoencoder import reporting_work, work_modules
 from ..samplers import image_condition
 from ..samplers.latent import read_latent
-from . import host
+from .. import host
 from .output_guard import check_finite, precision_remedy
 
 POSTERIORS = ("mean", "sample")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..loaders.lora import apply_adapter, check_adapter_keys, read_adapter
 from ..models.block_compile import compile_blocks
 from ..models.block_offload import install_block_offload, transformer_blocks
-from . import host
+from .. import host
 from .model_loader import OpenSoraModel
 
 LORAS = "loras"  # ComfyUI's folder name for LoRA files

@@ -13,7 +13,7 @@ from ..models.block_compile import compile_blocks
 from ..models.block_offload import install_block_offload
 from ..models.fp8 import FP8_DTYPES, compute_dtype
 from ..models.mmdit import MMDiT, MMDiTConfig
-from . import host
+from .. import host
 
 host.register_folders()
 

@@ -10,7 +10,7 @@ from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
 from ..samplers.seeds import open_sora_sampling_seeds
-from . import host
+from .. import host
 
 log = logging.getLogger(__name__)
 

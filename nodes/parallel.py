@@ -19,7 +19,7 @@ from ..samplers.parallel.group import (
 )
 from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
 from ..samplers.parallel.protocol import SamplingRequest, dtype_name
-from . import host
+from .. import host
 
 
 @dataclass(frozen=True)

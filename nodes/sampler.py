@@ -12,7 +12,7 @@ from ..samplers.image_condition import ImageCondition, paste_references
 from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
 from ..media.preview import has_preview, latent_preview
 from ..samplers.schedule import get_schedule
-from . import host
+from .. import host
 from .output_guard import check_finite, check_input_finite, precision_remedy
 from .parallel import ParallelSettings, sample_in_workers
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from .. import host
 from ..media import writers as media
-from . import host
 
 
 def sidecar_prompts(conditioning: Any, prompt_text: str | None) -> list[str]:

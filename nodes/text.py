@@ -24,7 +24,7 @@ from ..samplers.prompt import (
     final_prompts,
     from_native_conditioning,
 )
-from . import host
+from .. import host
 from .output_guard import check_finite, precision_remedy
 
 host.register_folders()

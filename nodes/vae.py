@@ -12,7 +12,7 @@ from ..models.autoencoder import TILING_MODES, VideoAutoencoder, choose_tiling, 
 from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
 from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind, VideoGeometry, autoencoder_kind
 from ..samplers.latent import make_latent, read_latent
-from . import host
+from .. import host
 from .output_guard import check_finite, check_input_finite, check_not_flat, precision_remedy
 
 host.register_folders()

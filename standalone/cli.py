@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..nodes import host
+from .. import host
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
 from . import inference_plan

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..nodes import host
+from .. import host
 
 
 

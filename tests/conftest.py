@@ -24,17 +24,18 @@ def golden_dir() -> Path:
 @pytest.fixture
 def standalone_host(tmp_path):
     """Point the host adapter at temporary model and output folders; restore afterwards."""
-    from comfyui_opensora.nodes import host
+    from comfyui_opensora import host
 
-    saved = (host._standalone.models_dir, host._standalone.output_dir, host._standalone.device)
+    state = host.standalone_state()
+    saved = (state.models_dir, state.output_dir, state.device)
     models, output = tmp_path / "models", tmp_path / "output"
     for folder in (host.DIFFUSION_MODELS, host.TEXT_ENCODERS, host.VAE):
         (models / folder).mkdir(parents=True)
     output.mkdir()
     host.configure_standalone(models_dir=models, output_dir=output, device="cpu")
     yield host
-    host._standalone.models_dir, host._standalone.output_dir, host._standalone.device = saved
-    host._standalone.interrupt_requested = False
+    state.models_dir, state.output_dir, state.device = saved
+    state.interrupt_requested = False
 
 
 GOLDEN_FIXTURES = {"golden_dir", "golden", "golden_models", "t2v_case", "i2v_case", "case"}

@@ -28,7 +28,7 @@ def _reference_png_pixels(decoded: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_first_frame_png_and_output_are_the_reference_pixels(standalone_host, tmp_path, dtype):
-    path = write_tiny_flux_ae(standalone_host._standalone.models_dir / "vae" / "flux1-dev-ae.safetensors", seed=4)
+    path = write_tiny_flux_ae(standalone_host.standalone_state().models_dir / "vae" / "flux1-dev-ae.safetensors", seed=4)
     (vae,) = OpenSoraVAELoader().execute(path.name, dtype)
     geometry = VideoGeometry(height=48, width=80, num_frames=1, autoencoder=FLUX_AE.name)
     z = 3 * torch.randn(2, 16, 1, 6, 10, generator=torch.Generator().manual_seed(7))

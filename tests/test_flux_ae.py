@@ -94,7 +94,7 @@ def test_our_file_names_are_what_the_diffusers_converter_reads():
 
 def test_vae_nodes_load_and_decode_a_first_frame(standalone_host, tiny):
     path, vae = tiny
-    (standalone_host._standalone.models_dir / "vae" / "flux1-dev-ae.safetensors").write_bytes(path.read_bytes())
+    (standalone_host.standalone_state().models_dir / "vae" / "flux1-dev-ae.safetensors").write_bytes(path.read_bytes())
     (loaded,) = OpenSoraVAELoader().execute("flux1-dev-ae.safetensors", "fp32")
     assert loaded.kind is FLUX_AE
     geometry = VideoGeometry(height=32, width=48, num_frames=1, autoencoder=FLUX_AE.name)

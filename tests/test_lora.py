@@ -59,7 +59,7 @@ def _peft_reference(adapters: list[tuple[str, float]]) -> torch.nn.Module:
 
 @pytest.fixture
 def lora_host(standalone_host):
-    (standalone_host._standalone.models_dir / LORAS).mkdir()
+    (standalone_host.standalone_state().models_dir / LORAS).mkdir()
     write_tiny_mmdit(standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0] / "tiny.safetensors", seed=5)
     return standalone_host
 

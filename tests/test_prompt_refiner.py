@@ -260,7 +260,7 @@ def test_node_fails_in_one_line_or_falls_back_to_the_original(server, caplog):
 
 @pytest.fixture
 def tiny_t2v(standalone_host):
-    write_tiny_model_folder(standalone_host._standalone.models_dir, "t2v")
+    write_tiny_model_folder(standalone_host.standalone_state().models_dir, "t2v")
     return standalone_host
 
 

@@ -56,10 +56,10 @@ def test_outside_comfyui_loading_a_model_sends_the_others_back_to_ram(standalone
 
     text_encoder = Handle(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
     diffusion_model = Handle(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
-    monkeypatch.setattr(standalone_host._standalone, "loaded_models", [])
+    monkeypatch.setattr(standalone_host.standalone_state(), "loaded_models", [])
     standalone_host.load_models([text_encoder])
     assert text_encoder.model.weight.dtype == torch.float64
     standalone_host.load_models([diffusion_model])
     assert text_encoder.model.weight.dtype == torch.float32 and diffusion_model.model.weight.dtype == torch.float64
     standalone_host.load_models([diffusion_model])
-    assert standalone_host._standalone.loaded_models == [diffusion_model]
+    assert standalone_host.standalone_state().loaded_models == [diffusion_model]

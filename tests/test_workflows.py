@@ -45,8 +45,8 @@ ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 @pytest.fixture
 def tiny_host(standalone_host, tmp_path, monkeypatch):
     """Tiny checkpoints under the released file names, the reference files in an input folder."""
-    write_tiny_model_folder(standalone_host._standalone.models_dir, "high_compression")  # with the Flux files
-    write_tiny_lora(standalone_host._standalone.models_dir / "loras" / LORA_FOLDER)
+    write_tiny_model_folder(standalone_host.standalone_state().models_dir, "high_compression")  # with the Flux files
+    write_tiny_lora(standalone_host.standalone_state().models_dir / "loras" / LORA_FOLDER)
     inputs = tmp_path / "input"
     write_test_inputs(inputs)
     monkeypatch.setattr(workflow_runner, "INPUT_DIRECTORIES", [inputs])
@@ -242,7 +242,7 @@ def test_t2v_workflow_reproduces_golden_frames(standalone_host, golden_dir, monk
     """t2v_256px with the golden run's weights, seed, size, steps and text embeddings gives its frames."""
     case = golden_dir / "end_to_end"
     manifest = load_json(case / "manifest.json")
-    models = standalone_host._standalone.models_dir
+    models = standalone_host.standalone_state().models_dir
     shutil.copy(case / manifest["models"]["mmdit"]["weights"], models / "diffusion_models" / "Open_Sora_v2.safetensors")
     shutil.copy(case / manifest["models"]["vae"]["weights"], models / "vae" / "hunyuan_vae.safetensors")
     tensors = {k: v.clone() for k, v in load_file(case / "tensors.safetensors").items()}

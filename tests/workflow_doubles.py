@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_opensora.nodes import host
+from comfyui_opensora import host
 from comfyui_opensora.standalone.workflow_runner import STANDALONE_CORE_NODES
 
 NOTE_TYPES = ("Note", "MarkdownNote")

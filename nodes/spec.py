@@ -95,6 +95,11 @@ class NodeSpec:
     category: str | None = CATEGORY
     function: str = "execute"
 
+    def __post_init__(self) -> None:
+        optional = [i.optional for i in self.inputs]
+        if optional != sorted(optional):  # V1 lists required inputs first: the order must say the same
+            raise ValueError("declare the required inputs before the optional ones (the widget order).")
+
     def input_types(self) -> dict:
         """ComfyUI's V1 ``INPUT_TYPES()`` dict (required, then optional and hidden when there are any)."""
         declared: dict[str, dict] = {"required": {i.name: i.v1() for i in self.inputs if not i.optional}}

@@ -11,7 +11,10 @@ import inspect
 import json
 from pathlib import Path
 
+import pytest
+
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfyui_opensora.nodes.spec import REGISTRY, Input, NodeSpec, Output, declare, register, spec_of
 
 SNAPSHOT = Path(__file__).resolve().parent / "node_v1_snapshot.json"
 CLASS_ATTRIBUTES = ("RETURN_TYPES", "RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_IS_LIST", "FUNCTION", "CATEGORY",
@@ -56,3 +59,63 @@ def test_v1_declarations_match_the_snapshot(standalone_host):
     _fill_model_folders(standalone_host)
     rendered = json.dumps(v1_surface(), indent=1, ensure_ascii=False)
     assert rendered == SNAPSHOT.read_text(encoding="utf-8").rstrip("\n")
+
+
+# ------------------------------------------------------------------------------------ the spec API
+
+
+def _comparable(spec: NodeSpec) -> tuple:
+    """A spec with its choices read, for comparing a declared spec with one read back from V1."""
+    inputs = tuple((i.name, i.type, i.tooltip, i.default, i.min, i.max, i.step, i.choice_list(), i.optional,
+                    i.multiline, i.force_input, i.control_after_generate) for i in spec.inputs)
+    outputs = tuple((o.type, o.name, o.is_list) for o in spec.outputs)
+    return (inputs, outputs, spec.description, dict(spec.hidden), spec.output_node, spec.input_is_list,
+            spec.category, spec.function)
+
+
+def test_the_v1_reader_reads_back_every_declared_spec(standalone_host):
+    """The runner and the test doubles read hand-written V1 classes with NodeSpec.from_v1: it must see
+    the same inputs, outputs and flags in a rendered node as its spec holds."""
+    _fill_model_folders(standalone_host)
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        assert spec_of(cls) is cls.SPEC, node_id
+        assert _comparable(NodeSpec.from_v1(cls)) == _comparable(cls.SPEC), node_id
+
+
+def test_the_registry_is_the_pack_mappings():
+    assert list(NODE_CLASS_MAPPINGS) == list(NODE_DISPLAY_NAME_MAPPINGS)
+    assert {node_id: entry.node for node_id, entry in REGISTRY.items()} == NODE_CLASS_MAPPINGS
+    assert all(REGISTRY[i].display_name == name for i, name in NODE_DISPLAY_NAME_MAPPINGS.items())
+
+
+def test_choices_from_a_callable_are_read_each_time_the_node_is_listed():
+    listed = ["a"]
+
+    @declare
+    class Node:
+        SPEC = NodeSpec((Input("name", choices=lambda: list(listed), default="a", tooltip="t"),),
+                        (Output("STRING", "name"),), category=None)
+
+    assert Node.INPUT_TYPES() == {"required": {"name": (["a"], {"default": "a", "tooltip": "t"})}}
+    listed.append("b")
+    assert Node.INPUT_TYPES()["required"]["name"][0] == ["a", "b"]
+    assert Node.RETURN_TYPES == ("STRING",) and Node.RETURN_NAMES == ("name",) and Node.FUNCTION == "execute"
+    assert not hasattr(Node, "CATEGORY") and not hasattr(Node, "OUTPUT_IS_LIST")
+
+
+def test_specs_refuse_what_v1_cannot_say():
+    with pytest.raises(ValueError, match="needs choices"):
+        Input("mode", tooltip="no choices")
+    with pytest.raises(ValueError, match="take none"):
+        Input("count", "INT", choices=("1",))
+    with pytest.raises(ValueError, match="required inputs before the optional"):
+        NodeSpec((Input("a", "INT", optional=True), Input("b", "INT")), ())
+
+
+def test_a_node_id_is_registered_once():
+    taken = next(iter(REGISTRY))
+    with pytest.raises(ValueError, match="is taken"):
+        @register(taken, "Another")
+        class Impostor:
+            SPEC = NodeSpec((), ())
+    assert REGISTRY[taken].node is NODE_CLASS_MAPPINGS[taken]

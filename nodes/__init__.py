@@ -20,6 +20,9 @@ _NODE_MODULES: tuple[str, ...] = (
 )
 
 _MODULE_ORDER = [import_module(f".{name}", __name__).__name__ for name in _NODE_MODULES]
+_unlisted = {entry.node.__module__ for entry in REGISTRY.values()} - set(_MODULE_ORDER)
+if _unlisted:
+    raise ImportError(f"Node modules missing from _NODE_MODULES: {sorted(_unlisted)}.")
 # Stable sort: module order first, then the order each module registers its nodes in.
 _NODES = sorted(REGISTRY.values(), key=lambda entry: _MODULE_ORDER.index(entry.node.__module__))
 

@@ -144,17 +144,19 @@ class NodeSpec:
                 combo = isinstance(kind, (list, tuple))
                 inputs.append(Input(
                     name, COMBO if combo else kind, options.get("tooltip"), options.get("default"),
-                    options.get("min"), options.get("max"), options.get("step"), list(kind) if combo else None,
-                    section == "optional", bool(options.get("multiline")), bool(options.get("forceInput")),
-                    bool(options.get("control_after_generate"))))
+                    min=options.get("min"), max=options.get("max"), step=options.get("step"),
+                    choices=list(kind) if combo else None, optional=section == "optional",
+                    multiline=bool(options.get("multiline")), force_input=bool(options.get("forceInput")),
+                    control_after_generate=bool(options.get("control_after_generate"))))
         names = getattr(node, "RETURN_NAMES", None) or ()
         list_outputs = getattr(node, "OUTPUT_IS_LIST", None) or ()
         outputs = tuple(
             Output(kind, names[i] if i < len(names) else None, None, i < len(list_outputs) and list_outputs[i])
             for i, kind in enumerate(getattr(node, "RETURN_TYPES", ())))
-        return cls(tuple(inputs), outputs, getattr(node, "DESCRIPTION", None), dict(declared.get("hidden", {})),
-                   bool(getattr(node, "OUTPUT_NODE", False)), bool(getattr(node, "INPUT_IS_LIST", False)),
-                   getattr(node, "CATEGORY", None), node.FUNCTION)
+        return cls(tuple(inputs), outputs, description=getattr(node, "DESCRIPTION", None),
+                   hidden=dict(declared.get("hidden", {})), output_node=bool(getattr(node, "OUTPUT_NODE", False)),
+                   input_is_list=bool(getattr(node, "INPUT_IS_LIST", False)),
+                   category=getattr(node, "CATEGORY", None), function=node.FUNCTION)
 
 
 def spec_of(node: type) -> NodeSpec:

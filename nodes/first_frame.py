@@ -13,35 +13,29 @@ from ..samplers.first_frame import reference_uint8
 from ..samplers.prompt import split_prompts
 from .. import host
 from .save_video import as_list, media_metadata, sidecar_prompts, sidecar_texts
+from .spec import Input, NodeSpec, Output, register
 from .text import encode_prompts
 
 
+@register("OpenSoraTextEncodeImage", "Open-Sora Text Encode (first frame)")
 class OpenSoraTextEncodeImage:
     """Encode the first frame's prompt as the reference's t2i step does: the text as typed, no suffix."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "text_encoder": ("OPENSORA_TEXT_ENCODER", {"tooltip": "From 'Open-Sora Text Encoder Loader'."}),
-                "prompt": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "What the first frame shows: the same prompt as the video's, without the "
-                               "'24 FPS. 4 motion score.' suffix (the reference encodes it as typed)."}),
-                "one_prompt_per_line": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Each non-empty line becomes one batch element (one first frame)."}),
-            }
-        }
-
-    RETURN_TYPES = ("OPENSORA_COND",)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("T5 (512 tokens) and CLIP-L encodings of the prompt(s) for the guidance-distilled sampler.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Encodes the text-to-image-to-video first frame's prompt like the reference: T5 at 512 tokens and CLIP "
-        "pooled, from the prompt as typed (no fps / motion-score suffix, which only the video's prompt gets)."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("text_encoder", "OPENSORA_TEXT_ENCODER", "From 'Open-Sora Text Encoder Loader'."),
+            Input("prompt", "STRING", default="", multiline=True,
+                  tooltip="What the first frame shows: the same prompt as the video's, without the "
+                          "'24 FPS. 4 motion score.' suffix (the reference encodes it as typed)."),
+            Input("one_prompt_per_line", "BOOLEAN", default=False,
+                  tooltip="Each non-empty line becomes one batch element (one first frame)."),
+        ),
+        outputs=(Output("OPENSORA_COND", "conditioning", "T5 (512 tokens) and CLIP-L encodings of the prompt(s) "
+                                                         "for the guidance-distilled sampler."),),
+        description=(
+            "Encodes the text-to-image-to-video first frame's prompt like the reference: T5 at 512 tokens and CLIP "
+            "pooled, from the prompt as typed (no fps / motion-score suffix, which only the video's prompt gets)."
+        ),
     )
 
     def execute(self, text_encoder: Any, prompt: str, one_prompt_per_line: bool) -> tuple[TextConditioning] | dict:
@@ -49,41 +43,33 @@ class OpenSoraTextEncodeImage:
         return encode_prompts(text_encoder, prompt, prompts, [""] * len(prompts), "Open-Sora Text Encode (first frame)")
 
 
+@register("OpenSoraSaveFirstFrame", "Open-Sora Save First Frame")
 class OpenSoraSaveFirstFrame:
     """Save the generated condition image as the reference does and pass on its 8-bit version."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "The first frame(s) from the Flux AE decode, one per prompt."}),
-                "filename_prefix": ("STRING", {
-                    "default": "OpenSora/t2i2v/generated_condition/frame",
-                    "tooltip": "Name inside the output folder; the reference keeps first frames in a "
-                               "'generated_condition' sub-folder. Each frame gets <name>_00001_.png and .txt."}),
-            },
-            "optional": {
-                "conditioning": ("OPENSORA_COND", {"tooltip": "Its prompts go into the .txt files (one per frame)."}),
-                "prompt_text": ("STRING", {"forceInput": True,
-                                           "tooltip": "Text for the .txt when no conditioning is connected."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-        }
-
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The frames exactly as the PNG holds them (8-bit), for the Image Condition: the reference "
-                       "conditions the video on the PNG it saved.",)
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
-    # The decoder hands one IMAGE per prompt as a list: seen at once, frame i gets prompt i and the output
-    # is one batch for the Image Condition.
-    INPUT_IS_LIST = True
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Saves the text-to-image-to-video first frame as a PNG with its prompt in a .txt, like the reference's "
-        "generated_condition files, rounding to 8 bits as the reference's image saver does (in the decoder's "
-        "precision), and outputs that 8-bit frame so the video starts from exactly what was saved."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("images", "IMAGE", "The first frame(s) from the Flux AE decode, one per prompt."),
+            Input("filename_prefix", "STRING", default="OpenSora/t2i2v/generated_condition/frame",
+                  tooltip="Name inside the output folder; the reference keeps first frames in a "
+                          "'generated_condition' sub-folder. Each frame gets <name>_00001_.png and .txt."),
+            Input("conditioning", "OPENSORA_COND", "Its prompts go into the .txt files (one per frame).",
+                  optional=True),
+            Input("prompt_text", "STRING", "Text for the .txt when no conditioning is connected.", optional=True,
+                  force_input=True),
+        ),
+        hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        outputs=(Output("IMAGE", "images", "The frames exactly as the PNG holds them (8-bit), for the Image "
+                                           "Condition: the reference conditions the video on the PNG it saved."),),
+        output_node=True,
+        # The decoder hands one IMAGE per prompt as a list: seen at once, frame i gets prompt i and the output
+        # is one batch for the Image Condition.
+        input_is_list=True,
+        description=(
+            "Saves the text-to-image-to-video first frame as a PNG with its prompt in a .txt, like the reference's "
+            "generated_condition files, rounding to 8 bits as the reference's image saver does (in the decoder's "
+            "precision), and outputs that 8-bit frame so the video starts from exactly what was saved."
+        ),
     )
 
     def execute(self, images: torch.Tensor, filename_prefix: str, conditioning: Any = None,
@@ -106,9 +92,3 @@ class OpenSoraSaveFirstFrame:
             saved.append({"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"})
         return {"ui": {"images": saved}, "result": (rounded.to(host.intermediate_device()),)}
 
-
-NODE_CLASS_MAPPINGS = {"OpenSoraTextEncodeImage": OpenSoraTextEncodeImage, "OpenSoraSaveFirstFrame": OpenSoraSaveFirstFrame}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "OpenSoraTextEncodeImage": "Open-Sora Text Encode (first frame)",
-    "OpenSoraSaveFirstFrame": "Open-Sora Save First Frame",
-}

@@ -9,53 +9,44 @@ from ..samplers import image_condition
 from ..samplers.latent import read_latent
 from .. import host
 from .output_guard import check_finite, precision_remedy
+from .spec import Input, NodeSpec, Output, register
 
 POSTERIORS = ("mean", "sample")
 
 
+@register("OpenSoraImageCondition", "Open-Sora Image Condition")
 class OpenSoraImageCondition:
     """Encode reference frames with the VAE into the masks and latents the i2v sampler conditions on."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "vae": ("OPENSORA_VAE", {"tooltip": "The autoencoder the noise was made for."}),
-                "image": ("IMAGE", {
-                    "tooltip": "Reference frames from any node (LoadImage, a Flux first frame, a video loader). "
-                               "One frame is resized like the reference reads an image file (bicubic); several "
-                               "frames like a video file (bilinear), also when i2v takes one frame of them."}),
-                "noise": ("LATENT", {
-                    "tooltip": "The noise from 'Open-Sora Noise' that the sampler will use: the condition is "
-                               "built for its size, frame count and batch."}),
-                "cond_type": (list(image_condition.COND_TYPES), {
-                    "default": "i2v_head",
-                    "tooltip": "i2v_head: first frame = image; i2v_tail: last frame = last frame of image (or "
-                               "last_image); i2v_loop: first and last; v2v_head / v2v_tail: continue from the "
-                               "first / last 33 frames of a video (9 latent frames); *_easy: 65 frames."}),
-                "posterior": (list(POSTERIORS), {
-                    "default": "mean",
-                    "tooltip": "mean: deterministic encoding. sample: draw from the VAE posterior with seed "
-                               "(the official script samples, with its global random state)."}),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                    "tooltip": "Seed of the posterior sample (posterior 'sample' only)."}),
-            },
-            "optional": {
-                "last_image": ("IMAGE", {
-                    "tooltip": "Optional frames whose last frame is the end frame for i2v_loop and i2v_tail."}),
-            },
-        }
-
-    RETURN_TYPES = ("OPENSORA_IMAGE_COND",)
-    RETURN_NAMES = ("image_condition",)
-    OUTPUT_TOOLTIPS = ("Masks and reference latents for 'Open-Sora Sampler' (image_condition input).",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Builds an Open-Sora image/video condition like the official script: resizes and centre-crops the "
-        "reference to the video size, encodes it with the VAE and marks the conditioned latent frames. "
-        "After sampling the first/last latent frame of batch element 0 is replaced by the reference (i2v)."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("vae", "OPENSORA_VAE", "The autoencoder the noise was made for."),
+            Input("image", "IMAGE",
+                  "Reference frames from any node (LoadImage, a Flux first frame, a video loader). "
+                  "One frame is resized like the reference reads an image file (bicubic); several "
+                  "frames like a video file (bilinear), also when i2v takes one frame of them."),
+            Input("noise", "LATENT",
+                  "The noise from 'Open-Sora Noise' that the sampler will use: the condition is "
+                  "built for its size, frame count and batch."),
+            Input("cond_type", choices=image_condition.COND_TYPES, default="i2v_head",
+                  tooltip="i2v_head: first frame = image; i2v_tail: last frame = last frame of image (or "
+                          "last_image); i2v_loop: first and last; v2v_head / v2v_tail: continue from the "
+                          "first / last 33 frames of a video (9 latent frames); *_easy: 65 frames."),
+            Input("posterior", choices=POSTERIORS, default="mean",
+                  tooltip="mean: deterministic encoding. sample: draw from the VAE posterior with seed "
+                          "(the official script samples, with its global random state)."),
+            Input("seed", "INT", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                  tooltip="Seed of the posterior sample (posterior 'sample' only)."),
+            Input("last_image", "IMAGE", optional=True,
+                  tooltip="Optional frames whose last frame is the end frame for i2v_loop and i2v_tail."),
+        ),
+        outputs=(Output("OPENSORA_IMAGE_COND", "image_condition",
+                        "Masks and reference latents for 'Open-Sora Sampler' (image_condition input)."),),
+        description=(
+            "Builds an Open-Sora image/video condition like the official script: resizes and centre-crops the "
+            "reference to the video size, encodes it with the VAE and marks the conditioned latent frames. "
+            "After sampling the first/last latent frame of batch element 0 is replaced by the reference (i2v)."
+        ),
     )
 
     def execute(self, vae, image: torch.Tensor, noise: dict, cond_type: str, posterior: str, seed: int,
@@ -89,6 +80,3 @@ class OpenSoraImageCondition:
         )
         return (condition,)
 
-
-NODE_CLASS_MAPPINGS = {"OpenSoraImageCondition": OpenSoraImageCondition}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraImageCondition": "Open-Sora Image Condition"}

@@ -20,6 +20,7 @@ from ..samplers.parallel.group import (
 from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
 from ..samplers.parallel.protocol import SamplingRequest, dtype_name
 from .. import host
+from .spec import Input, NodeSpec, Output, register
 
 
 @dataclass(frozen=True)
@@ -60,49 +61,38 @@ class ParallelSettings:
         return layout
 
 
+@register("OpenSoraParallelSettings", "Open-Sora Parallel Settings")
 class OpenSoraParallelSettings:
     """Settings for sampling on several GPUs with sequence parallelism (a warm torchrun worker group)."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "ranks": ("INT", {"default": 2, "min": 1, "max": 64,
-                                  "tooltip": "Worker processes, one per GPU (GPUs 0..ranks-1 of "
-                                             "CUDA_VISIBLE_DEVICES)."}),
-                "cfg_degree": ("INT", {
-                    "default": 1, "min": 1, "max": 3,
-                    "tooltip": "Split the guidance branches (positive / negative prompt passes) over this many "
-                               "groups of ranks / cfg_degree GPUs each; they exchange only finished velocities, "
-                               "which helps GPUs without NVLink. 1 = every GPU works on every branch."}),
-                "ulysses_degree": ("INT", {
-                    "default": 0, "min": 0, "max": 64,
-                    "tooltip": "Ranks of a sequence group (ranks / cfg_degree) that exchange attention heads with "
-                               "all-to-all (Ulysses); the others form rings (ring attention): ring degree = group "
-                               "size / ulysses_degree. 0 = automatic (as many as the 24 heads allow)."}),
-                "text": (list(TEXT_MODES), {
-                    "default": TEXT_SPLIT,
-                    "tooltip": "split: the text tokens are divided across ranks like the video tokens. replicated: "
-                               "every rank keeps all text tokens (repeats the small text-stream work, fewer "
-                               "transfers of text rows). Both give the same result."}),
-                "port": ("INT", {"default": 29600, "min": 1024, "max": 65534,
-                                 "tooltip": "TCP port of the control store (on 127.0.0.1 only; torchrun's "
-                                            "rendezvous meets there too)."}),
-                "device": (list(DEVICE_TYPES), {
-                    "default": "cuda",
-                    "tooltip": "cuda: NCCL on GPUs. cpu: gloo on CPU processes (for testing; slow)."}),
-            }
-        }
-
-    RETURN_TYPES = ("OPENSORA_PARALLEL",)
-    RETURN_NAMES = ("parallel",)
-    OUTPUT_TOOLTIPS = ("Connect to the 'parallel' input of 'Open-Sora Sampler'.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Runs the Open-Sora Sampler on several GPUs: a group of worker processes (started once with torchrun "
-        "and kept warm between runs) splits the video tokens across GPUs with Ulysses/ring sequence-parallel "
-        "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("ranks", "INT", default=2, min=1, max=64,
+                  tooltip="Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES)."),
+            Input("cfg_degree", "INT", default=1, min=1, max=3,
+                  tooltip="Split the guidance branches (positive / negative prompt passes) over this many "
+                          "groups of ranks / cfg_degree GPUs each; they exchange only finished velocities, "
+                          "which helps GPUs without NVLink. 1 = every GPU works on every branch."),
+            Input("ulysses_degree", "INT", default=0, min=0, max=64,
+                  tooltip="Ranks of a sequence group (ranks / cfg_degree) that exchange attention heads with "
+                          "all-to-all (Ulysses); the others form rings (ring attention): ring degree = group "
+                          "size / ulysses_degree. 0 = automatic (as many as the 24 heads allow)."),
+            Input("text", choices=TEXT_MODES, default=TEXT_SPLIT,
+                  tooltip="split: the text tokens are divided across ranks like the video tokens. replicated: "
+                          "every rank keeps all text tokens (repeats the small text-stream work, fewer "
+                          "transfers of text rows). Both give the same result."),
+            Input("port", "INT", default=29600, min=1024, max=65534,
+                  tooltip="TCP port of the control store (on 127.0.0.1 only; torchrun's rendezvous meets "
+                          "there too)."),
+            Input("device", choices=DEVICE_TYPES, default="cuda",
+                  tooltip="cuda: NCCL on GPUs. cpu: gloo on CPU processes (for testing; slow)."),
+        ),
+        outputs=(Output("OPENSORA_PARALLEL", "parallel", "Connect to the 'parallel' input of 'Open-Sora Sampler'."),),
+        description=(
+            "Runs the Open-Sora Sampler on several GPUs: a group of worker processes (started once with torchrun "
+            "and kept warm between runs) splits the video tokens across GPUs with Ulysses/ring sequence-parallel "
+            "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding."
+        ),
     )
 
     def execute(self, ranks: int, cfg_degree: int, ulysses_degree: int, text: str, port: int, device: str
@@ -202,6 +192,3 @@ def _storage_dtype(model) -> torch.dtype:
                 return parameter.dtype
     return model.dtype
 
-
-NODE_CLASS_MAPPINGS = {"OpenSoraParallelSettings": OpenSoraParallelSettings}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraParallelSettings": "Open-Sora Parallel Settings"}

@@ -15,6 +15,7 @@ from ..samplers.schedule import get_schedule
 from .. import host
 from .output_guard import check_finite, check_input_finite, precision_remedy
 from .parallel import ParallelSettings, sample_in_workers
+from .spec import Input, NodeSpec, Output, register
 
 METHODS = ("i2v", "distill")
 # Widget value -> how the guidance branches run.
@@ -25,86 +26,67 @@ BRANCH_MODES = {
 }
 
 
+@register("OpenSoraSampler", "Open-Sora Sampler")
 class OpenSoraSampler:
     """Flow-matching Euler sampler of Open-Sora 2.0 with the reference's guidance."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": ("OPENSORA_MODEL", {"tooltip": "The MMDiT from 'Open-Sora Model Loader'."}),
-                "conditioning": ("OPENSORA_COND", {"tooltip": "Encoded prompt and negative prompt."}),
-                "noise": ("LATENT", {"tooltip": "Starting noise from 'Open-Sora Noise' (sets size, frames, batch)."}),
-                "method": (list(METHODS), {
-                    "default": "i2v",
-                    "tooltip": "i2v: the reference's three-branch guidance (text and image scales), used for "
-                               "text-to-video too. distill: one branch with the guidance embedding, for "
-                               "guidance-distilled Flux-dev weights (t2i2v first frame)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
-                                  "tooltip": "Euler steps (reference: 50)."}),
-                "guidance": ("FLOAT", {
-                    "default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Text guidance scale (reference: 7.5). For 'distill' the distilled guidance "
-                               "strength (the reference uses 4.0 for Flux-dev)."}),
-                "guidance_img": ("FLOAT", {
-                    "default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Image guidance scale for 'i2v' (reference: 3.0); 1 turns image guidance off."}),
-                "text_osci": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "Oscillating text guidance: full scale for the first 10 steps and on even "
-                               "steps, 1 on odd steps (reference: on)."}),
-                "image_osci": ("BOOLEAN", {"default": True,
-                                           "tooltip": "Oscillating image guidance, like text_osci (reference: on)."}),
-                "scale_temporal_osci": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "For i2v condition types: image guidance ramps from 1 at the first latent frame "
-                               "to a bound that decays over the steps (reference: on)."}),
-                "shift": ("BOOLEAN", {"default": True,
-                                      "tooltip": "Shift the schedule towards noise by resolution and length "
-                                                 "(reference: on)."}),
-                "flow_shift": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Fixed shift factor instead of the computed one (with shift on); 0 = computed "
-                               "(reference)."}),
-                "branch_mode": (list(BRANCH_MODES), {
-                    "default": "fast",
-                    "tooltip": "fast: skip guidance passes that cannot change the result and batch the rest in "
-                               "one forward. low memory: skip them and run passes one at a time. reference: "
-                               "always run all three branches in one batch like the official script (same "
-                               "result up to float rounding, up to 1.7x slower)."}),
-            },
-            "optional": {
-                "image_condition": ("OPENSORA_IMAGE_COND", {
-                    "tooltip": "From 'Open-Sora Image Condition' (i2v / v2v); leave empty for text-to-video."}),
-                "parallel": ("OPENSORA_PARALLEL", {
-                    "tooltip": "From 'Open-Sora Parallel Settings': sample on several GPUs with a warm worker "
-                               "group (same result); leave empty to sample in ComfyUI's process."}),
-                "cache_threshold": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "Step caching (off at 0): skip the model on a step and reuse the previous "
-                               "outputs (all guidance branches together) while the predicted relative change "
-                               "of the model output stays below this. Larger = faster, further from the "
-                               "uncached video; try 0.05-0.2. Needs no calibration; quality on the released "
-                               "weights is not measured yet."}),
-                "cache_start": ("FLOAT", {
-                    "default": 0.2, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Step caching never skips before this fraction of the steps (the layout forms early)."}),
-                "cache_end": ("FLOAT", {
-                    "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Step caching never skips from this fraction of the steps on (fine detail at the end)."}),
-            },
-        }
-
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The denoised latent for 'Open-Sora VAE Decode' (same size and frames as the noise).",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Samples an Open-Sora 2.0 video (or image) from noise like the official inference script: shifted "
-        "flow-matching schedule, Euler steps, three-branch text/image guidance with oscillation. With an "
-        "image condition the first/last latent frame of batch element 0 is replaced by the reference "
-        "afterwards, as the reference does."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("model", "OPENSORA_MODEL", "The MMDiT from 'Open-Sora Model Loader'."),
+            Input("conditioning", "OPENSORA_COND", "Encoded prompt and negative prompt."),
+            Input("noise", "LATENT", "Starting noise from 'Open-Sora Noise' (sets size, frames, batch)."),
+            Input("method", choices=METHODS, default="i2v",
+                  tooltip="i2v: the reference's three-branch guidance (text and image scales), used for "
+                          "text-to-video too. distill: one branch with the guidance embedding, for "
+                          "guidance-distilled Flux-dev weights (t2i2v first frame)."),
+            Input("steps", "INT", default=50, min=1, max=1000, tooltip="Euler steps (reference: 50)."),
+            Input("guidance", "FLOAT", default=7.5, min=0.0, max=100.0, step=0.1,
+                  tooltip="Text guidance scale (reference: 7.5). For 'distill' the distilled guidance "
+                          "strength (the reference uses 4.0 for Flux-dev)."),
+            Input("guidance_img", "FLOAT", default=3.0, min=0.0, max=100.0, step=0.1,
+                  tooltip="Image guidance scale for 'i2v' (reference: 3.0); 1 turns image guidance off."),
+            Input("text_osci", "BOOLEAN", default=True,
+                  tooltip="Oscillating text guidance: full scale for the first 10 steps and on even "
+                          "steps, 1 on odd steps (reference: on)."),
+            Input("image_osci", "BOOLEAN", default=True,
+                  tooltip="Oscillating image guidance, like text_osci (reference: on)."),
+            Input("scale_temporal_osci", "BOOLEAN", default=True,
+                  tooltip="For i2v condition types: image guidance ramps from 1 at the first latent frame "
+                          "to a bound that decays over the steps (reference: on)."),
+            Input("shift", "BOOLEAN", default=True,
+                  tooltip="Shift the schedule towards noise by resolution and length (reference: on)."),
+            Input("flow_shift", "FLOAT", default=0.0, min=0.0, max=100.0, step=0.1,
+                  tooltip="Fixed shift factor instead of the computed one (with shift on); 0 = computed "
+                          "(reference)."),
+            Input("branch_mode", choices=BRANCH_MODES, default="fast",
+                  tooltip="fast: skip guidance passes that cannot change the result and batch the rest in "
+                          "one forward. low memory: skip them and run passes one at a time. reference: "
+                          "always run all three branches in one batch like the official script (same "
+                          "result up to float rounding, up to 1.7x slower)."),
+            Input("image_condition", "OPENSORA_IMAGE_COND", optional=True,
+                  tooltip="From 'Open-Sora Image Condition' (i2v / v2v); leave empty for text-to-video."),
+            Input("parallel", "OPENSORA_PARALLEL", optional=True,
+                  tooltip="From 'Open-Sora Parallel Settings': sample on several GPUs with a warm worker "
+                          "group (same result); leave empty to sample in ComfyUI's process."),
+            Input("cache_threshold", "FLOAT", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                  tooltip="Step caching (off at 0): skip the model on a step and reuse the previous "
+                          "outputs (all guidance branches together) while the predicted relative change "
+                          "of the model output stays below this. Larger = faster, further from the "
+                          "uncached video; try 0.05-0.2. Needs no calibration; quality on the released "
+                          "weights is not measured yet."),
+            Input("cache_start", "FLOAT", default=0.2, min=0.0, max=1.0, step=0.05, optional=True,
+                  tooltip="Step caching never skips before this fraction of the steps (the layout forms early)."),
+            Input("cache_end", "FLOAT", default=0.9, min=0.0, max=1.0, step=0.05, optional=True,
+                  tooltip="Step caching never skips from this fraction of the steps on (fine detail at the end)."),
+        ),
+        outputs=(Output("LATENT", "latent", "The denoised latent for 'Open-Sora VAE Decode' (same size and "
+                                             "frames as the noise)."),),
+        description=(
+            "Samples an Open-Sora 2.0 video (or image) from noise like the official inference script: shifted "
+            "flow-matching schedule, Euler steps, three-branch text/image guidance with oscillation. With an "
+            "image condition the first/last latent frame of batch element 0 is replaced by the reference "
+            "afterwards, as the reference does."
+        ),
     )
 
     def execute(self, model, conditioning: TextConditioning, noise: dict, method: str, steps: int,
@@ -207,6 +189,3 @@ def _check_model_fits(config, geometry) -> None:
             f"{kind.patch_size}). Pick the matching autoencoder on the noise node."
         )
 
-
-NODE_CLASS_MAPPINGS = {"OpenSoraSampler": OpenSoraSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraSampler": "Open-Sora Sampler"}

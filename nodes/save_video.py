@@ -9,6 +9,7 @@ import torch
 
 from .. import host
 from ..media import writers as media
+from .spec import Input, NodeSpec, Output, register
 
 
 def sidecar_prompts(conditioning: Any, prompt_text: str | None) -> list[str]:
@@ -64,49 +65,51 @@ def media_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
     return tags
 
 
+@register("OpenSoraSaveVideo", "Open-Sora Save Video")
 class OpenSoraSaveVideo:
     """Write frames to the output folder like the reference: H.264 MP4, CRF 23, yuv420p, 24 fps."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "images": ("IMAGE", {
-                    "tooltip": "Frames to save, [frames, height, width, 3] in 0..1 (e.g. from the Open-Sora "
-                               "decoder, whose batch arrives as a list: one file per video). One frame is "
-                               "saved as a PNG."}),
-                "fps": ("FLOAT", {
-                    "default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
-                    "tooltip": "Frames per second of the file (the reference saves at 24)."}),
-                "filename_prefix": ("STRING", {
-                    "default": "OpenSora/video",
-                    "tooltip": "Name inside ComfyUI's output folder; '/' makes sub-folders, %width%, %height%, "
-                               "%year%... are filled in. Files are numbered <name>_00001_.mp4, with the prompt "
-                               "in <name>_00001_.txt."}),
-                "format": (list(media.VIDEO_FORMATS), {
-                    "default": "mp4",
-                    "tooltip": "mp4: H.264, the reference's format; webm: VP9; gif: 256-colour animation "
-                               "without embedded workflow."}),
-                "crf": ("INT", {
-                    "default": 23, "min": 0, "max": 63, "step": 1,
-                    "tooltip": "Constant quality: lower is better and larger. The reference uses 23. H.264 "
-                               "accepts 0-51, VP9 0-63; gif ignores it."}),
-                "pix_fmt": (list(media.PIXEL_FORMATS), {
-                    "default": "yuv420p",
-                    "tooltip": "yuv420p plays everywhere (odd sizes get one repeated row/column); yuv444p keeps "
-                               "full colour detail but some players refuse it."}),
-            },
-            "optional": {
-                "conditioning": ("OPENSORA_COND", {
-                    "tooltip": "Writes its final prompts (one per line) to a .txt file beside the video, as "
-                               "the reference does."}),
-                "prompt_text": ("STRING", {
-                    "forceInput": True,
-                    "tooltip": "Text for the .txt sidecar; when connected it is written instead of the "
-                               "conditioning's prompts."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-        }
+    SPEC = NodeSpec(
+        inputs=(
+            Input("images", "IMAGE",
+                  "Frames to save, [frames, height, width, 3] in 0..1 (e.g. from the Open-Sora "
+                  "decoder, whose batch arrives as a list: one file per video). One frame is "
+                  "saved as a PNG."),
+            Input("fps", "FLOAT", default=24.0, min=0.01, max=1000.0, step=0.01,
+                  tooltip="Frames per second of the file (the reference saves at 24)."),
+            Input("filename_prefix", "STRING", default="OpenSora/video",
+                  tooltip="Name inside ComfyUI's output folder; '/' makes sub-folders, %width%, %height%, "
+                          "%year%... are filled in. Files are numbered <name>_00001_.mp4, with the prompt "
+                          "in <name>_00001_.txt."),
+            Input("format", choices=media.VIDEO_FORMATS, default="mp4",
+                  tooltip="mp4: H.264, the reference's format; webm: VP9; gif: 256-colour animation "
+                          "without embedded workflow."),
+            Input("crf", "INT", default=23, min=0, max=63, step=1,
+                  tooltip="Constant quality: lower is better and larger. The reference uses 23. H.264 "
+                          "accepts 0-51, VP9 0-63; gif ignores it."),
+            Input("pix_fmt", choices=media.PIXEL_FORMATS, default="yuv420p",
+                  tooltip="yuv420p plays everywhere (odd sizes get one repeated row/column); yuv444p keeps "
+                          "full colour detail but some players refuse it."),
+            Input("conditioning", "OPENSORA_COND", optional=True,
+                  tooltip="Writes its final prompts (one per line) to a .txt file beside the video, as "
+                          "the reference does."),
+            Input("prompt_text", "STRING", optional=True, force_input=True,
+                  tooltip="Text for the .txt sidecar; when connected it is written instead of the "
+                          "conditioning's prompts."),
+        ),
+        hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        outputs=(Output("IMAGE", "images", "The same videos (a list, one IMAGE per video), unchanged, so the "
+                                           "graph can go on.", is_list=True),),
+        output_node=True,
+        # Sees every video of a batch at once (ComfyUI hands lists) so video i gets prompt i as its sidecar.
+        input_is_list=True,
+        description=(
+            "Saves frames to the output folder as an H.264 MP4 (CRF 23, yuv420p, BT.709) like Open-Sora's "
+            "reference, or WebM/GIF; a single frame becomes a PNG. Writes the prompt to a .txt sidecar and embeds "
+            "the workflow unless ComfyUI runs with --disable-metadata. Shows the result on the node. A batch "
+            "(the decoder's list of videos) becomes one file per video, each with its own prompt sidecar."
+        ),
+    )
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix: str | None = None, format: str | None = None,
@@ -124,22 +127,6 @@ class OpenSoraSaveVideo:
         except ValueError as error:
             return str(error)
         return True
-
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The same videos (a list, one IMAGE per video), unchanged, so the graph can go on.",)
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
-    # Sees every video of a batch at once (ComfyUI hands lists) so video i gets prompt i as its sidecar.
-    INPUT_IS_LIST = True
-    OUTPUT_IS_LIST = (True,)
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Saves frames to the output folder as an H.264 MP4 (CRF 23, yuv420p, BT.709) like Open-Sora's "
-        "reference, or WebM/GIF; a single frame becomes a PNG. Writes the prompt to a .txt sidecar and embeds "
-        "the workflow unless ComfyUI runs with --disable-metadata. Shows the result on the node. A batch "
-        "(the decoder's list of videos) becomes one file per video, each with its own prompt sidecar."
-    )
 
     def execute(
         self,
@@ -197,6 +184,3 @@ class OpenSoraSaveVideo:
             media.write_text(folder / f"{stem}.txt", sidecar)
         return {"filename": file, "subfolder": subfolder, "type": "output"}, not single_image
 
-
-NODE_CLASS_MAPPINGS = {"OpenSoraSaveVideo": OpenSoraSaveVideo}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpenSoraSaveVideo": "Open-Sora Save Video"}

@@ -26,6 +26,7 @@ from ..samplers.prompt import (
 )
 from .. import host
 from .output_guard import check_finite, precision_remedy
+from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 log = logging.getLogger(__name__)
@@ -50,38 +51,36 @@ class OpenSoraTextEncoder:
         return host.unwrap_model(self.clip_managed)
 
 
+def _encoder_choices() -> list[str]:
+    """T5 and CLIP files and Hugging Face folders in the text-encoder folders (read when the node is listed)."""
+    return list_encoder_choices(host.folder_paths(host.TEXT_ENCODERS))
+
+
+@register("OpenSoraTextEncoderLoader", "Open-Sora Text Encoder Loader")
 class OpenSoraTextEncoderLoader:
     """Load the T5-v1.1-XXL and CLIP-L text encoders Open-Sora 2.0 conditions on."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        choices = list_encoder_choices(host.folder_paths(host.TEXT_ENCODERS))
-        return {
-            "required": {
-                "t5_name": (choices, {
-                    "tooltip": "T5-v1.1-XXL in models/text_encoders (or models/clip): the google/t5-v1_1-xxl "
-                               "folder of hpcai-tech/Open-Sora-v2 (config.json + .safetensors + spiece.model) "
-                               "or a single file such as t5xxl_fp16.safetensors / t5xxl_fp8_e4m3fn.safetensors."}),
-                "clip_name": (choices, {
-                    "tooltip": "CLIP-L text encoder: the openai/clip-vit-large-patch14 folder of "
-                               "hpcai-tech/Open-Sora-v2 or a single clip_l.safetensors."}),
-                "weight_dtype": (list(WEIGHT_DTYPES), {
-                    "default": "bf16",
-                    "tooltip": "Precision of both encoders. bf16 is what the reference uses (T5-XXL ~9.5 GB); "
-                               "fp8 files are upcast to it. fp32 doubles memory; fp16 keeps T5's output "
-                               "projections in fp32 as transformers does."}),
-            }
-        }
-
-    RETURN_TYPES = ("OPENSORA_TEXT_ENCODER",)
-    RETURN_NAMES = ("text_encoder",)
-    OUTPUT_TOOLTIPS = ("T5 and CLIP with their tokenizers, kept on the offload device until a prompt is encoded.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Loads T5-v1.1-XXL and CLIP-L as the Open-Sora 2.0 reference uses them. Hugging Face folders bring "
-        "their own tokenizer; a single .safetensors file uses a '<file name>_tokenizer' folder next to it "
-        "if present, else the tokenizer files ComfyUI ships. Nothing is downloaded."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("t5_name", choices=_encoder_choices,
+                  tooltip="T5-v1.1-XXL in models/text_encoders (or models/clip): the google/t5-v1_1-xxl "
+                          "folder of hpcai-tech/Open-Sora-v2 (config.json + .safetensors + spiece.model) "
+                          "or a single file such as t5xxl_fp16.safetensors / t5xxl_fp8_e4m3fn.safetensors."),
+            Input("clip_name", choices=_encoder_choices,
+                  tooltip="CLIP-L text encoder: the openai/clip-vit-large-patch14 folder of "
+                          "hpcai-tech/Open-Sora-v2 or a single clip_l.safetensors."),
+            Input("weight_dtype", choices=WEIGHT_DTYPES, default="bf16",
+                  tooltip="Precision of both encoders. bf16 is what the reference uses (T5-XXL ~9.5 GB); "
+                          "fp8 files are upcast to it. fp32 doubles memory; fp16 keeps T5's output "
+                          "projections in fp32 as transformers does."),
+        ),
+        outputs=(Output("OPENSORA_TEXT_ENCODER", "text_encoder", "T5 and CLIP with their tokenizers, kept on the "
+                                                                 "offload device until a prompt is encoded."),),
+        description=(
+            "Loads T5-v1.1-XXL and CLIP-L as the Open-Sora 2.0 reference uses them. Hugging Face folders bring "
+            "their own tokenizer; a single .safetensors file uses a '<file name>_tokenizer' folder next to it "
+            "if present, else the tokenizer files ComfyUI ships. Nothing is downloaded."
+        ),
     )
 
     def execute(self, t5_name: str, clip_name: str, weight_dtype: str) -> tuple[OpenSoraTextEncoder]:
@@ -97,53 +96,39 @@ class OpenSoraTextEncoderLoader:
         return (OpenSoraTextEncoder(host.manage_model(t5), host.manage_model(clip)),)
 
 
+@register("OpenSoraTextEncode", "Open-Sora Text Encode")
 class OpenSoraTextEncode:
     """Encode prompts exactly as the reference: fps / motion-score suffix, T5 at 512 tokens, CLIP pooled."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "text_encoder": ("OPENSORA_TEXT_ENCODER", {"tooltip": "From 'Open-Sora Text Encoder Loader'."}),
-                "prompt": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "What the video shows. '. 24 FPS. 4 motion score.' (per the fps and motion score "
-                               "inputs) is appended as the reference does."}),
-                "negative_prompt": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "Encoded as given (no suffix). Empty, as in the reference, by default."}),
-                "fps": ("INT", {
-                    "default": DEFAULT_FPS, "min": 1, "max": 120,
-                    "tooltip": "Frame rate written into the prompt ('24 FPS.'); set the same value on the "
-                               "video saver. Not added if the prompt already ends with '<n> FPS.'."}),
-                "motion_score": (list(MOTION_SCORES), {
-                    "default": DEFAULT_MOTION_SCORE,
-                    "tooltip": "Motion score appended to the prompt ('4 motion score.'; the reference default "
-                               "is 4; 1 calm ... 15 very dynamic, 0 still). 'off' appends nothing; 'dynamic' "
-                               "needs a prompt refiner (a language model) and is refused without one."}),
-                "one_prompt_per_line": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Each non-empty line of the prompt becomes one batch element (one video); "
-                               "the negative prompt is used for every element."}),
-            },
-            "optional": {
-                "motion_score_text": ("STRING", {
-                    "forceInput": True,
-                    "tooltip": "A motion score from another node ('Open-Sora Prompt Refiner' with "
-                               "dynamic_motion_score): replaces the motion_score widget unless empty."}),
-            },
-        }
-
-    RETURN_TYPES = ("OPENSORA_COND",)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("Positive and negative T5 states [N,512,4096] and CLIP vectors [N,768], with the final "
-                       "prompt texts.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Turns prompts into Open-Sora 2.0 conditioning exactly as the reference pipeline: the prompt gets "
-        "'. <fps> FPS. <score> motion score.', T5 runs on 512 tokens without attention mask "
-        "(last hidden state) and CLIP-L gives its pooled output."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("text_encoder", "OPENSORA_TEXT_ENCODER", "From 'Open-Sora Text Encoder Loader'."),
+            Input("prompt", "STRING", default="", multiline=True,
+                  tooltip="What the video shows. '. 24 FPS. 4 motion score.' (per the fps and motion score "
+                          "inputs) is appended as the reference does."),
+            Input("negative_prompt", "STRING", default="", multiline=True,
+                  tooltip="Encoded as given (no suffix). Empty, as in the reference, by default."),
+            Input("fps", "INT", default=DEFAULT_FPS, min=1, max=120,
+                  tooltip="Frame rate written into the prompt ('24 FPS.'); set the same value on the "
+                          "video saver. Not added if the prompt already ends with '<n> FPS.'."),
+            Input("motion_score", choices=MOTION_SCORES, default=DEFAULT_MOTION_SCORE,
+                  tooltip="Motion score appended to the prompt ('4 motion score.'; the reference default "
+                          "is 4; 1 calm ... 15 very dynamic, 0 still). 'off' appends nothing; 'dynamic' "
+                          "needs a prompt refiner (a language model) and is refused without one."),
+            Input("one_prompt_per_line", "BOOLEAN", default=False,
+                  tooltip="Each non-empty line of the prompt becomes one batch element (one video); "
+                          "the negative prompt is used for every element."),
+            Input("motion_score_text", "STRING", optional=True, force_input=True,
+                  tooltip="A motion score from another node ('Open-Sora Prompt Refiner' with "
+                          "dynamic_motion_score): replaces the motion_score widget unless empty."),
+        ),
+        outputs=(Output("OPENSORA_COND", "conditioning", "Positive and negative T5 states [N,512,4096] and CLIP "
+                                                         "vectors [N,768], with the final prompt texts."),),
+        description=(
+            "Turns prompts into Open-Sora 2.0 conditioning exactly as the reference pipeline: the prompt gets "
+            "'. <fps> FPS. <score> motion score.', T5 runs on 512 tokens without attention mask "
+            "(last hidden state) and CLIP-L gives its pooled output."
+        ),
     )
 
     @classmethod
@@ -248,36 +233,31 @@ def _check_conditioning(text_encoder: OpenSoraTextEncoder, conditioning: TextCon
                          precision_remedy(dtype, remedy_widget))
 
 
+@register("OpenSoraConditioningFromNative", "Open-Sora Conditioning From Native")
 class OpenSoraConditioningFromNative:
     """Turn ComfyUI's Flux-style CONDITIONING (T5-XXL states + CLIP-L pooled) into OPENSORA_COND."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "positive": ("CONDITIONING", {
-                    "tooltip": "From CLIPTextEncode with a DualCLIPLoader (type flux: t5xxl + clip_l). Write "
-                               "the '. 24 FPS. 4 motion score.' suffix into the text yourself."}),
-                "negative": ("CONDITIONING", {
-                    "tooltip": "Required: the reference's negative is the empty prompt, so wire a "
-                               "CLIPTextEncode with empty text from the same DualCLIPLoader."}),
-            },
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
-        }
-
-    RETURN_TYPES = ("OPENSORA_COND",)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("The same states brought to 512 text tokens; close to, not equal to, the reference.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Uses ComfyUI's own T5/CLIP encoding instead of 'Open-Sora Text Encode'. It is NOT the reference's "
-        "conditioning: ComfyUI pads T5 to at least 256 tokens (not exactly 512) and never truncates, parses "
-        "prompt weights like (word:1.2), and T5 runs without a mask, so every hidden state depends on the "
-        "pad count; no padding of the states afterwards can make them equal. This node brings each T5 "
-        "sequence to the 512 tokens the model was trained with: longer ones are cut at 512, shorter ones "
-        "are extended by repeating their last (padding) state. CLIP's pooled vector is the same as the "
-        "reference's for prompts under 77 tokens. For exact results use 'Open-Sora Text Encode'."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("positive", "CONDITIONING",
+                  "From CLIPTextEncode with a DualCLIPLoader (type flux: t5xxl + clip_l). Write "
+                  "the '. 24 FPS. 4 motion score.' suffix into the text yourself."),
+            Input("negative", "CONDITIONING",
+                  "Required: the reference's negative is the empty prompt, so wire a "
+                  "CLIPTextEncode with empty text from the same DualCLIPLoader."),
+        ),
+        hidden={"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        outputs=(Output("OPENSORA_COND", "conditioning", "The same states brought to 512 text tokens; close to, "
+                                                         "not equal to, the reference."),),
+        description=(
+            "Uses ComfyUI's own T5/CLIP encoding instead of 'Open-Sora Text Encode'. It is NOT the reference's "
+            "conditioning: ComfyUI pads T5 to at least 256 tokens (not exactly 512) and never truncates, parses "
+            "prompt weights like (word:1.2), and T5 runs without a mask, so every hidden state depends on the "
+            "pad count; no padding of the states afterwards can make them equal. This node brings each T5 "
+            "sequence to the 512 tokens the model was trained with: longer ones are cut at 512, shorter ones "
+            "are extended by repeating their last (padding) state. CLIP's pooled vector is the same as the "
+            "reference's for prompts under 77 tokens. For exact results use 'Open-Sora Text Encode'."
+        ),
     )
 
     def execute(self, positive: list, negative: list, prompt: dict | None = None,
@@ -289,14 +269,3 @@ class OpenSoraConditioningFromNative:
                         "not equal to, the reference's (use 'Open-Sora Text Encode' for exact results).")
         return (conditioning,)
 
-
-NODE_CLASS_MAPPINGS = {
-    "OpenSoraTextEncoderLoader": OpenSoraTextEncoderLoader,
-    "OpenSoraTextEncode": OpenSoraTextEncode,
-    "OpenSoraConditioningFromNative": OpenSoraConditioningFromNative,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "OpenSoraTextEncoderLoader": "Open-Sora Text Encoder Loader",
-    "OpenSoraTextEncode": "Open-Sora Text Encode",
-    "OpenSoraConditioningFromNative": "Open-Sora Conditioning From Native",
-}

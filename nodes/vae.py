@@ -14,6 +14,7 @@ from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind, VideoGeometry, aut
 from ..samplers.latent import make_latent, read_latent
 from .. import host
 from .output_guard import check_finite, check_input_finite, check_not_flat, precision_remedy
+from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 
@@ -58,35 +59,29 @@ def check_latent_for_vae(samples: torch.Tensor, geometry: VideoGeometry, vae: Op
         )
 
 
+@register("OpenSoraVAELoader", "Open-Sora VAE Loader")
 class OpenSoraVAELoader:
     """Load the HunyuanVideo VAE (or the Video DC-AE) from ComfyUI's vae folder."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "vae_name": (host.list_files(host.VAE), {
-                    "tooltip": "A .safetensors file in models/vae: hunyuan_vae.safetensors from "
-                               "hpcai-tech/Open-Sora-v2 (or the Video DC-AE for the high-compression model, or "
-                               "flux1-dev-ae.safetensors / ae.safetensors for the t2i2v first frame). "
-                               "Which autoencoder it is is read from its keys."}),
-                "dtype": (list(VAE_DTYPES), {
-                    "default": "bf16",
-                    "tooltip": "Precision the VAE runs in. bf16 is what the reference uses; fp32 is exact "
-                               "but doubles memory and time; fp16 may overflow."}),
-            }
-        }
-
-    RETURN_TYPES = ("OPENSORA_VAE",)
-    RETURN_NAMES = ("vae",)
-    OUTPUT_TOOLTIPS = ("The autoencoder, kept on the offload device until a decode or encode needs it.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Loads Open-Sora 2.0's video autoencoder with strict key checks: the HunyuanVideo causal VAE "
-        "(16 latent channels, 4x8x8 compression), the Video DC-AE, or Flux's image autoencoder (t2i2v first "
-        "frame). Files of other kinds are refused "
-        "with an error saying what they look like."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("vae_name", choices=lambda: host.list_files(host.VAE),
+                  tooltip="A .safetensors file in models/vae: hunyuan_vae.safetensors from "
+                          "hpcai-tech/Open-Sora-v2 (or the Video DC-AE for the high-compression model, or "
+                          "flux1-dev-ae.safetensors / ae.safetensors for the t2i2v first frame). "
+                          "Which autoencoder it is is read from its keys."),
+            Input("dtype", choices=VAE_DTYPES, default="bf16",
+                  tooltip="Precision the VAE runs in. bf16 is what the reference uses; fp32 is exact "
+                          "but doubles memory and time; fp16 may overflow."),
+        ),
+        outputs=(Output("OPENSORA_VAE", "vae", "The autoencoder, kept on the offload device until a decode or "
+                                               "encode needs it."),),
+        description=(
+            "Loads Open-Sora 2.0's video autoencoder with strict key checks: the HunyuanVideo causal VAE "
+            "(16 latent channels, 4x8x8 compression), the Video DC-AE, or Flux's image autoencoder (t2i2v first "
+            "frame). Files of other kinds are refused "
+            "with an error saying what they look like."
+        ),
     )
 
     def execute(self, vae_name: str, dtype: str) -> tuple[OpenSoraVAE]:
@@ -98,37 +93,30 @@ class OpenSoraVAELoader:
         return (OpenSoraVAE(host.manage_model(module), kind, VAE_DTYPES[dtype], str(path)),)
 
 
+@register("OpenSoraVAEDecode", "Open-Sora VAE Decode")
 class OpenSoraVAEDecode:
     """Decode an Open-Sora LATENT into IMAGE frames, streaming them to the CPU as they are finished."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "vae": ("OPENSORA_VAE", {"tooltip": "The autoencoder from 'Open-Sora VAE Loader'."}),
-                "samples": ("LATENT", {"tooltip": "The latent from an Open-Sora sampler."}),
-                "tiling": (list(TILING_MODES), {
-                    "default": "reference",
-                    "tooltip": "reference: the reference pipeline's tiles, same pixels as Open-Sora "
-                               "(HunyuanVideo VAE: 256 px spatial tiles, overlap 1/4; Video DC-AE: 256 px and "
-                               "32 frames). reference_temporal: also 65-frame temporal tiles for the "
-                               "HunyuanVideo VAE (the reference's stand-alone VAE config; about half the memory "
-                               "for long clips). none: one pass (most memory). memory_budget: the least "
-                               "tiling whose estimate fits the free device memory."}),
-            }
-        }
-
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("One IMAGE per video of the batch (a list), each cut to the video's frame count: "
-                       "nodes after it run once per video, as the reference saves each sample on its own.",)
-    OUTPUT_IS_LIST = (True,)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Decodes an Open-Sora latent with its VAE. Frames are cut to the video's frame count and converted "
-        "to 0..1 as the reference's saver does (clamp to [-1, 1], then (x+1)/2). A batch of N videos comes "
-        "out as a list of N IMAGEs, so savers (this pack's, core Save Video, Video Combine) write N files."
+    SPEC = NodeSpec(
+        inputs=(
+            Input("vae", "OPENSORA_VAE", "The autoencoder from 'Open-Sora VAE Loader'."),
+            Input("samples", "LATENT", "The latent from an Open-Sora sampler."),
+            Input("tiling", choices=TILING_MODES, default="reference",
+                  tooltip="reference: the reference pipeline's tiles, same pixels as Open-Sora "
+                          "(HunyuanVideo VAE: 256 px spatial tiles, overlap 1/4; Video DC-AE: 256 px and "
+                          "32 frames). reference_temporal: also 65-frame temporal tiles for the "
+                          "HunyuanVideo VAE (the reference's stand-alone VAE config; about half the memory "
+                          "for long clips). none: one pass (most memory). memory_budget: the least "
+                          "tiling whose estimate fits the free device memory."),
+        ),
+        outputs=(Output("IMAGE", "frames", "One IMAGE per video of the batch (a list), each cut to the video's "
+                                           "frame count: nodes after it run once per video, as the reference "
+                                           "saves each sample on its own.", is_list=True),),
+        description=(
+            "Decodes an Open-Sora latent with its VAE. Frames are cut to the video's frame count and converted "
+            "to 0..1 as the reference's saver does (clamp to [-1, 1], then (x+1)/2). A batch of N videos comes "
+            "out as a list of N IMAGEs, so savers (this pack's, core Save Video, Video Combine) write N files."
+        ),
     )
 
     def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[list[torch.Tensor]]:
@@ -160,22 +148,19 @@ class OpenSoraVAEDecode:
         return (list(frames.split(geometry.num_frames)),)
 
 
+@register("OpenSoraLatentToNative", "Open-Sora Latent To Native")
 class OpenSoraLatentToNative:
     """Open-Sora Hunyuan latent -> ComfyUI's native HunyuanVideo LATENT (for native VAE Decode etc.)."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {"samples": ("LATENT", {"tooltip": "An Open-Sora latent (HunyuanVideo VAE space)."})}}
-
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("native_latent",)
-    OUTPUT_TOOLTIPS = ("ComfyUI's HunyuanVideo latent: the unscaled VAE latent (Open-Sora latent / 0.476986).",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Converts an Open-Sora latent to ComfyUI's native HunyuanVideo latent so native nodes (VAE Decode "
-        "with hunyuan_vae.safetensors, latent upscalers...) can use it. Native VAE Decode differs slightly "
-        "from Open-Sora's on multi-frame clips (its mid-block attention is not causal)."
+    SPEC = NodeSpec(
+        inputs=(Input("samples", "LATENT", "An Open-Sora latent (HunyuanVideo VAE space)."),),
+        outputs=(Output("LATENT", "native_latent", "ComfyUI's HunyuanVideo latent: the unscaled VAE latent "
+                                                   "(Open-Sora latent / 0.476986)."),),
+        description=(
+            "Converts an Open-Sora latent to ComfyUI's native HunyuanVideo latent so native nodes (VAE Decode "
+            "with hunyuan_vae.safetensors, latent upscalers...) can use it. Native VAE Decode differs slightly "
+            "from Open-Sora's on multi-frame clips (its mid-block attention is not causal)."
+        ),
     )
 
     def execute(self, samples: dict) -> tuple[dict]:
@@ -188,24 +173,21 @@ class OpenSoraLatentToNative:
         return ({"samples": to_native_latent(latent.float()).to(host.intermediate_device())},)
 
 
+@register("OpenSoraLatentFromNative", "Open-Sora Latent From Native")
 class OpenSoraLatentFromNative:
     """ComfyUI's native HunyuanVideo LATENT -> Open-Sora latent."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {"native_latent": ("LATENT", {
-            "tooltip": "A native HunyuanVideo latent [batch, 16, frames, height, width] (e.g. from VAE Encode "
-                       "with hunyuan_vae.safetensors). The video is taken to be 4(T-1)+1 frames of 8x the latent "
-                       "size; height and width must be multiples of 16 pixels (even latent sizes)."})}}
-
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("samples",)
-    OUTPUT_TOOLTIPS = ("The Open-Sora latent (native latent x 0.476986) with its video geometry.",)
-    FUNCTION = "execute"
-    CATEGORY = "Open-Sora"
-    DESCRIPTION = (
-        "Converts ComfyUI's native HunyuanVideo latent into an Open-Sora latent. The frame count and pixel "
-        "size are inferred from the shape: T latent frames -> 4(T-1)+1 frames, 8x height and width."
+    SPEC = NodeSpec(
+        inputs=(Input("native_latent", "LATENT",
+                      "A native HunyuanVideo latent [batch, 16, frames, height, width] (e.g. from VAE Encode "
+                      "with hunyuan_vae.safetensors). The video is taken to be 4(T-1)+1 frames of 8x the latent "
+                      "size; height and width must be multiples of 16 pixels (even latent sizes)."),),
+        outputs=(Output("LATENT", "samples", "The Open-Sora latent (native latent x 0.476986) with its video "
+                                             "geometry."),),
+        description=(
+            "Converts ComfyUI's native HunyuanVideo latent into an Open-Sora latent. The frame count and pixel "
+            "size are inferred from the shape: T latent frames -> 4(T-1)+1 frames, 8x height and width."
+        ),
     )
 
     def execute(self, native_latent: dict) -> tuple[dict]:
@@ -226,16 +208,3 @@ class OpenSoraLatentFromNative:
         geometry = VideoGeometry(height=height, width=width, num_frames=frames, autoencoder=HUNYUAN_VAE.name)
         return (make_latent(from_native_latent(latent.float()), geometry),)
 
-
-NODE_CLASS_MAPPINGS = {
-    "OpenSoraVAELoader": OpenSoraVAELoader,
-    "OpenSoraVAEDecode": OpenSoraVAEDecode,
-    "OpenSoraLatentToNative": OpenSoraLatentToNative,
-    "OpenSoraLatentFromNative": OpenSoraLatentFromNative,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "OpenSoraVAELoader": "Open-Sora VAE Loader",
-    "OpenSoraVAEDecode": "Open-Sora VAE Decode",
-    "OpenSoraLatentToNative": "Open-Sora Latent To Native",
-    "OpenSoraLatentFromNative": "Open-Sora Latent From Native",
-}

@@ -2,7 +2,9 @@
 
 The command line and the tests use this to drive the pack's own nodes exactly as ComfyUI would: the
 graph is validated (node types, required inputs, combo choices, number ranges, socket types), then the
-nodes that feed an output node are executed in dependency order, each through its ``FUNCTION``.
+nodes that feed an output node are executed in dependency order, each through its ``FUNCTION``. What a
+node takes and gives is read from its spec (:func:`..spec.spec_of`: the pack's ``NodeSpec``, or one read
+from a hand-written V1 class).
 
 Core ComfyUI nodes are not available here; callers pass stand-ins for the few a workflow needs
 (:data:`STANDALONE_CORE_NODES` reads images and videos from disk).
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import host
-
+from ..nodes.spec import COMBO, Input, NodeSpec, Output, declare, spec_of
 
 
 class WorkflowError(ValueError):
@@ -68,34 +70,20 @@ def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
-def _input_specs(cls: type) -> dict[str, tuple[bool, Any, dict]]:
-    """``{name: (required, type_or_choices, options)}`` for the required and optional inputs of a node."""
-    declared = cls.INPUT_TYPES()
-    specs: dict[str, tuple[bool, Any, dict]] = {}
-    for section, required in (("required", True), ("optional", False)):
-        for name, spec in declared.get(section, {}).items():
-            kind = spec[0]
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            specs[name] = (required, kind, options)
-    return specs
-
-
-def _hidden_inputs(cls: type) -> dict[str, str]:
-    return dict(cls.INPUT_TYPES().get("hidden", {}))
-
-
-def _types_match(produced: str, wanted: Any) -> bool:
-    if isinstance(wanted, (list, tuple)):  # a combo fed by a link: ComfyUI accepts any string source
+def _types_match(produced: str, wanted: str) -> bool:
+    if wanted == COMBO:  # a combo fed by a link: ComfyUI accepts any string source
         return True
     produced_set, wanted_set = set(str(produced).split(",")), set(str(wanted).split(","))
     return "*" in produced_set or "*" in wanted_set or bool(produced_set & wanted_set)
 
 
-def _check_value(node_id: str, class_type: str, name: str, kind: Any, options: dict, value: Any) -> None:
-    where = f"node {node_id} ({class_type}) input '{name}'"
-    if isinstance(kind, (list, tuple)):
-        if value not in kind:
-            shown = ", ".join(map(repr, list(kind)[:12])) + (" ..." if len(kind) > 12 else "")
+def _check_value(node_id: str, class_type: str, declared: Input, value: Any) -> None:
+    where = f"node {node_id} ({class_type}) input '{declared.name}'"
+    kind = declared.type
+    if kind == COMBO:
+        choices = declared.choice_list()
+        if value not in choices:
+            shown = ", ".join(map(repr, choices[:12])) + (" ..." if len(choices) > 12 else "")
             raise WorkflowError(f"{where}: {value!r} is not one of the choices [{shown}].")
         return
     if kind in ("INT", "FLOAT"):
@@ -103,7 +91,7 @@ def _check_value(node_id: str, class_type: str, name: str, kind: Any, options: d
             raise WorkflowError(f"{where}: expected a number, got {value!r}.")
         if kind == "INT" and int(value) != value:
             raise WorkflowError(f"{where}: expected an integer, got {value!r}.")
-        low, high = options.get("min"), options.get("max")
+        low, high = declared.min, declared.max
         if low is not None and value < low:
             raise WorkflowError(f"{where}: {value} is smaller than the minimum {low}.")
         if high is not None and value > high:
@@ -123,7 +111,7 @@ def _validated_by_node(cls: type) -> set[str]:
 def _node_validation(node_id: str, cls: type, inputs: Mapping[str, Any], names: set[str]) -> None:
     """Call ``VALIDATE_INPUTS`` with the constant inputs it names (lists for list-input nodes)."""
     constants = {k: v for k, v in inputs.items() if k in names and not _is_link(v)}
-    if getattr(cls, "INPUT_IS_LIST", False):
+    if spec_of(cls).input_is_list:
         constants = {k: [v] for k, v in constants.items()}
     verdict = cls.VALIDATE_INPUTS(**constants)
     if verdict is not True:
@@ -141,9 +129,10 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
         by_node = _validated_by_node(cls)
         if by_node:
             _node_validation(node_id, cls, inputs, by_node)
-        for name, (required, kind, options) in _input_specs(cls).items():
+        for declared in spec_of(cls).inputs:
+            name = declared.name
             if name not in inputs:
-                if required:
+                if not declared.optional:
                     raise WorkflowError(f"node {node_id} ({class_type}): required input '{name}' is missing.")
                 continue
             value = inputs[name]
@@ -154,16 +143,16 @@ def validate_workflow(prompt: Mapping[str, dict], node_classes: Mapping[str, typ
                 source_cls = node_classes.get(prompt[source_id]["class_type"])
                 if source_cls is None:
                     continue  # reported when that node is checked
-                returns = source_cls.RETURN_TYPES
+                returns = [output.type for output in spec_of(source_cls).outputs]
                 if not 0 <= index < len(returns):
                     raise WorkflowError(f"node {node_id} input '{name}': node {source_id} has no output {index}.")
-                if not _types_match(returns[index], kind):
+                if not _types_match(returns[index], declared.type):
                     raise WorkflowError(
-                        f"node {node_id} ({class_type}) input '{name}' wants {kind} but node {source_id} "
+                        f"node {node_id} ({class_type}) input '{name}' wants {declared.type} but node {source_id} "
                         f"output {index} gives {returns[index]}."
                     )
             elif name not in by_node:
-                _check_value(node_id, class_type, name, kind, options, value)
+                _check_value(node_id, class_type, declared, value)
 
 
 def _dependencies(node: dict) -> list[str]:
@@ -172,7 +161,7 @@ def _dependencies(node: dict) -> list[str]:
 
 def execution_order(prompt: Mapping[str, dict], node_classes: Mapping[str, type]) -> list[str]:
     """Ids of the output nodes and everything they need, each after its inputs."""
-    outputs = [i for i, n in prompt.items() if getattr(node_classes[n["class_type"]], "OUTPUT_NODE", False)]
+    outputs = [i for i, n in prompt.items() if spec_of(node_classes[n["class_type"]]).output_node]
     if not outputs:
         raise WorkflowError("The workflow has no output node (e.g. 'Open-Sora Save Video').")
     order: list[str] = []
@@ -198,14 +187,12 @@ def _id_sort_key(node_id: str) -> tuple[int, str]:
     return (int(node_id), node_id) if node_id.isdigit() else (1 << 60, node_id)
 
 
-def _call_node(cls: type, kwargs: dict[str, Any]) -> tuple[tuple, dict | None]:
-    instance = cls()
-    function = getattr(instance, cls.FUNCTION)
-    returned = function(**kwargs)
+def _call_node(cls: type, function_name: str, kwargs: dict[str, Any]) -> tuple[tuple, dict | None]:
+    returned = getattr(cls(), function_name)(**kwargs)
     if isinstance(returned, dict):
         return tuple(returned.get("result", ())), returned.get("ui")
     if not isinstance(returned, tuple):
-        raise WorkflowError(f"{cls.__name__}.{cls.FUNCTION} returned {type(returned).__name__}, not a tuple.")
+        raise WorkflowError(f"{cls.__name__}.{function_name} returned {type(returned).__name__}, not a tuple.")
     return returned, None
 
 
@@ -217,18 +204,19 @@ def _call_over_lists(cls: type, inputs: dict[str, list]) -> tuple[tuple[list, ..
     lists repeat their last element). Each output slot gathers one value per run, or joins the runs'
     lists where ``OUTPUT_IS_LIST`` says so; the ``ui`` dicts of the runs are joined key by key.
     """
-    if getattr(cls, "INPUT_IS_LIST", False):
+    spec = spec_of(cls)
+    if spec.input_is_list:
         runs = [inputs]
     else:
         count = max((len(v) for v in inputs.values()), default=1)
         if any(len(v) == 0 for v in inputs.values()):
             count = 0
         runs = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
-    list_outputs = tuple(getattr(cls, "OUTPUT_IS_LIST", ()))
-    slots: list[list] = [[] for _ in getattr(cls, "RETURN_TYPES", ())]
+    list_outputs = tuple(output.is_list for output in spec.outputs)
+    slots: list[list] = [[] for _ in spec.outputs]
     ui: dict | None = None
     for kwargs in runs:
-        outputs, run_ui = _call_node(cls, kwargs)
+        outputs, run_ui = _call_node(cls, spec.function, kwargs)
         for index, value in enumerate(outputs):
             if index >= len(slots):
                 slots.append([])
@@ -266,12 +254,13 @@ def run_workflow(
                 on_node(node_id, node["class_type"])
             host.check_interrupt()
             inputs: dict[str, list] = {}
-            declared = _input_specs(cls)
+            spec = spec_of(cls)
+            declared = {i.name for i in spec.inputs}
             for name, value in node.get("inputs", {}).items():
                 if name not in declared:
                     continue  # ComfyUI ignores inputs a node does not declare
                 inputs[name] = result.outputs[value[0]][value[1]] if _is_link(value) else [value]
-            for name, kind in _hidden_inputs(cls).items():
+            for name, kind in spec.hidden.items():
                 inputs[name] = [node_id if kind == "UNIQUE_ID" else hidden_values.get(kind)]
             outputs, ui = _call_over_lists(cls, inputs)
             result.outputs[node_id] = outputs
@@ -296,15 +285,12 @@ def _input_path(name: str) -> Path:
     raise FileNotFoundError(f"Input file '{name}' does not exist (looked at {', '.join(map(str, candidates))}).")
 
 
+@declare
 class StandaloneLoadImage:
     """ComfyUI's LoadImage outside ComfyUI: reads an image file by path into IMAGE and MASK."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("STRING", {"tooltip": "Path of the image file."})}}
-
-    RETURN_TYPES = ("IMAGE", "MASK")
-    FUNCTION = "execute"
+    SPEC = NodeSpec((Input("image", "STRING", "Path of the image file."),), (Output("IMAGE"), Output("MASK")),
+                    category=None)
 
     def execute(self, image: str):
         from PIL import Image, ImageOps
@@ -337,44 +323,33 @@ class StandaloneVideo:
         return torch.from_numpy(frames).float() / 255.0, fps
 
 
+@declare
 class StandaloneLoadVideo:
     """ComfyUI's LoadVideo outside ComfyUI: refers to a video file by path."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"file": ("STRING", {"tooltip": "Path of the video file."})}}
-
-    RETURN_TYPES = ("VIDEO",)
-    FUNCTION = "execute"
+    SPEC = NodeSpec((Input("file", "STRING", "Path of the video file."),), (Output("VIDEO"),), category=None)
 
     def execute(self, file: str):
         return (StandaloneVideo(_input_path(file)),)
 
 
+@declare
 class StandaloneGetVideoComponents:
     """ComfyUI's GetVideoComponents outside ComfyUI: frames and frame rate (no audio)."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"video": ("VIDEO", {"tooltip": "The video to split."})}}
-
-    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
-    FUNCTION = "execute"
+    SPEC = NodeSpec((Input("video", "VIDEO", "The video to split."),),
+                    (Output("IMAGE"), Output("AUDIO"), Output("FLOAT")), category=None)
 
     def execute(self, video: StandaloneVideo):
         frames, fps = video.get_components()
         return frames, None, fps
 
 
+@declare
 class StandalonePrimitiveStringMultiline:
     """ComfyUI's multiline text primitive (one prompt shared by several nodes) outside ComfyUI."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("STRING", {"multiline": True, "tooltip": "The text."})}}
-
-    RETURN_TYPES = ("STRING",)
-    FUNCTION = "execute"
+    SPEC = NodeSpec((Input("value", "STRING", "The text.", multiline=True),), (Output("STRING"),), category=None)
 
     def execute(self, value: str):
         return (value,)

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from comfyui_opensora import host
+from comfyui_opensora.nodes.spec import spec_of
 from comfyui_opensora.standalone.workflow_runner import STANDALONE_CORE_NODES
 
 NOTE_TYPES = ("Note", "MarkdownNote")
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 UI_ONLY = None  # a widgets_values entry that is not sent to the server
 
 # Widget order of the core ComfyUI nodes the example workflows use (ComfyUI a125cd84 nodes.py,
@@ -60,18 +60,13 @@ def widget_names(class_type: str, node_classes: Mapping[str, type]) -> tuple[str
     """Names of a node's ``widgets_values`` entries, as the frontend lays them out."""
     if class_type in CORE_WIDGETS:
         return CORE_WIDGETS[class_type]
-    declared = node_classes[class_type].INPUT_TYPES()
     names: list[str | None] = []
-    for section in ("required", "optional"):
-        for name, spec in declared.get(section, {}).items():
-            kind = spec[0]
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            is_combo = isinstance(kind, (list, tuple))
-            if options.get("forceInput") or not (is_combo or kind in WIDGET_TYPES):
-                continue
-            names.append(name)
-            if options.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
-                names.append(UI_ONLY)
+    for declared in spec_of(node_classes[class_type]).inputs:
+        if not declared.is_widget:
+            continue
+        names.append(declared.name)
+        if declared.control_after_generate or (declared.type == "INT" and declared.name in ("seed", "noise_seed")):
+            names.append(UI_ONLY)
     return tuple(names)
 
 

@@ -5,7 +5,7 @@ converted and streamed one at a time, so a long clip never exists as a whole uin
 Every file is written under a hidden temporary name in its destination folder and renamed into place
 only when complete: a failed or interrupted save leaves nothing behind.
 
-Pixel conversion (docs/opensora_spec.md §7.4): the reference turns the decoder output ``x`` in [-1, 1]
+Pixel conversion (docs/reference.md#saving): the reference turns the decoder output ``x`` in [-1, 1]
 into ``trunc(clamp((x + 1) / 2 * 255 + 0.5, 0, 255))`` in bf16; our IMAGE already is ``(x + 1) / 2`` and
 we apply the same rounding in float32 (bf16 arithmetic can move a value by one level).
 

@@ -1,5 +1,5 @@
-"""Citations of docs/reference.md stay valid: every ``docs/reference.md#anchor`` in the pack's code, tests,
-benchmarks and docs names a heading of that file, and nothing cites the workspace-only spec instead."""
+"""Citations of docs/reference.md stay valid: every section anchor cited in the pack's code, tests, benchmarks
+and docs names a heading of that file, and nothing cites the workspace-only spec instead."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
+from comfyui_opensora.tiny_checkpoints import write_tiny_model_folder
 from comfyui_opensora.nodes import cli
 
 from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)

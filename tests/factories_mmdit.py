@@ -1,30 +1,36 @@
 """MMDiT test helpers: the golden-shaped tiny configurations, random forward inputs and the official key dumps.
 
-The checkpoints themselves come from the pack's ``tiny_checkpoints`` (re-exported here).
+The checkpoint writers are the pack's ``tiny_checkpoints.mmdit``, here with the golden configuration as default.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from comfyui_opensora.models.mmdit import MMDiTConfig
-from comfyui_opensora.tiny_checkpoints.mmdit import (  # noqa: F401  (re-exported for the tests)
-    TINY_MMDIT,
-    flux_dev_variant,
-    high_compression_variant,
-    tiny_mmdit_state_dict,
-    write_tiny_mmdit,
-)
+from comfyui_opensora.tiny_checkpoints import mmdit as tiny
 
 # The workspace's dumps of every key and shape of the real checkpoints (not shipped with the pack).
 KEY_DUMPS = Path(__file__).resolve().parent / "key_dumps"  # copied from the workspace's shared/docs/key_dumps
 
 # The golden mmdit_forward "video" configuration: the smoke model with a 24-wide pooled-text input.
-TINY_VIDEO_CONFIG = TINY_MMDIT.with_changes(vec_in_dim=24)
-TINY_DC_AE_CONFIG = high_compression_variant(TINY_VIDEO_CONFIG)
-TINY_FLUX_CONFIG = flux_dev_variant(TINY_VIDEO_CONFIG)
+TINY_VIDEO_CONFIG = tiny.TINY_MMDIT.with_changes(vec_in_dim=24)
+TINY_DC_AE_CONFIG = tiny.high_compression_variant(TINY_VIDEO_CONFIG)
+TINY_FLUX_CONFIG = tiny.flux_dev_variant(TINY_VIDEO_CONFIG)
+
+
+def tiny_mmdit_state_dict(config: MMDiTConfig = TINY_VIDEO_CONFIG, seed: int = 0,
+                          dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """:func:`tiny_checkpoints.mmdit.tiny_mmdit_state_dict` with the golden configuration by default."""
+    return tiny.tiny_mmdit_state_dict(config, seed, dtype)
+
+
+def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_VIDEO_CONFIG, **options) -> Path:
+    """:func:`tiny_checkpoints.mmdit.write_tiny_mmdit` with the golden configuration by default."""
+    return tiny.write_tiny_mmdit(path, config, **options)
 
 
 def tiny_mmdit_inputs(config: MMDiTConfig = TINY_VIDEO_CONFIG, batch: int = 1, frames: int = 2, height: int = 3,

@@ -5,7 +5,7 @@ converted and streamed one at a time, so a long clip never exists as a whole uin
 Every file is written under a hidden temporary name in its destination folder and renamed into place
 only when complete: a failed or interrupted save leaves nothing behind.
 
-Pixels are converted by :func:`.pixels.to_uint8` (the reference's rounding).
+Pixels are converted by :func:`.pixels.to_uint8` (the reference's rounding, docs/reference.md#saving).
 
 Colour: the reference hands rgb24 frames to PyAV, whose swscale conversion uses the BT.601 matrix and
 writes no colour tags. We convert with the BT.709 matrix, TV range, and tag the stream as BT.709 so

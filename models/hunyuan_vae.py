@@ -2,7 +2,7 @@
 
 The network is diffusers' ``AutoencoderKLHunyuanVideo``, whose state dict has exactly the keys of the
 official ``hunyuan_vae.safetensors``. This module owns only the glue the reference adds around it
-(docs/opensora_spec.md §7.1): the latent scaling ``0.476986 * (z - 0)``, the reference's tile settings
+(docs/reference.md#hunyuan-vae): the latent scaling ``0.476986 * (z - 0)``, the reference's tile settings
 (spatial 256 px, temporal 64+1 frames, overlap 0.25), frame-chunked decoding, the configuration
 read off a checkpoint's tensor shapes, and two thin subclasses that keep the activations' memory layout
 (the same results as diffusers' blocks, faster on the CPU).

@@ -1,7 +1,7 @@
 """The Open-Sora 2.0 denoising loops: the three-branch i2v sampler (t2v, i2v, v2v) and the
 guidance-distilled single-branch sampler (Flux-dev first frame).
 
-Facts: docs/opensora_spec.md §6.2-§6.4 (``I2VDenoiser`` / ``DistilledDenoiser``, ``sampling.py:159-281``).
+Facts: docs/reference.md#denoising (``I2VDenoiser`` / ``DistilledDenoiser``, ``sampling.py:159-281``).
 Numerics follow the reference: the latent, the model output and the guidance combination stay in the
 latent's dtype (the model dtype), timesteps enter the model as tensors of that dtype, and the Euler step
 size ``t_next - t`` is a Python float.
@@ -166,7 +166,7 @@ def denoise_i2v(
 
     ``noise`` is on the model's device in the model dtype; ``text`` tensors have ``B`` rows; without a
     ``condition`` this is text-to-video (the model still receives an all-zero condition).
-    Velocity per step: ``v_u2 + s_img * (v_u - v_u2) + s_txt * (v_c - v_u)`` (§6.3), where the image
+    Velocity: ``v_u2 + s_img * (v_u - v_u2) + s_txt * (v_c - v_u)`` (docs/reference.md#denoising), where the image
     scale may ramp over latent frames for i2v types. ``cache`` may reuse the branch outputs of an
     earlier step (:mod:`.step_cache`; off by default).
     """

@@ -1,7 +1,7 @@
 """Video geometry: autoencoder kinds, the frame-count rule, the size table and latent shapes.
 
 This module is the single home of these concepts; every node, sampler and decoder calls it.
-Facts: docs/opensora_spec.md §2.3 (size table), §2.4 (frames), §3.1 (latent shape).
+Facts: docs/reference.md#sizes-and-frames (size table, frames), docs/reference.md#noise-and-seeds (latent shape).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class VideoGeometry:
         return k.patch_size * math.ceil(self.width / k.size_divisor)
 
     def latent_shape(self, batch_size: int = 1) -> tuple[int, int, int, int, int]:
-        """``[B, C, T, H', W']`` of the reference's noise (§3.1)."""
+        """``[B, C, T, H', W']`` of the reference's noise (docs/reference.md#noise-and-seeds)."""
         return (
             batch_size,
             self.kind.latent_channels,

@@ -1,8 +1,8 @@
 """Image and video conditions (i2v / v2v): reference frames -> masks, masked reference latents and the
 latents pasted into the result after sampling.
 
-Facts: docs/opensora_spec.md §6.5 (reference ``collect_references_batch`` and
-``prepare_inference_condition``, ``opensora/utils/inference.py:216-351``) and §1.3 step 13 (post-paste);
+Facts: docs/reference.md#image-conditioning (reference ``collect_references_batch`` and
+``prepare_inference_condition``, ``opensora/utils/inference.py:216-351``, and the post-sampling paste);
 frame preparation follows ``opensora/datasets/utils.py`` (images) and ``video_transforms.py`` (videos).
 """
 

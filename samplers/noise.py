@@ -1,4 +1,4 @@
-"""Seeded initial noise, generated exactly like the reference's ``get_noise`` (spec §3.1)."""
+"""Seeded initial noise, generated exactly like the reference's ``get_noise`` (docs/reference.md#noise-and-seeds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Packing latents into MMDiT token sequences and the 3-D position ids (spec §3.2, §3.3).
+"""Packing latents into MMDiT token sequences and the 3-D position ids (docs/reference.md#packing-and-positions).
 
 A latent ``[B, C, T, H', W']`` becomes ``[B, T * H'/p * W'/p, C * p * p]``: tokens in time, row,
 column order; the features of a token are channel-major, then the patch row and column.

@@ -1,6 +1,6 @@
 """Timestep schedule and guidance oscillation of the Open-Sora 2.0 samplers.
 
-Facts: docs/opensora_spec.md §6.1 (schedule), §6.3 (oscillation and the temporal image-guidance ramp).
+Facts: docs/reference.md#schedule (schedule), docs/reference.md#denoising (oscillation, temporal image-guidance ramp).
 """
 
 from __future__ import annotations

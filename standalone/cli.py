@@ -328,7 +328,7 @@ def check_model_files(prompt: dict[str, dict], args: argparse.Namespace) -> None
 
 
 def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
-    from ..loaders.tiny_checkpoints import write_tiny_model_folder
+    from ..tiny_checkpoints import write_tiny_model_folder
 
     import torch
 

@@ -1,81 +1,36 @@
-"""Tiny random MMDiT checkpoints in the official key layout, for tests of every stage.
+"""MMDiT test helpers: the golden-shaped tiny configurations, random forward inputs and the official key dumps.
 
-``write_tiny_mmdit(path)`` writes a safetensors file that :func:`loaders.mmdit.load_mmdit` (and the
-Model Loader node) read like the real ``Open_Sora_v2.safetensors``. The key layout comes from the
-model module, whose keys and shapes are pinned to the official key dumps by ``test_mmdit_model.py``.
+The checkpoint writers are the pack's ``tiny_checkpoints.mmdit``, here with the golden configuration as default.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from comfyui_opensora.loaders.mmdit import (
-    COMFY_PREFIX,
-    METADATA_AXES_DIM,
-    METADATA_ROPE_LAYOUT,
-    METADATA_THETA,
-)
-from comfyui_opensora.models.mmdit import MMDiT, MMDiTConfig
+from comfyui_opensora.models.mmdit import MMDiTConfig
+from comfyui_opensora.tiny_checkpoints import mmdit as tiny
 
 # The workspace's dumps of every key and shape of the real checkpoints (not shipped with the pack).
 KEY_DUMPS = Path(__file__).resolve().parent / "key_dumps"  # copied from the workspace's shared/docs/key_dumps
 
-# Same flags as the released video model (split q/k/v, cond_in, rotate-half RoPE), tiny sizes; equal to
-# the golden mmdit_forward "video" configuration. Latent: 16 channels, patch 2 -> 64 packed features.
-TINY_VIDEO_CONFIG = MMDiTConfig(
-    in_channels=64, vec_in_dim=24, context_in_dim=32, hidden_size=64, num_heads=4,
-    depth=2, depth_single_blocks=2, axes_dim=(4, 6, 6),
-)
-# The high-compression variant (Video DC-AE latents: patch 1, cond_in width in_channels + 1).
-TINY_DC_AE_CONFIG = TINY_VIDEO_CONFIG.with_changes(in_channels=128, patch_size=1)
-# Flux-dev flags (guidance_in, fused qkv/linear1, interleaved RoPE, no cond_in) for the t2i2v image step.
-TINY_FLUX_CONFIG = TINY_VIDEO_CONFIG.with_changes(
-    guidance_embed=True, cond_embed=False, fused_qkv=True, rope_layout="interleaved", depth=1, depth_single_blocks=1,
-)
+# The golden mmdit_forward "video" configuration: the smoke model with a 24-wide pooled-text input.
+TINY_VIDEO_CONFIG = tiny.TINY_MMDIT.with_changes(vec_in_dim=24)
+TINY_DC_AE_CONFIG = tiny.high_compression_variant(TINY_VIDEO_CONFIG)
+TINY_FLUX_CONFIG = tiny.flux_dev_variant(TINY_VIDEO_CONFIG)
 
 
 def tiny_mmdit_state_dict(config: MMDiTConfig = TINY_VIDEO_CONFIG, seed: int = 0,
                           dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Seeded random weights under the official keys (the global RNG is left untouched).
-
-    Linear layers keep PyTorch's default initialisation (outputs of order 1); ``cond_in`` and the
-    QK-norm scales are randomised too, so that every tensor influences the output.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MMDiT(config)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("norm.scale"):
-                    param.copy_(1 + 0.2 * torch.randn_like(param))
-                elif name.startswith("cond_in."):
-                    param.copy_(0.1 * torch.randn_like(param))
-    return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    """:func:`tiny_checkpoints.mmdit.tiny_mmdit_state_dict` with the golden configuration by default."""
+    return tiny.tiny_mmdit_state_dict(config, seed, dtype)
 
 
-def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_VIDEO_CONFIG, seed: int = 0,
-                     dtype: torch.dtype = torch.float32, comfy_prefix: bool = False,
-                     with_metadata: bool = True) -> MMDiTConfig:
-    """Write a tiny checkpoint for ``config`` to ``path`` and return the config.
-
-    The RoPE settings that shapes cannot show (axes_dim, theta, layout) go into the safetensors
-    metadata unless ``with_metadata`` is False; ``comfy_prefix`` adds ``model.diffusion_model.``.
-    """
-    tensors = tiny_mmdit_state_dict(config, seed, dtype)
-    if comfy_prefix:
-        tensors = {COMFY_PREFIX + k: v for k, v in tensors.items()}
-    metadata = {
-        METADATA_AXES_DIM: json.dumps(list(config.axes_dim)),
-        METADATA_THETA: str(config.theta),
-        METADATA_ROPE_LAYOUT: config.rope_layout,
-    } if with_metadata else None
-    save_file(tensors, str(path), metadata=metadata)
-    return config
+def write_tiny_mmdit(path: str | os.PathLike, config: MMDiTConfig = TINY_VIDEO_CONFIG, **options) -> Path:
+    """:func:`tiny_checkpoints.mmdit.write_tiny_mmdit` with the golden configuration by default."""
+    return tiny.write_tiny_mmdit(path, config, **options)
 
 
 def tiny_mmdit_inputs(config: MMDiTConfig = TINY_VIDEO_CONFIG, batch: int = 1, frames: int = 2, height: int = 3,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
+from comfyui_opensora.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
 from comfyui_opensora.standalone.workflow_edit import FLUX_NODE_TYPES, without_flux_first_frame
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from factories_dc_ae import TINY_DC_AE, tiny_dc_ae_state_dict, write_dc_ae_checkpoint
 from golden_tolerance import Reductions, assert_matches
 from safetensors.torch import load_file
 
@@ -14,7 +13,10 @@ from comfyui_opensora.loaders.checkpoint import assign_state_dict, load_tensors,
 from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, VideoAutoencoder
 from comfyui_opensora.models.dc_ae import DCAEConfig, VideoDCAE, dc_ae_config_from_shapes
 from comfyui_opensora.models.dc_ae import layers
+from comfyui_opensora.tiny_checkpoints.autoencoders import tiny_dc_ae_config, tiny_dc_ae_state_dict, write_tiny_dc_ae
 
+# The released structure with 16 latent channels: narrow, fast on the CPU.
+NARROW_DC_AE = tiny_dc_ae_config(latent_channels=16)
 # The fixture's tiled model: tiles of 128 px / 16 frames (4 latents each), overlap 0.25.
 GOLDEN_TILING = Tiling(spatial=128, temporal=16, overlap=0.25)
 
@@ -84,7 +86,7 @@ def test_released_config_parameter_count_and_inference():
 
 
 def test_config_from_shapes_errors():
-    state = tiny_dc_ae_state_dict()
+    state = tiny_dc_ae_state_dict(NARROW_DC_AE)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     with pytest.raises(ValueError, match="decoder.project_in.main.conv.weight"):
         dc_ae_config_from_shapes({k: s for k, s in shapes.items() if not k.startswith("decoder.project_in")})
@@ -103,9 +105,9 @@ def test_config_from_shapes_errors():
 
 
 def test_factory_checkpoint_loads_strictly(tmp_path):
-    path = write_dc_ae_checkpoint(tmp_path / "tiny_dc_ae.safetensors", seed=3)
+    path = write_tiny_dc_ae(tmp_path / "tiny_dc_ae.safetensors", NARROW_DC_AE, seed=3)
     header = read_header(path)
-    assert dc_ae_config_from_shapes({k: info.shape for k, info in header.items()}) == TINY_DC_AE
+    assert dc_ae_config_from_shapes({k: info.shape for k, info in header.items()}) == NARROW_DC_AE
     model = build(load_tensors(path), str(path))
     assert all(p.device.type == "cpu" for p in model.parameters())
     broken = load_tensors(path)
@@ -116,7 +118,7 @@ def test_factory_checkpoint_loads_strictly(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return build(tiny_dc_ae_state_dict(seed=1))
+    return build(tiny_dc_ae_state_dict(NARROW_DC_AE, seed=1))
 
 
 def test_single_frame_round_trip(tiny):
@@ -187,7 +189,7 @@ def test_spatial_tiles_blend_linearly(tiny):
 
 
 def test_scaling_factor_convention():
-    state = tiny_dc_ae_state_dict(seed=2)
+    state = tiny_dc_ae_state_dict(NARROW_DC_AE, seed=2)
     plain, scaled = build(state), build(state, scaling_factor=0.5)
     video = torch.rand(1, 3, 4, 32, 32) * 2 - 1
     assert torch.allclose(scaled.encode(video), plain.encode(video) / 0.5)
@@ -250,7 +252,7 @@ def test_cpu_bf16_pixel_conv_of_one_frame_runs_in_fp32(monkeypatch):
 
 def test_bf16_single_frame_encode_follows_fp32():
     """The i2v reference frame (one frame, bf16 on the CPU) encodes like fp32 up to bf16 rounding."""
-    state = tiny_dc_ae_state_dict(seed=3)
+    state = tiny_dc_ae_state_dict(NARROW_DC_AE, seed=3)
     full = build(state)
     half = build({k: v.to(torch.bfloat16) for k, v in state.items()})
     x = (torch.rand(1, 64, 96, 3) * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_flux_ae
+from comfyui_opensora.tiny_checkpoints.autoencoders import write_tiny_flux_ae
 from comfyui_opensora.nodes.first_frame import OpenSoraSaveFirstFrame
 from comfyui_opensora.nodes.vae import OpenSoraVAEDecode, OpenSoraVAELoader
 from comfyui_opensora.samplers.conditioning import TextConditioning

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_opensora.loaders.autoencoders import load_autoencoder
 from comfyui_opensora.loaders.checkpoint import CheckpointError
-from comfyui_opensora.loaders.tiny_checkpoints import flux_ae_file_tensors, write_tiny_flux_ae
+from comfyui_opensora.tiny_checkpoints.autoencoders import flux_ae_file_tensors, write_tiny_flux_ae
 from comfyui_opensora.models.flux_ae import SHIFT, SCALE, FluxAEConfig, FluxImageAE
 from comfyui_opensora.nodes.vae import OpenSoraVAEDecode, OpenSoraVAELoader
 from comfyui_opensora.samplers.geometry import FLUX_AE, VideoGeometry

@@ -198,12 +198,13 @@ def test_dc_ae_file_is_dispatched_to_the_dc_ae(tmp_path):
     from safetensors.torch import save_file
 
     from comfyui_opensora.models.dc_ae import VideoDCAE
-    from factories_dc_ae import TINY_DC_AE, write_dc_ae_checkpoint
+    from comfyui_opensora.tiny_checkpoints.autoencoders import tiny_dc_ae_config, write_tiny_dc_ae
 
-    path = write_dc_ae_checkpoint(tmp_path / "dcae.safetensors")
+    narrow_dc_ae = tiny_dc_ae_config(latent_channels=16)
+    path = write_tiny_dc_ae(tmp_path / "dcae.safetensors", narrow_dc_ae)
     assert autoencoder_kind_of(path) == "dc_ae"
     vae = load_autoencoder(path, dtype=torch.bfloat16)
-    assert isinstance(vae, VideoDCAE) and vae.config == TINY_DC_AE and vae.dtype == torch.bfloat16
+    assert isinstance(vae, VideoDCAE) and vae.config == narrow_dc_ae and vae.dtype == torch.bfloat16
 
     save_file({"decoder.project_in.main.conv.weight": torch.zeros(2, 2)}, str(tmp_path / "broken.safetensors"))
     with pytest.raises(CheckpointError, match="is not a Video DC-AE"):

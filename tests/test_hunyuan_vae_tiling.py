@@ -1,6 +1,6 @@
 """Tiled decoding of the HunyuanVideo VAE on geometries larger than the golden files: every output pixel
 is either one tile's own decode (away from blend zones) or the reference's linear cross-fade of two
-tiles (docs/opensora_spec.md §7.1), there is no seam, and temporal tiles stream in order.
+tiles (docs/reference.md#hunyuan-vae), there is no seam, and temporal tiles stream in order.
 
 Note: the decoder's GroupNorm statistics and mid-block attention span a whole tile, so a tiled decode
 is never the untiled decode of the whole video; what tiling guarantees is that each region comes from

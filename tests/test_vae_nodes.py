@@ -48,9 +48,10 @@ def test_loader_refuses_a_diffusion_model(standalone_host):
 
 
 def test_loader_loads_the_dc_ae_and_decode_refuses_hunyuan_latents(standalone_host):
-    from factories_dc_ae import write_dc_ae_checkpoint
+    from comfyui_opensora.tiny_checkpoints.autoencoders import tiny_dc_ae_config, write_tiny_dc_ae
 
-    write_dc_ae_checkpoint(standalone_host.folder_paths(standalone_host.VAE)[0] / "F32T4C128_AE.safetensors")
+    write_tiny_dc_ae(standalone_host.folder_paths(standalone_host.VAE)[0] / "F32T4C128_AE.safetensors",
+                     tiny_dc_ae_config(latent_channels=16))
     (vae,) = vae_nodes.OpenSoraVAELoader().execute("F32T4C128_AE.safetensors", "fp32")
     assert vae.kind == VIDEO_DC_AE and vae.module.kind_name == "dc_ae"
     with pytest.raises(ValueError, match="belongs to the HunyuanVideo.*VAE loaded is the Video DC-AE"):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.media import pixels
-from comfyui_opensora.loaders.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
+from comfyui_opensora.tiny_checkpoints import LORA_FOLDER, write_tiny_lora, write_tiny_model_folder
 from comfyui_opensora.models.autoencoder import Tiling
 from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS

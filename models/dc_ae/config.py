@@ -1,6 +1,6 @@
 """Configuration of the Video DC-AE and its inference from a checkpoint's tensor shapes.
 
-Facts: docs/opensora_spec.md §7.2; reference ``opensora/models/dc_ae/models/dc_ae.py`` (``dc_ae_f32``).
+Facts: docs/reference.md#dc-ae; reference ``opensora/models/dc_ae/models/dc_ae.py`` (``dc_ae_f32``).
 """
 
 from __future__ import annotations

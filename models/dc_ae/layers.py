@@ -1,7 +1,7 @@
 """Building blocks of the Video DC-AE (3-D, non-causal).
 
 Attribute names follow the official state-dict keys (``main``, ``op_list``, ``conv``, ``norm``,
-``context_module``, ``local_module``, ...). Facts: docs/opensora_spec.md §7.2; reference
+``context_module``, ``local_module``, ...). Facts: docs/reference.md#dc-ae; reference
 ``opensora/models/dc_ae/models/nn/{ops,norm,vo_ops}.py``.
 """
 

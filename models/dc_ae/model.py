@@ -1,7 +1,7 @@
 """The Video DC-AE (``dc-ae-f32t4c128``): a deterministic, non-causal 3-D autoencoder with 32x spatial
 and 4x temporal compression into 128 channels, the autoencoder of Open-Sora 2.0's high-compression model.
 
-Facts: docs/opensora_spec.md §7.2; reference ``opensora/models/dc_ae/models/dc_ae.py``.
+Facts: docs/reference.md#dc-ae; reference ``opensora/models/dc_ae/models/dc_ae.py``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..models import latent_space
 from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
@@ -96,15 +97,15 @@ class OpenSoraNoise:
     def execute(self, autoencoder: str, resolution: str, aspect_ratio: str, width: int, height: int,
                 num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str,
                 seed_mode: str = SEED_FIXED) -> tuple[dict]:
-        kind = geometry.autoencoder_kind(autoencoder)
+        kind = latent_space.autoencoder_kind(autoencoder)
         if resolution != CUSTOM:
             height, width = geometry.image_size(resolution, aspect_ratio, kind)
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
-        change = geometry.describe_frame_change(num_frames, kind)
+        change = latent_space.describe_frame_change(num_frames, kind)
         if change is not None:
             log.info("Open-Sora Noise: %s", change)
-        video = geometry.VideoGeometry(height, width, geometry.output_num_frames(num_frames, kind), kind.name)
+        video = geometry.VideoGeometry(height, width, latent_space.output_num_frames(num_frames, kind), kind.name)
         video.validate()
         if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..models import latent_space
+from ..models.dtypes import dtypes_named
 from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 CUSTOM = "custom"
 NOISE_DEVICES = ("cpu", "gpu")
-NOISE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+NOISE_DTYPES = dtypes_named("fp32", "bf16")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 SEED_FIXED = "fixed"
 SEED_OPEN_SORA_DEFAULT = "open_sora_default"

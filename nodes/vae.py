@@ -9,6 +9,7 @@ import torch
 
 from ..loaders.autoencoders import load_autoencoder
 from ..models.autoencoder import TILING_MODES, VideoAutoencoder, choose_tiling, decode_to_frames
+from ..models.dtypes import FLOAT_DTYPES
 from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
 from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
 from ..samplers.geometry import VideoGeometry
@@ -18,11 +19,7 @@ from .output_guard import check_finite, check_input_finite, check_not_flat, prec
 
 host.register_folders()
 
-VAE_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-}
+VAE_DTYPES = FLOAT_DTYPES  # the VAE's dtype choices (no fp8)
 
 
 @dataclass

@@ -21,10 +21,10 @@ from torch.utils._pytree import tree_leaves
 PACK_ROOT = Path(__file__).resolve().parent.parent
 import_pack = runpy.run_path(str(PACK_ROOT / "__main__.py"))["import_pack"]  # the pack's one bootstrap
 import_pack()
-from comfyui_opensora.models.fp8 import FP8_DTYPES, convert_blocks_to_fp8  # noqa: E402
+from comfyui_opensora.models.dtypes import compute_dtype, is_fp8  # noqa: E402
+from comfyui_opensora.models.fp8 import convert_blocks_to_fp8  # noqa: E402
 from comfyui_opensora.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, **FP8_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ LOAD_PRESETS = {
 def random_model(config: MMDiTConfig, weight_dtype: torch.dtype, device: torch.device | str,
                  seed: int = 0) -> MMDiT:
     """An MMDiT with random weights (std ``0.5/sqrt(fan_in)``, norms 1) made directly on ``device``."""
-    store = torch.bfloat16 if weight_dtype in FP8_DTYPES.values() else weight_dtype
+    store = compute_dtype(weight_dtype)
     with torch.device("meta"):
         model = MMDiT(config).to(store)  # cast while sizes only: the device never holds fp32 weights
     model = model.to_empty(device=device)
@@ -86,7 +86,7 @@ def random_model(config: MMDiTConfig, weight_dtype: torch.dtype, device: torch.d
             param.normal_(0.0, 0.5 / math.sqrt(param.shape[1]), generator=generator)
         else:
             param.normal_(0.0, 0.02, generator=generator)
-    if weight_dtype in FP8_DTYPES.values():
+    if is_fp8(weight_dtype):
         convert_blocks_to_fp8(model, weight_dtype)
     return model.eval().requires_grad_(False)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import DTYPES, LOAD_PRESETS, gib, host_memory, machine_description, random_model
+from common import LOAD_PRESETS, gib, host_memory, machine_description, random_model
 
 _CHILD = "--child"
 
@@ -43,11 +43,12 @@ def write_checkpoint(path: Path, preset: str) -> int:
 def child(path: str, weight_dtype: str, device: str) -> None:
     """Runs in the fresh process: load, touch every weight, print one JSON line."""
     from comfyui_opensora.loaders.mmdit import load_mmdit
+    from comfyui_opensora.models.dtypes import WEIGHT_DTYPES
     from comfyui_opensora.models.fp8 import parameter_bytes
 
     before = host_memory()
     start = time.perf_counter()
-    model = load_mmdit(path, DTYPES[weight_dtype], device)
+    model = load_mmdit(path, WEIGHT_DTYPES[weight_dtype], device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     load_seconds = time.perf_counter() - start

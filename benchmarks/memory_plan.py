@@ -13,9 +13,10 @@ import argparse
 
 import torch
 
-from common import DTYPES, PRESETS, gib
+from common import PRESETS, gib
 from comfyui_opensora.models.block_offload import transformer_blocks
-from comfyui_opensora.models.fp8 import compute_dtype, convert_blocks_to_fp8, is_fp8, parameter_bytes
+from comfyui_opensora.models.dtypes import WEIGHT_DTYPES, compute_dtype, is_fp8
+from comfyui_opensora.models.fp8 import convert_blocks_to_fp8, parameter_bytes
 from comfyui_opensora.models.mmdit import MMDiT
 from comfyui_opensora.samplers.denoisers import activation_bytes
 
@@ -23,7 +24,7 @@ from comfyui_opensora.samplers.denoisers import activation_bytes
 def plan(preset_name: str, weight_name: str, offload_blocks: list[int], rows: int) -> None:
     preset = PRESETS[preset_name]
     config = preset.config()
-    weight_dtype = DTYPES[weight_name]
+    weight_dtype = WEIGHT_DTYPES[weight_name]
     with torch.device("meta"):
         model = MMDiT(config).to(compute_dtype(weight_dtype))
         if is_fp8(weight_dtype):

@@ -24,11 +24,12 @@ import time
 
 import torch
 
-from common import DTYPES, PRESETS, gib, machine_description, peak_device_bytes, random_model, reset_peak, synchronize
+from common import PRESETS, gib, machine_description, peak_device_bytes, random_model, reset_peak, synchronize
 from comfyui_opensora.models.attention_backends import available_backends, resolve_backend, set_attention_backend
 from comfyui_opensora.models.block_compile import compile_blocks
 from comfyui_opensora.models.block_offload import install_block_offload
-from comfyui_opensora.models.fp8 import compute_dtype, parameter_bytes
+from comfyui_opensora.models.dtypes import WEIGHT_DTYPES, compute_dtype
+from comfyui_opensora.models.fp8 import parameter_bytes
 from comfyui_opensora.samplers.denoisers import REFERENCE_BRANCHES, BranchPolicy, Guidance, TextInputs, denoise_i2v
 from comfyui_opensora.samplers.image_condition import ImageCondition
 from comfyui_opensora.samplers.schedule import get_schedule
@@ -78,8 +79,8 @@ def run(args) -> list[dict]:
     clock = time.process_time if args.clock == "process" else time.perf_counter
     results = []
     for weight_name in args.weight_dtypes.split(","):
-        weight_dtype = DTYPES[weight_name]
-        dtype = compute_dtype(weight_dtype) if args.dtype is None else DTYPES[args.dtype]
+        weight_dtype = WEIGHT_DTYPES[weight_name]
+        dtype = compute_dtype(weight_dtype) if args.dtype is None else WEIGHT_DTYPES[args.dtype]
         build_on = "cpu" if args.offload_blocks else device
         model = random_model(config, weight_dtype, build_on)
         weight_bytes = parameter_bytes(model)

@@ -29,9 +29,9 @@ import torch
 from common import LiveStorageBytes  # imports the pack as comfyui_opensora
 
 from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, decode_to_frames  # noqa: E402
+from comfyui_opensora.models.dtypes import FLOAT_DTYPES  # noqa: E402
 from comfyui_opensora.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30
 
 
@@ -69,7 +69,7 @@ def live_peak(latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype)
 
 def real_worker(args: argparse.Namespace) -> None:
     """One real decode in this process; prints a JSON line with its peak memory above the loaded model."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), FLOAT_DTYPES[args.dtype]
     torch.manual_seed(0)
     vae = HunyuanVideoVAE(HunyuanVAEConfig()).to(device, dtype).eval().requires_grad_(False)
     z = torch.randn(args.latent, generator=torch.Generator().manual_seed(1)).to(device, dtype)
@@ -101,14 +101,14 @@ def real(args: argparse.Namespace) -> None:
               f"{result['estimate'] / GIB:6.2f} GiB   {result['seconds']:6.1f} s", flush=True)
         if args.device == "cpu":
             print("             live bytes of the same decode: ", end="")
-            live_peak(tuple(args.latent), parse_tiling(tiling), DTYPES[args.dtype])
+            live_peak(tuple(args.latent), parse_tiling(tiling), FLOAT_DTYPES[args.dtype])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", action="store_true", help="really decode a small latent")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--dtype", default="fp32", choices=list(FLOAT_DTYPES))
     parser.add_argument("--latent", type=int, nargs=5, default=[1, 16, 2, 8, 24],
                         help="latent shape for --real (default: 5 frames at 64x192 px)")
     parser.add_argument("--tilings", nargs="+", default=["none", "s64"],

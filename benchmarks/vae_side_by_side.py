@@ -24,9 +24,10 @@ import torch
 import reference_code
 from common import machine_description
 from comfyui_opensora.models.autoencoder import NO_TILING
+from comfyui_opensora.models.dtypes import dtypes_named
 from comfyui_opensora.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = dtypes_named("bf16", "fp32")
 
 
 def build(args):

@@ -15,20 +15,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from safetensors import safe_open
 
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+from ..models.dtypes import SAFETENSORS_DTYPES
+
 
 
 class CheckpointError(ValueError):
@@ -220,7 +208,7 @@ def load_tensors(
     with safe_open(str(path), framework="pt", device=str(device)) as f, open(path, "rb") as raw:
         for key in f.keys() if keys is None else keys:
             view = f.get_slice(key)
-            stored = _DTYPES.get(view.get_dtype())
+            stored = SAFETENSORS_DTYPES.get(view.get_dtype())
             target = dtype(key, stored) if callable(dtype) and stored is not None else dtype
             if target is None or stored is None or target == stored or not stored.is_floating_point:
                 tensor = f.get_tensor(key)
@@ -243,10 +231,3 @@ def assign_state_dict(module: torch.nn.Module, state_dict: Mapping[str, torch.Te
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
     return module
 
-
-def torch_dtype_of(stored: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype code (``"BF16"`` -> ``torch.bfloat16``)."""
-    try:
-        return _DTYPES[stored]
-    except KeyError:
-        raise CheckpointError(f"Unsupported tensor dtype {stored} in checkpoint.") from None

@@ -15,7 +15,8 @@ from typing import Mapping
 
 import torch
 
-from ..models.fp8 import FP8_DTYPES, convert_blocks_to_fp8, storage_dtypes
+from ..models.dtypes import WEIGHT_DTYPES, is_fp8
+from ..models.fp8 import convert_blocks_to_fp8, storage_dtypes
 from ..models.mmdit import MMDiT, MMDiTConfig
 from .checkpoint import (
     CheckpointError,
@@ -30,7 +31,7 @@ from .checkpoint import (
 )
 
 MODEL_NAME = "an Open-Sora 2.0 / Flux MMDiT diffusion model"
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, *FP8_DTYPES.values())
+SUPPORTED_DTYPES = tuple(WEIGHT_DTYPES.values())
 # ComfyUI saves diffusion models (and bundles them in checkpoints) under this prefix.
 COMFY_PREFIX = "model.diffusion_model."
 # Optional safetensors metadata entries for what shapes cannot tell.
@@ -205,7 +206,7 @@ def load_mmdit(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
     config = infer_mmdit_config(header, read_metadata(path))
     with torch.device("meta"):
         model = MMDiT(config)
-        if dtype in FP8_DTYPES.values():
+        if is_fp8(dtype):
             convert_blocks_to_fp8(model, dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_keys(expected, header, MODEL_NAME, path)

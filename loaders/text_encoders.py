@@ -46,7 +46,6 @@ from .tokenizers import (
     load_t5_tokenizer,
 )
 
-WEIGHT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENIZER_SUFFIX = "_tokenizer"
 WEIGHT_EXTENSIONS = (".safetensors", ".sft")
 # Keys of ComfyUI's scaled-fp8 files that are folded into the weights or carry no weight.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind
+from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
 
 # [latent channel][r, g, b]
 HUNYUAN_RGB_FACTORS = (

@@ -1,19 +1,17 @@
 """What every video autoencoder of the pack offers: encode to the diffusion model's latent space,
 decode back to pixels (optionally in tiles, streamed chunk by chunk), and tiling plans.
-
-``models/`` does not import ``samplers/``: an autoencoder names its latent space with ``kind_name``,
-the key of ``samplers.geometry.AUTOENCODERS`` ("hunyuan_vae", "dc_ae", "flux_ae"); loaders and nodes map it to
-the ``AutoencoderKind``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
+
+from .latent_space import AutoencoderKind
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,9 @@ class VideoAutoencoder(nn.Module):
     - inputs are moved to the module's device and dtype; outputs stay on it, in its dtype.
     """
 
-    kind_name: str = ""
+    # The latent space the diffusion model samples in. The compression attributes describe this network
+    # (the kind's for released weights; test-sized networks may compress less).
+    kind: ClassVar[AutoencoderKind]
     latent_channels: int = 0
     temporal_compression: int = 1
     spatial_compression: int = 1

@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from .autoencoder import NO_TILING, Tiling, VideoAutoencoder
+from .latent_space import FLUX_AE, decoded_num_frames
 
 SCALE = 0.3611
 SHIFT = 0.1159
@@ -41,9 +42,8 @@ class FluxAEConfig:
 class FluxImageAE(VideoAutoencoder):
     """Flux's 2-D KL autoencoder applied per frame, in the pack's autoencoder interface."""
 
-    kind_name = "flux_ae"
-    temporal_compression = 1
-    spatial_compression = 8
+    kind = FLUX_AE
+    temporal_compression = FLUX_AE.temporal_compression
 
     def __init__(self, config: FluxAEConfig = FluxAEConfig()):
         super().__init__()
@@ -109,7 +109,7 @@ class FluxImageAE(VideoAutoencoder):
         return int(pixels * widest * 3 * torch.finfo(dtype).bits // 8)  # a few full-size activations
 
     def decoded_frames(self, latent_frames: int) -> int:
-        return latent_frames
+        return decoded_num_frames(latent_frames, self.kind)
 
     def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
         return latent_frames

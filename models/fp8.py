@@ -14,17 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-COMPUTE_DTYPE = torch.bfloat16  # what fp8-stored models compute in (and keep their other tensors in)
-
-
-def is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in FP8_DTYPES.values()
-
-
-def compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
-    """The dtype activations run in for a model whose weights are stored as ``weight_dtype``."""
-    return COMPUTE_DTYPE if is_fp8(weight_dtype) else weight_dtype
+from .dtypes import FP8_COMPUTE_DTYPE, FP8_DTYPES, is_fp8
 
 
 def to_fp8(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -64,7 +54,7 @@ def storage_dtypes(model: nn.Module, weight_dtype: torch.dtype) -> Callable[[str
     if not is_fp8(weight_dtype):
         return lambda _key: weight_dtype
     keys = fp8_weight_keys(model)
-    return lambda key: weight_dtype if key in keys else COMPUTE_DTYPE
+    return lambda key: weight_dtype if key in keys else FP8_COMPUTE_DTYPE
 
 
 def convert_blocks_to_fp8(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -23,11 +23,10 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
 )
 
 from .autoencoder import Tiling, VideoAutoencoder
+from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
 SCALE_FACTOR = 0.476986
 SHIFT_FACTOR = 0.0
-SPATIAL_COMPRESSION = 8
-TEMPORAL_COMPRESSION = 4
 # The reference's settings: sample_size 256 (32 latents), sample_tsize 64 (16 latents), overlap 0.25.
 REFERENCE_SPATIAL_TILE = 256
 REFERENCE_TEMPORAL_TILE = 64
@@ -131,8 +130,8 @@ def from_native_latent(z: torch.Tensor) -> torch.Tensor:
 
 def pixel_size_of_latent(latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, int, int]:
     """``(frames, height, width)`` a causal 4x8x8 latent decodes to: ``4(T-1)+1`` frames, 8x sizes."""
-    return (TEMPORAL_COMPRESSION * (latent_frames - 1) + 1, SPATIAL_COMPRESSION * latent_height,
-            SPATIAL_COMPRESSION * latent_width)
+    spatial = HUNYUAN_VAE.spatial_compression
+    return decoded_num_frames(latent_frames, HUNYUAN_VAE), spatial * latent_height, spatial * latent_width
 
 
 class HunyuanVideoVAE(VideoAutoencoder):
@@ -143,9 +142,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
     does the (tiled) forward passes.
     """
 
-    kind_name = "hunyuan_vae"
-    temporal_compression = TEMPORAL_COMPRESSION
-    spatial_compression = SPATIAL_COMPRESSION
+    kind = HUNYUAN_VAE
+    temporal_compression = HUNYUAN_VAE.temporal_compression
+    spatial_compression = HUNYUAN_VAE.spatial_compression
     spatial_tile_multiple = 32  # tiles of 32k px: stride 24k px = 3k latents, blend 8k px
     temporal_tile_multiple = 16  # tiles of 16k frames: stride 12k frames = 3k latents, blend 4k frames
 
@@ -161,8 +160,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
             layers_per_block=config.layers_per_block,
             norm_num_groups=config.norm_num_groups,
             scaling_factor=SCALE_FACTOR,
-            spatial_compression_ratio=SPATIAL_COMPRESSION,
-            temporal_compression_ratio=TEMPORAL_COMPRESSION,
+            spatial_compression_ratio=self.spatial_compression,
+            temporal_compression_ratio=self.temporal_compression,
             mid_block_add_attention=True,
         )
         _keep_memory_layout(core)
@@ -228,7 +227,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         self._configure(tiling, encoding=False)
         z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
         latent_frames = z.shape[2]
-        tile_latents = None if tiling.temporal is None else tiling.temporal // TEMPORAL_COMPRESSION
+        tile_latents = None if tiling.temporal is None else tiling.temporal // self.temporal_compression
         if tile_latents is None or latent_frames <= tile_latents:
             yield self._core.decode(z, return_dict=False)[0]
             return
@@ -238,7 +237,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         """The reference's temporal tiling, yielding each tile's finished frames as soon as the next
         tile no longer needs them: tiles of ``T+1`` latents every ``stride`` latents, later tiles drop
         their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail."""
-        tile_latents = tiling.temporal // TEMPORAL_COMPRESSION
+        tile_latents = tiling.temporal // self.temporal_compression
         stride_frames = tiling.temporal_stride
         blend = tiling.temporal - stride_frames
         total = self.decoded_frames(z.shape[2])
@@ -260,8 +259,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
     def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
         """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,
         stopping at the tile that finishes the video."""
-        tile_latents = tiling.temporal // TEMPORAL_COMPRESSION
-        stride_latents = tiling.temporal_stride // TEMPORAL_COMPRESSION
+        tile_latents = tiling.temporal // self.temporal_compression
+        stride_latents = tiling.temporal_stride // self.temporal_compression
         total = self.decoded_frames(latent_frames)
         emitted = 0
         starts: list[int] = []
@@ -277,11 +276,11 @@ class HunyuanVideoVAE(VideoAutoencoder):
         return starts
 
     def decoded_frames(self, latent_frames: int) -> int:
-        return TEMPORAL_COMPRESSION * (latent_frames - 1) + 1
+        return decoded_num_frames(latent_frames, self.kind)
 
     def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
         tiling = self.reference_tiling() if tiling is None else tiling
-        if tiling.temporal is None or latent_frames <= tiling.temporal // TEMPORAL_COMPRESSION:
+        if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
             return 1
         stride = tiling.temporal_stride
         return max(1, -(-(self.decoded_frames(latent_frames) - 1) // stride))
@@ -290,11 +289,11 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tiling = self.reference_tiling() if tiling is None else tiling
         _, _, latent_frames, height, width = latent_shape
         spatial = 1
-        tile = None if tiling.spatial is None else tiling.spatial // SPATIAL_COMPRESSION
+        tile = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
         if tile is not None and (height > tile or width > tile):  # when diffusers' tiled_decode runs
-            stride = tiling.spatial_stride // SPATIAL_COMPRESSION
+            stride = tiling.spatial_stride // self.spatial_compression
             spatial = len(range(0, height, stride)) * len(range(0, width, stride))
-        if tiling.temporal is None or latent_frames <= tiling.temporal // TEMPORAL_COMPRESSION:
+        if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
             return spatial
         return spatial * len(self._temporal_tile_starts(latent_frames, tiling))
 
@@ -306,8 +305,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
         plus the decoded frames of one temporal chunk kept for blending."""
         _, _, t, h, w = latent_shape
         item = torch.empty((), dtype=dtype).element_size()
-        s = SPATIAL_COMPRESSION
-        tile_t = t if tiling.temporal is None else min(t, tiling.temporal // TEMPORAL_COMPRESSION + 1)
+        s = self.spatial_compression
+        tile_t = t if tiling.temporal is None else min(t, tiling.temporal // self.temporal_compression + 1)
         tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
         tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
         tile_frames = self.decoded_frames(tile_t)

@@ -11,20 +11,13 @@ from ..loaders.mmdit import load_mmdit
 from ..models.attention_backends import BACKENDS, resolve_backend, set_attention_backend
 from ..models.block_compile import compile_blocks
 from ..models.block_offload import install_block_offload
-from ..models.fp8 import FP8_DTYPES, compute_dtype
+from ..models.dtypes import WEIGHT_DTYPES, compute_dtype
 from ..models.mmdit import MMDiT, MMDiTConfig
 from .. import host
 from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 
-# Widget value -> dtype the weights are kept in (fp8: block Linear weights only, computed in bf16).
-WEIGHT_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-    **FP8_DTYPES,
-}
 MAX_OFFLOAD_BLOCKS = 57  # 19 double + 38 single blocks of the released model
 
 

@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from ..models import latent_space
+from ..models.dtypes import dtypes_named
 from ..samplers import geometry
 from ..samplers.latent import make_latent
 from ..samplers.noise import get_noise
@@ -17,7 +19,7 @@ log = logging.getLogger(__name__)
 
 CUSTOM = "custom"
 NOISE_DEVICES = ("cpu", "gpu")
-NOISE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+NOISE_DTYPES = dtypes_named("fp32", "bf16")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 SEED_FIXED = "fixed"
 SEED_OPEN_SORA_DEFAULT = "open_sora_default"
@@ -30,7 +32,7 @@ class OpenSoraNoise:
 
     SPEC = NodeSpec(
         inputs=(
-            Input("autoencoder", choices=geometry.AUTOENCODERS, default=geometry.HUNYUAN_VAE.name,
+            Input("autoencoder", choices=latent_space.AUTOENCODERS, default=latent_space.HUNYUAN_VAE.name,
                   tooltip="The latent space to make noise for: hunyuan_vae (HunyuanVideo causal VAE, 16 "
                           "channels, 4x8x8, used by Open_Sora_v2) or dc_ae (Video DC-AE, 128 channels, "
                           "4x32x32, used by the high-compression model)."),
@@ -79,15 +81,15 @@ class OpenSoraNoise:
     def execute(self, autoencoder: str, resolution: str, aspect_ratio: str, width: int, height: int,
                 num_frames: int, batch_size: int, seed: int, noise_device: str, noise_dtype: str,
                 seed_mode: str = SEED_FIXED) -> tuple[dict]:
-        kind = geometry.autoencoder_kind(autoencoder)
+        kind = latent_space.autoencoder_kind(autoencoder)
         if resolution != CUSTOM:  # a Flux image is the t2i2v first frame: the reference sizes it from its training table
-            height, width = geometry.image_size(resolution, aspect_ratio, kind, training=kind.name == "flux_ae")
+            height, width = geometry.image_size(resolution, aspect_ratio, kind, training=kind is latent_space.FLUX_AE)
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames}: at least 1 frame is needed (1 = an image).")
-        change = geometry.describe_frame_change(num_frames, kind)
+        change = latent_space.describe_frame_change(num_frames, kind)
         if change is not None:
             log.info("Open-Sora Noise: %s", change)
-        video = geometry.VideoGeometry(height, width, geometry.output_num_frames(num_frames, kind), kind.name)
+        video = geometry.VideoGeometry(height, width, latent_space.output_num_frames(num_frames, kind), kind.name)
         video.validate()
         if noise_device not in NOISE_DEVICES or noise_dtype not in NOISE_DTYPES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES} and noise_dtype one of {list(NOISE_DTYPES)}.")

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import torch
 
+from ..models.dtypes import dtype_name
+
 # Decoded frames (0..1) whose values all lie within one 8-bit level are a flat colour once saved.
 FLAT_RANGE = 1.0 / 255.0
 # A latent whose values all lie this close together carries no picture to decode (e.g. all zeros).
 FLAT_LATENT_RANGE = 1e-6
 
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
-
 
 class StageOutputError(RuntimeError):
     """A stage produced values no video can come from (non-finite or flat)."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bf16"`` (the names the loaders' dtype widgets use)."""
-    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def precision_remedy(dtype: torch.dtype, widget: str) -> str:

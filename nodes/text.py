@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..loaders.text_encoders import (
-    WEIGHT_DTYPES,
     ClipTextEncoder,
     T5TextEncoder,
     list_encoder_choices,
     load_text_encoders,
 )
+from ..models.dtypes import FLOAT_DTYPES
 from ..samplers.conditioning import TextConditioning
 from ..samplers.prompt import (
     DEFAULT_FPS,
@@ -30,6 +30,8 @@ from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = FLOAT_DTYPES  # the text encoders' weight dtype choices (no fp8)
 
 
 @dataclass

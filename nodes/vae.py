@@ -9,8 +9,10 @@ import torch
 
 from ..loaders.autoencoders import load_autoencoder
 from ..models.autoencoder import TILING_MODES, VideoAutoencoder, choose_tiling, decode_to_frames
+from ..models.dtypes import FLOAT_DTYPES
 from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
-from ..samplers.geometry import HUNYUAN_VAE, AutoencoderKind, VideoGeometry, autoencoder_kind
+from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
+from ..samplers.geometry import VideoGeometry
 from ..samplers.latent import make_latent, read_latent
 from .. import host
 from .output_guard import check_finite, check_input_finite, check_not_flat, precision_remedy
@@ -18,28 +20,28 @@ from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 
-VAE_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-}
+VAE_DTYPES = FLOAT_DTYPES  # the VAE's dtype choices (no fp8)
 
 
 @dataclass
 class OpenSoraVAE:
-    """The OPENSORA_VAE socket value: a managed autoencoder and what it is.
+    """The OPENSORA_VAE socket value: a managed autoencoder, its dtype and file.
 
     Use: ``host.load_models([vae.managed])`` then ``vae.module.encode(...)`` / ``decode_chunks(...)``.
     """
 
     managed: Any  # host.manage_model handle (a ModelPatcher inside ComfyUI)
-    kind: AutoencoderKind
     dtype: torch.dtype
     path: str
 
     @property
     def module(self) -> VideoAutoencoder:
         return host.unwrap_model(self.managed)
+
+    @property
+    def kind(self) -> AutoencoderKind:
+        """The latent space the autoencoder encodes to (its model class says which)."""
+        return self.module.kind
 
 
 def check_latent_for_vae(samples: torch.Tensor, geometry: VideoGeometry, vae: OpenSoraVAE) -> None:
@@ -89,8 +91,7 @@ class OpenSoraVAELoader:
             raise ValueError(f"dtype must be one of {list(VAE_DTYPES)}, not {dtype!r}.")
         path = host.resolve_file(host.VAE, vae_name)
         module = load_autoencoder(path, dtype=VAE_DTYPES[dtype], device=host.offload_device())
-        kind = autoencoder_kind(module.kind_name)
-        return (OpenSoraVAE(host.manage_model(module), kind, VAE_DTYPES[dtype], str(path)),)
+        return (OpenSoraVAE(host.manage_model(module), VAE_DTYPES[dtype], str(path)),)
 
 
 @register("OpenSoraVAEDecode", "Open-Sora VAE Decode")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..media.pixels import to_uint8
-from .geometry import AutoencoderKind, VideoGeometry, decoded_num_frames
+from ..models.latent_space import AutoencoderKind, decoded_num_frames
+from .geometry import VideoGeometry
 from .packing import pack
 
 I2V_TYPES = ("i2v_head", "i2v_tail", "i2v_loop")

@@ -11,7 +11,8 @@ from typing import Sequence
 from ..samplers.seeds import OPEN_SORA_GLOBAL_SEED
 from .downloads import DOWNLOADS
 
-# fp8 weights exist for the diffusion model only; the text encoders and autoencoder then run in bf16.
+# The names of models/dtypes.py's WEIGHT_DTYPES, spelled out so parsing needs no torch (a test keeps them
+# equal). fp8 weights exist for the diffusion model only; the text encoders and autoencoder then run in bf16.
 FP8_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")
 WEIGHT_DTYPE_CHOICES = ("bf16", "fp16", "fp32", *FP8_DTYPES)
 API_DIR = Path(__file__).resolve().parent.parent / "example_workflows" / "api"

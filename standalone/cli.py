@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import host
+from ..models import latent_space
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
 from . import inference_plan
@@ -108,7 +109,7 @@ def describe_frames(prompt: dict[str, dict], settings: dict[str, Any]) -> str | 
         return None
     if num_frames < 1:
         raise SystemExit(f"--num-frames {num_frames}: give 1 or more (1 = an image).")
-    change = geometry.describe_frame_change(num_frames, geometry.autoencoder_kind(autoencoder))
+    change = latent_space.describe_frame_change(num_frames, latent_space.autoencoder_kind(autoencoder))
     return f"num_frames: {change}" if change else None
 
 

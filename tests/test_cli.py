@@ -181,6 +181,13 @@ def test_help_and_usage_mistakes_answer_before_torch_is_imported():
         assert "Traceback" not in done.stderr
 
 
+def test_weight_dtype_names_are_the_dtype_table():
+    from comfyui_opensora.models import dtypes
+
+    assert arguments.WEIGHT_DTYPE_CHOICES == tuple(dtypes.WEIGHT_DTYPES)
+    assert arguments.FP8_DTYPES == tuple(dtypes.FP8_DTYPES)
+
+
 def test_download_lays_files_out_for_comfyui(tmp_path, monkeypatch):
     """With a stand-in for huggingface_hub (no network): every file lands where the loaders look."""
     import types

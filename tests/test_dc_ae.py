@@ -75,7 +75,7 @@ def test_released_config_parameter_count_and_inference():
     with torch.device("meta"):
         model = VideoDCAE()
     assert isinstance(model, VideoAutoencoder)
-    assert model.kind_name == "dc_ae"
+    assert model.kind.name == "dc_ae"
     assert sum(p.numel() for p in model.parameters()) == 459_462_147
     assert len(model.state_dict()) == 339
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

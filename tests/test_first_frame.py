@@ -13,8 +13,9 @@ from comfyui_opensora.nodes.first_frame import OpenSoraSaveFirstFrame
 from comfyui_opensora.nodes.vae import OpenSoraVAEDecode, OpenSoraVAELoader
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.first_frame import arithmetic_dtype, reference_uint8
-from comfyui_opensora.samplers.geometry import FLUX_AE, VideoGeometry
 from comfyui_opensora.media.pixels import to_uint8
+from comfyui_opensora.models.latent_space import FLUX_AE
+from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.latent import make_latent
 
 

@@ -12,7 +12,8 @@ from comfyui_opensora.loaders.checkpoint import CheckpointError
 from comfyui_opensora.tiny_checkpoints.autoencoders import flux_ae_file_tensors, write_tiny_flux_ae
 from comfyui_opensora.models.flux_ae import SHIFT, SCALE, FluxAEConfig, FluxImageAE
 from comfyui_opensora.nodes.vae import OpenSoraVAEDecode, OpenSoraVAELoader
-from comfyui_opensora.samplers.geometry import FLUX_AE, VideoGeometry
+from comfyui_opensora.models.latent_space import FLUX_AE
+from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.latent import make_latent
 
 # Widths that change between levels, so the converted file exercises the shortcut convs and a wrong level
@@ -43,7 +44,7 @@ def test_file_has_the_released_layout(tiny):
 def test_decode_and_encode_follow_the_reference_formulas(tiny):
     path, vae = tiny
     module = load_autoencoder(path, torch.float32)
-    assert isinstance(module, FluxImageAE) and module.kind_name == "flux_ae"
+    assert isinstance(module, FluxImageAE) and module.kind.name == "flux_ae"
     assert module.latent_channels == 16 and module.spatial_compression == 8
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(2, 16, 3, 4, 6, generator=generator)

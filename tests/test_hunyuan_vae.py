@@ -152,7 +152,7 @@ def test_loader_reads_half_precision_and_detects_kind(tmp_path):
     path = write_tiny_hunyuan_vae(tmp_path / "vae.safetensors")
     assert autoencoder_kind_of(path) == "hunyuan_vae"
     vae = load_autoencoder(path, dtype=torch.bfloat16)
-    assert vae.dtype == torch.bfloat16 and vae.kind_name == "hunyuan_vae" and vae.latent_channels == 16
+    assert vae.dtype == torch.bfloat16 and vae.kind.name == "hunyuan_vae" and vae.latent_channels == 16
     assert not any(p.requires_grad for p in vae.parameters()) and not vae.training
     assert all(p.device.type == "cpu" for p in vae.parameters())
     out = vae.decode(torch.randn(1, 16, 2, 2, 2), NO_TILING)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from golden_tolerance import assert_within, gaussian_noise_bound
 
 from comfyui_opensora import nodes
+from comfyui_opensora.models import latent_space
 from comfyui_opensora.models.autoencoder import VideoAutoencoder
 from comfyui_opensora.nodes.image_condition import OpenSoraImageCondition
 from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
@@ -63,7 +64,7 @@ def _conditioning(tensors, prefix: str, prompts: list[str]) -> TextConditioning:
 class FixedLatentVAE(VideoAutoencoder):
     """A test double: 'encodes' every clip to the next of a list of given latents and records the pixels."""
 
-    kind_name = "hunyuan_vae"
+    kind = latent_space.HUNYUAN_VAE
 
     def __init__(self, latents: list[torch.Tensor]):
         super().__init__()
@@ -83,7 +84,7 @@ class FixedLatentVAE(VideoAutoencoder):
 
 def _vae(host, latents) -> OpenSoraVAE:
     module = FixedLatentVAE(latents)
-    return OpenSoraVAE(host.manage_model(module), geometry.HUNYUAN_VAE, torch.float32, "fixed")
+    return OpenSoraVAE(host.manage_model(module), torch.float32, "fixed")
 
 
 # ------------------------------------------------------------------------------------ registration
@@ -337,11 +338,11 @@ def test_previews_show_the_first_frame_when_enabled(tiny_model, standalone_host,
 def test_latent_preview_projection():
     latent = torch.zeros(1, 16, 2, 4, 6)
     latent[0, 10, 0] = 1.0  # channel 10 is bright in every colour
-    image = preview.latent_preview(latent, geometry.HUNYUAN_VAE)
+    image = preview.latent_preview(latent, latent_space.HUNYUAN_VAE)
     r, g, b = image.getpixel((0, 0))
     assert (r, g, b) == tuple(int((1 + f + bias) / 2 * 255) for f, bias in zip(preview.HUNYUAN_RGB_FACTORS[10],
                                                                               preview.HUNYUAN_RGB_BIAS))
-    assert preview.latent_preview(torch.zeros(1, 128, 1, 2, 2), geometry.VIDEO_DC_AE) is None
+    assert preview.latent_preview(torch.zeros(1, 128, 1, 2, 2), latent_space.VIDEO_DC_AE) is None
 
 
 def test_image_condition_with_the_real_hunyuan_vae(standalone_host):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from comfyui_opensora.media.pixels import to_uint8
+from comfyui_opensora.models import latent_space
 from comfyui_opensora.samplers import geometry, image_condition as ic, packing
 
 VIDEO = geometry.VideoGeometry(64, 96, 9)  # latent [16, 3, 8, 12]
@@ -83,7 +84,7 @@ def test_i2v_masks_and_paste(cond_type, frames):
 
 @pytest.mark.parametrize("cond_type, k", [("v2v_head", 9), ("v2v_tail", 9), ("v2v_head_easy", 17), ("v2v_tail_easy", 17)])
 def test_v2v_masks(cond_type, k):
-    assert ic.conditioned_latent_frames(cond_type, geometry.HUNYUAN_VAE) == k
+    assert ic.conditioned_latent_frames(cond_type, latent_space.HUNYUAN_VAE) == k
     ref = _latents(k + 2)[0]
     cond = ic.build_image_condition(cond_type, LONG_VIDEO, 1, [ref])
     span = range(k) if "head" in cond_type else range(17 - k, 17)
@@ -96,19 +97,19 @@ def test_v2v_masks(cond_type, k):
 
 def test_v2v_reads_33_or_65_frames_from_the_video():
     video = _pattern(8, 8, frames=70)
-    assert torch.equal(ic.select_reference_clips("v2v_head", video, None, geometry.HUNYUAN_VAE)[0], video[:33])
-    assert torch.equal(ic.select_reference_clips("v2v_tail_easy", video, None, geometry.HUNYUAN_VAE)[0], video[-65:])
+    assert torch.equal(ic.select_reference_clips("v2v_head", video, None, latent_space.HUNYUAN_VAE)[0], video[:33])
+    assert torch.equal(ic.select_reference_clips("v2v_tail_easy", video, None, latent_space.HUNYUAN_VAE)[0], video[-65:])
     with pytest.raises(ValueError, match="at least 65 frames"):
-        ic.select_reference_clips("v2v_head_easy", video[:64], None, geometry.HUNYUAN_VAE)
+        ic.select_reference_clips("v2v_head_easy", video[:64], None, latent_space.HUNYUAN_VAE)
     with pytest.raises(ValueError, match="at least 33 frames"):
-        ic.select_reference_clips("v2v_tail", video[:20], None, geometry.HUNYUAN_VAE)
+        ic.select_reference_clips("v2v_tail", video[:20], None, latent_space.HUNYUAN_VAE)
 
 
 def test_i2v_clip_selection_uses_last_image_for_the_end():
     first, last = _pattern(8, 8, frames=3), _pattern(8, 8, frames=2)
-    head, tail = ic.select_reference_clips("i2v_loop", first, last, geometry.HUNYUAN_VAE)
+    head, tail = ic.select_reference_clips("i2v_loop", first, last, latent_space.HUNYUAN_VAE)
     assert torch.equal(head, first[:1]) and torch.equal(tail, last[-1:])
-    (tail_only,) = ic.select_reference_clips("i2v_tail", first, None, geometry.HUNYUAN_VAE)
+    (tail_only,) = ic.select_reference_clips("i2v_tail", first, None, latent_space.HUNYUAN_VAE)
     assert torch.equal(tail_only, first[-1:])
 
 
@@ -152,7 +153,7 @@ def test_condition_for_another_video_is_refused():
     with pytest.raises(ValueError, match="batch size 1"):
         cond.check_matches(VIDEO, 2)
     with pytest.raises(ValueError, match="Video DC-AE"):
-        cond.check_matches(geometry.VideoGeometry(64, 96, 8, geometry.VIDEO_DC_AE.name), 1)
+        cond.check_matches(geometry.VideoGeometry(64, 96, 8, latent_space.VIDEO_DC_AE.name), 1)
 
 
 def _reference_video_resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from comfyui_opensora.models import latent_space
 from comfyui_opensora.samplers import geometry, noise, packing
 from golden_tolerance import assert_within, gaussian_noise_bound
 
@@ -23,7 +24,7 @@ def _items(golden_dir):
 
 def _geometry(item) -> geometry.VideoGeometry:
     args = item["call"]["args"]
-    kind = geometry.VIDEO_DC_AE if item["AE_SPATIAL_COMPRESSION"] == 32 else geometry.HUNYUAN_VAE
+    kind = latent_space.VIDEO_DC_AE if item["AE_SPATIAL_COMPRESSION"] == 32 else latent_space.HUNYUAN_VAE
     assert (kind.patch_size, kind.latent_channels) == (args["patch_size"], args["channel"])
     latent_t = args["num_frames"]  # the reference's get_noise takes latent frames
     frames = 1 if latent_t == 1 else kind.temporal_compression * latent_t  # valid for both kinds
@@ -64,7 +65,7 @@ def test_noise_packing_and_ids_match_reference(golden_dir):
 
 def test_noise_shapes_of_real_configs():
     assert noise.get_noise(geometry.VideoGeometry(192, 336, 129), 1, 0).shape == (1, 16, 33, 24, 42)
-    dc = geometry.VideoGeometry(576, 1024, 128, geometry.VIDEO_DC_AE.name)
+    dc = geometry.VideoGeometry(576, 1024, 128, latent_space.VIDEO_DC_AE.name)
     assert dc.latent_shape(1) == (1, 128, 32, 18, 32)
     first = noise.get_noise(geometry.VideoGeometry(192, 336, 129), 1, 42).flatten()[:4]
     assert first.tolist() == pytest.approx([1.926915, 1.487284, 0.900717, -2.105521], abs=1e-6)

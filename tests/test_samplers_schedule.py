@@ -10,6 +10,7 @@ import torch
 from golden_tolerance import assert_within, elementwise_bound
 from safetensors.torch import load_file
 
+from comfyui_opensora.models import latent_space
 from comfyui_opensora.samplers import geometry, schedule
 
 
@@ -74,7 +75,7 @@ def test_size_table_matches_reference(case):
     manifest, _ = case
     for name, sizes in manifest["image_sizes"].items():
         divisor, resolution, ratio = name.split("/")
-        kind = geometry.HUNYUAN_VAE if divisor == "D16" else geometry.VIDEO_DC_AE
+        kind = latent_space.HUNYUAN_VAE if divisor == "D16" else latent_space.VIDEO_DC_AE
         assert list(geometry.image_size(resolution, ratio, kind)) == sizes["after_sanitize_hw"], name
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfyui_opensora.models.dtypes import FP8_DTYPES
 from comfyui_opensora.models.fp8 import (
-    FP8_DTYPES,
     FP8Linear,
     block_linears,
     convert_blocks_to_fp8,

@@ -9,7 +9,8 @@ from comfyui_opensora.loaders.checkpoint import CheckpointError
 from comfyui_opensora.models.autoencoder import NO_TILING, decode_to_frames
 from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfyui_opensora.nodes import vae as vae_nodes
-from comfyui_opensora.samplers.geometry import HUNYUAN_VAE, VIDEO_DC_AE, VideoGeometry
+from comfyui_opensora.models.latent_space import HUNYUAN_VAE, VIDEO_DC_AE
+from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.latent import GEOMETRY_KEY, make_latent, read_latent
 from factories_vae import write_lookalike, write_tiny_hunyuan_vae
 
@@ -53,7 +54,7 @@ def test_loader_loads_the_dc_ae_and_decode_refuses_hunyuan_latents(standalone_ho
     write_tiny_dc_ae(standalone_host.folder_paths(standalone_host.VAE)[0] / "F32T4C128_AE.safetensors",
                      tiny_dc_ae_config(latent_channels=16))
     (vae,) = vae_nodes.OpenSoraVAELoader().execute("F32T4C128_AE.safetensors", "fp32")
-    assert vae.kind == VIDEO_DC_AE and vae.module.kind_name == "dc_ae"
+    assert vae.kind == VIDEO_DC_AE and vae.module.kind.name == "dc_ae"
     with pytest.raises(ValueError, match="belongs to the HunyuanVideo.*VAE loaded is the Video DC-AE"):
         vae_nodes.OpenSoraVAEDecode().execute(vae, _latent(1), "reference")
 

@@ -1,5 +1,5 @@
-"""web/opensora.js: its geometry table and rules agree with samplers/geometry.py; its node behaviour,
-run in Node.js against a stand-in for ComfyUI's app module.
+"""web/opensora.js: its geometry table and rules agree with models/latent_space.py and samplers/geometry.py;
+its node behaviour, run in Node.js against a stand-in for ComfyUI's app module.
 
 ``python tests/test_web_extension.py --write`` regenerates the table block in the JS file.
 """
@@ -21,20 +21,22 @@ BEGIN, END = "// BEGIN GEOMETRY TABLE\n", "// END GEOMETRY TABLE\n"
 
 
 def _geometry():
+    """The pack's ``(latent_space, geometry)`` modules."""
     try:
-        from comfyui_opensora.samplers import geometry
+        import comfyui_opensora  # noqa: F401
     except ImportError:  # run as a script
         sys.path.insert(0, str(Path(__file__).parent))
         import conftest  # noqa: F401  (imports the pack)
-        from comfyui_opensora.samplers import geometry
-    return geometry
+    from comfyui_opensora.models import latent_space
+    from comfyui_opensora.samplers import geometry
+    return latent_space, geometry
 
 
 def expected_table() -> dict:
-    """What the JS table must hold: the autoencoder rules and the aspect ratios, from geometry.py."""
-    geometry = _geometry()
+    """What the JS table must hold: the autoencoder rules and the aspect ratios, from the pack."""
+    latent_space, geometry = _geometry()
     autoencoders = {}
-    for name, kind in geometry.AUTOENCODERS.items():
+    for name, kind in latent_space.AUTOENCODERS.items():
         autoencoders[name] = {
             "causal": kind.causal,
             "latent_channels": kind.latent_channels,
@@ -176,9 +178,9 @@ EXTRA_RESOLUTIONS = ("100px", "200p", "333p", "540p", "1000px", "1234p", "2160p"
 
 
 def _cases() -> list[dict]:
-    geometry = _geometry()
+    latent_space, geometry = _geometry()
     cases = []
-    for autoencoder in geometry.AUTOENCODERS:
+    for autoencoder in latent_space.AUTOENCODERS:
         for resolution in (*geometry.RESOLUTIONS, *EXTRA_RESOLUTIONS):
             for ratio in geometry.all_aspect_ratios():
                 cases.append(dict(autoencoder=autoencoder, resolution=resolution, aspect_ratio=ratio,
@@ -202,11 +204,11 @@ def _reference_written_frames(num_frames: int, causal: bool, t: int = 4) -> int:
 
 @needs_node
 def test_js_video_info_agrees_with_geometry(tmp_path):
-    geometry = _geometry()
+    latent_space, geometry = _geometry()
     cases = _cases()
     results = run_in_node(tmp_path, cases)["info"]
     for values, result in zip(cases, results):
-        kind = geometry.autoencoder_kind(values["autoencoder"])
+        kind = latent_space.autoencoder_kind(values["autoencoder"])
         if values["resolution"] == "custom":
             height, width = values["height"], values["width"]
         else:

@@ -6,8 +6,8 @@
 // No network access; nothing here changes what a workflow computes.
 import { app } from "../../scripts/app.js";
 
-// The autoencoder rules and aspect ratios of samplers/geometry.py; sizes for any resolution name are
-// computed below with the reference's formula. Written by
+// The autoencoder rules of models/latent_space.py and the aspect ratios of samplers/geometry.py; sizes for
+// any resolution name are computed below with the reference's formula. Written by
 // `python tests/test_web_extension.py --write`; tests/test_web_extension.py checks they agree.
 // BEGIN GEOMETRY TABLE
 export const GEOMETRY = {

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..autoencoder import Tiling, VideoAutoencoder
+from ..latent_space import VIDEO_DC_AE
 from .config import EVIT_S5_GLU, RESBLOCK, DCAEConfig
 from .layers import (
     ChannelAveragingShortcut,
@@ -113,7 +114,7 @@ class VideoDCAE(VideoAutoencoder):
     Sizes: H and W must be multiples of 32.
     """
 
-    kind_name = "dc_ae"
+    kind = VIDEO_DC_AE
 
     def __init__(self, config: DCAEConfig | None = None) -> None:
         super().__init__()

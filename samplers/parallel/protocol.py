@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models.fp8 import FP8_DTYPES, compute_dtype
+from ...models.dtypes import WEIGHT_DTYPES, compute_dtype
 from ..denoisers import BranchPolicy, Guidance, StepCallback, TextInputs, denoise_distilled, denoise_i2v
 from ..geometry import VideoGeometry
 from ..image_condition import ImageCondition
@@ -23,7 +23,7 @@ from .layout import ParallelLayout
 
 METHOD_I2V, METHOD_DISTILL = "i2v", "distill"
 # Weight storage dtypes a request may name (fp8: block weights in 8 bits, computed in bf16).
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, **FP8_DTYPES}
+DTYPES = WEIGHT_DTYPES
 
 # Store keys.
 SHUTDOWN = "shutdown"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,29 @@ def standalone_host(tmp_path):
     yield host
     state.models_dir, state.output_dir, state.device = saved
     state.interrupt_requested = False
+
+
+@pytest.fixture
+def tiny_model(standalone_host):
+    """The golden video MMDiT placed in the diffusion_models folder and loaded by the Model Loader (fp32)."""
+    from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
+
+    folder = standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0]
+    shutil.copy(GOLDEN / "mmdit_forward" / "video_model.safetensors", folder / "video_model.safetensors")
+    (model,) = OpenSoraModelLoader().execute("video_model.safetensors", "fp32")
+    return model
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: thread start-up and contention cost far more than the arithmetic (10x on 2 busy cores).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 GOLDEN_FIXTURES = {"golden_dir", "golden", "golden_models", "t2v_case", "i2v_case", "case"}

@@ -1,76 +1,24 @@
 """web/opensora.js: its geometry table and rules agree with models/latent_space.py and samplers/geometry.py;
 its node behaviour, run in Node.js against a stand-in for ComfyUI's app module.
 
-``python tests/test_web_extension.py --write`` regenerates the table block in the JS file.
+``python3 tools/web_geometry_table.py`` regenerates the table block in the JS file.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = PACK_ROOT / "web" / "opensora.js"
-BEGIN, END = "// BEGIN GEOMETRY TABLE\n", "// END GEOMETRY TABLE\n"
-
-
-def _geometry():
-    """The pack's ``(latent_space, geometry)`` modules."""
-    try:
-        import comfyui_opensora  # noqa: F401
-    except ImportError:  # run as a script
-        sys.path.insert(0, str(Path(__file__).parent))
-        import conftest  # noqa: F401  (imports the pack)
-    from comfyui_opensora.models import latent_space
-    from comfyui_opensora.samplers import geometry
-    return latent_space, geometry
-
-
-def expected_table() -> dict:
-    """What the JS table must hold: the autoencoder rules and the aspect ratios, from the pack."""
-    latent_space, geometry = _geometry()
-    autoencoders = {}
-    for name, kind in latent_space.AUTOENCODERS.items():
-        autoencoders[name] = {
-            "causal": kind.causal,
-            "latent_channels": kind.latent_channels,
-            "patch_size": kind.patch_size,
-            "size_divisor": kind.size_divisor,
-            "spatial_compression": kind.spatial_compression,
-            "temporal_compression": kind.temporal_compression,
-        }
-    return {"aspect_ratios": list(geometry.ASPECT_RATIOS), "autoencoders": autoencoders}
-
-
-def _js_literal(value, depth: int = 0) -> str:
-    if not isinstance(value, dict) or not any(isinstance(v, dict) for v in value.values()):
-        return json.dumps(value, sort_keys=True)  # innermost tables on one line
-    pad = "  " * (depth + 1)
-    items = [f"{pad}{json.dumps(k)}: {_js_literal(v, depth + 1)}" for k, v in sorted(value.items())]
-    return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
-
-
-def table_block() -> str:
-    return f"export const GEOMETRY = {_js_literal(expected_table())};\n"
-
-
-def read_table(source: str) -> dict:
-    block = source.split(BEGIN, 1)[1].split(END, 1)[0]
-    literal = block.strip().removeprefix("export const GEOMETRY = ").removesuffix(";")
-    return json.loads(literal)
-
-
-def write_table() -> None:
-    source = SCRIPT.read_text(encoding="utf-8")
-    head, rest = source.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    SCRIPT.write_text(head + BEGIN + table_block() + END + tail, encoding="utf-8")
+TABLE_TOOL = runpy.run_path(str(PACK_ROOT / "tools" / "web_geometry_table.py"))
+SCRIPT, expected_table, read_table = TABLE_TOOL["SCRIPT"], TABLE_TOOL["expected_table"], TABLE_TOOL["read_table"]
+_geometry = TABLE_TOOL["_geometry"]
 
 
 # ---------------------------------------------------------------------------------------- static
@@ -78,7 +26,7 @@ def write_table() -> None:
 
 def test_js_table_matches_geometry():
     assert read_table(SCRIPT.read_text(encoding="utf-8")) == expected_table(), (
-        "web/opensora.js is out of date: run `python tests/test_web_extension.py --write`"
+        "web/opensora.js is out of date: run `python3 tools/web_geometry_table.py`"
     )
 
 
@@ -257,11 +205,3 @@ def test_js_shows_info_and_hides_mode_dependent_inputs(tmp_path):
     assert events["samplerDistill"] == ["guidance_img", "text_osci", "image_osci", "scale_temporal_osci"]
     assert events["samplerBack"] == []
     assert events["bare"] == []
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--write"]:
-        write_table()
-        print(f"wrote the geometry table into {SCRIPT}")
-    else:
-        print(__doc__)

@@ -22,7 +22,6 @@ from comfyui_opensora.standalone import workflow_runner
 from comfyui_opensora.standalone.workflow_runner import WorkflowError, run_workflow, validate_workflow
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
-from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
 from workflow_doubles import (
     API_DIR,
     CORE_NODE_DOUBLES,
@@ -38,6 +37,8 @@ from workflow_doubles import (
     ui_workflows,
     write_test_inputs,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 

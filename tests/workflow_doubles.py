@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pytest
 import torch
 
 from comfyui_opensora import host
@@ -44,16 +43,6 @@ CORE_WIDGETS: dict[str, tuple[str | None, ...]] = {
     "VAEDecode": (),
     "PrimitiveStringMultiline": ("value",),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up and contention cost far more than the arithmetic (10x on 2 busy cores).
-    Import this fixture into a test module to use it there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def widget_names(class_type: str, node_classes: Mapping[str, type]) -> tuple[str | None, ...]:

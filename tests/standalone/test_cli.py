@@ -11,8 +11,9 @@ import pytest
 from comfyui_opensora.standalone import arguments, cli, downloads, workflow_edit, workflow_runner
 from comfyui_opensora.tiny_checkpoints import write_tiny_model_folder
 
-from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
 from workflow_doubles import PACK_ROOT, WORKFLOW_DIR, load_json, read_video, write_test_clip, write_test_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

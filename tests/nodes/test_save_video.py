@@ -16,7 +16,7 @@ from comfyui_opensora.media import pixels
 from comfyui_opensora.nodes.save_video import OpenSoraSaveVideo
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
-from test_media import ffmpeg_metadata, smooth_frames
+from media_doubles import ffmpeg_metadata, smooth_frames
 
 DEFAULTS = dict(fps=24.0, filename_prefix="OpenSora/video", format="mp4", crf=23, pix_fmt="yuv420p")
 PROMPT_GRAPH = {"7": {"class_type": "OpenSoraSaveVideo", "inputs": {"fps": 24.0}}}

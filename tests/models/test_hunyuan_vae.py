@@ -23,12 +23,12 @@ from comfyui_opensora.models.hunyuan_vae import (
 from golden_tolerance import Reductions, assert_matches
 from factories_vae import TINY_HUNYUAN_VAE, write_lookalike, write_tiny_hunyuan_vae
 
-KEY_DUMP = Path(__file__).resolve().parent / "key_dumps" / "hunyuan_vae_keys.txt"
+KEY_DUMP = Path(__file__).resolve().parents[1] / "key_dumps" / "hunyuan_vae_keys.txt"
 
 
 @pytest.fixture(scope="module")
 def golden(request):
-    folder = Path(__file__).resolve().parent / "golden_v1" / "hunyuan_vae"
+    folder = Path(__file__).resolve().parents[1] / "golden_v1" / "hunyuan_vae"
     manifest = json.loads((folder / "manifest.json").read_text())
     io = {k: v.clone() for k, v in load_file(folder / "io.safetensors").items()}
     vae = load_autoencoder(folder / "model.safetensors", dtype=torch.float32)

@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from denoise_cases import CASE_GEOMETRY, case_noise, guidance_of, load_denoise_case, text_inputs, timesteps_of
 from comfyui_opensora.samplers import denoisers
 from comfyui_opensora.samplers.step_cache import StepCache, StepCacheSettings
-from test_samplers_denoise import GEOMETRY, _guidance, _load, _noise, _text, _timesteps
 
 
 @pytest.fixture(scope="module")
 def t2v():
-    manifest, tensors, model = _load("denoise_t2v")
+    manifest, tensors, model = load_denoise_case("denoise_t2v")
     option = manifest["sampling_option"]["in"]
     prompts = manifest["call"]["args"]["text"]
-    args = (_noise(manifest["record"], tensors), _text(tensors, "", prompts), _timesteps(option, GEOMETRY),
-            _guidance(option))
+    args = (case_noise(manifest["record"], tensors), text_inputs(tensors, "", prompts), timesteps_of(option, CASE_GEOMETRY),
+            guidance_of(option))
     return model, args
 
 

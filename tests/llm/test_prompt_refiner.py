@@ -26,7 +26,8 @@ from comfyui_opensora.nodes.prompt_refiner import OpenSoraPromptRefiner
 from comfyui_opensora.standalone.workflow_runner import run_workflow
 
 from workflow_doubles import API_DIR, CORE_NODE_DOUBLES, load_json, prepare_test_graph
-from workflow_doubles import one_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pytest.importorskip("openai", reason="the prompt refiner's client package (requirements-test.txt)")
 

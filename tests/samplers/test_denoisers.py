@@ -7,73 +7,35 @@ reference's recorded noise, text embeddings and reference latents, and compares 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from comfyui_opensora.loaders.mmdit import load_mmdit
+from denoise_cases import CASE_GEOMETRY, case_noise, guidance_of, load_denoise_case, text_inputs, timesteps_of
 from comfyui_opensora.samplers import denoisers, geometry, image_condition, packing, schedule
 from golden_tolerance import Reductions, assert_matches
 
-GOLDEN = Path(__file__).resolve().parent / "golden_v1"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden_v1"
 # A denoise case: 64x96 pixels, 9 frames -> latent [16, 3, 8, 12], 12 steps (8 for distilled).
 GOLDEN_MODULE = True  # every test here compares with the official code (conftest marks them golden)
-GEOMETRY = geometry.VideoGeometry(64, 96, 9)
-
-
 def _budget(model, tensors, guidance: float, guidance_img: float = 0.0) -> Reductions:
     """The model's budget, times the guidance gain: the Euler steps add ``dt * v`` with ``sum(dt) = 1``,
     so the final latent carries at most the largest velocity error, and the guided velocity
     ``v_u + g_img (v_i - v_u) + g (v_c - v_i)`` multiplies a model error by up to ``1 + 2 (g + g_img)``."""
     text_tokens = max(v.shape[1] for k, v in tensors.items() if ".t5[" in k or k.startswith("text.t5"))
-    image_tokens = GEOMETRY.latent_frames * GEOMETRY.tokens_per_frame
+    image_tokens = CASE_GEOMETRY.latent_frames * CASE_GEOMETRY.tokens_per_frame
     return Reductions.of_module(model, image_tokens + text_tokens, repeats=1 + 2 * (guidance + guidance_img))
-
-
-def _load(case: str):
-    folder = GOLDEN / case
-    manifest = json.loads((folder / "manifest.json").read_text())
-    tensors = {k: v.clone() for k, v in load_file(folder / "tensors.safetensors").items()}
-    model = load_mmdit((folder / manifest["model"]["weights"]).resolve(), dtype=torch.float32)
-    return manifest, tensors, model
 
 
 @pytest.fixture(scope="module")
 def t2v_case():
-    return _load("denoise_t2v")
+    return load_denoise_case("denoise_t2v")
 
 
 @pytest.fixture(scope="module")
 def i2v_case():
-    return _load("denoise_i2v")
-
-
-def _text(tensors, prefix: str, prompts: list[str]) -> denoisers.TextInputs:
-    txt = torch.cat([tensors[f"{prefix}text.t5[{p}]"] for p in prompts])
-    y_vec = torch.cat([tensors[f"{prefix}text.clip[{p}]"] for p in prompts])
-    n = len(prompts)
-    neg_txt = tensors[f"{prefix}text.t5[]"].expand(n, -1, -1)
-    neg_y_vec = tensors[f"{prefix}text.clip[]"].expand(n, -1)
-    return denoisers.TextInputs(txt, y_vec, neg_txt, neg_y_vec)
-
-
-def _guidance(option: dict) -> denoisers.Guidance:
-    return denoisers.Guidance(
-        option["guidance"], option["guidance_img"], option["text_osci"], option["image_osci"],
-        option["scale_temporal_osci"],
-    )
-
-
-def _timesteps(option: dict, g: geometry.VideoGeometry) -> list[float]:
-    return schedule.get_schedule(option["num_steps"], g.tokens_per_frame, g.latent_frames, option["shift"])
-
-
-def _noise(record: dict, tensors) -> torch.Tensor:
-    packed = tensors[record["noise_packed"]["key"]]
-    return packing.unpack(packed, GEOMETRY.latent_frames, GEOMETRY.latent_height, GEOMETRY.latent_width, 2)
+    return load_denoise_case("denoise_i2v")
 
 
 def _run_i2v(model, sub: dict, tensors, prefix: str, policy=denoisers.BranchPolicy()):
@@ -86,14 +48,14 @@ def _run_i2v(model, sub: dict, tensors, prefix: str, policy=denoisers.BranchPoli
     if cond_type != "t2v":
         refs = sub["references"]
         latents = [tensors[refs[f"sample0.ref{i}"]["key"]] for i in range(len(refs) - (batch - 1))]
-        condition = image_condition.build_image_condition(cond_type, GEOMETRY, batch, latents)
+        condition = image_condition.build_image_condition(cond_type, CASE_GEOMETRY, batch, latents)
         if batch > 1:  # the reference gives each sample its own reference latent
             per_sample = [tensors[refs[f"sample{b}.ref0"]["key"]] for b in range(batch)]
             masked = condition.masked_ref.clone()
             for b, latent in enumerate(per_sample):
                 masked[b, :, 0] = latent[:, 0]
             condition = image_condition.ImageCondition(
-                cond_type, GEOMETRY, condition.mask, masked, condition.head, condition.tail
+                cond_type, CASE_GEOMETRY, condition.mask, masked, condition.head, condition.tail
             )
         assert torch.equal(condition.mask, tensors[record["masks"]["key"]])
         assert torch.equal(condition.masked_ref, tensors[record["masked_ref"]["key"]])
@@ -101,8 +63,8 @@ def _run_i2v(model, sub: dict, tensors, prefix: str, policy=denoisers.BranchPoli
         assert torch.equal(cond_tokens, tensors[record["model_input_cond_first_third"]["key"]])
     steps = []
     final = denoisers.denoise_i2v(
-        model, _noise(record, tensors), _text(tensors, prefix, prompts), _timesteps(option, GEOMETRY),
-        _guidance(option), condition, policy, callback=steps.append,
+        model, case_noise(record, tensors), text_inputs(tensors, prefix, prompts), timesteps_of(option, CASE_GEOMETRY),
+        guidance_of(option), condition, policy, callback=steps.append,
     )
     assert [s.step for s in steps] == list(range(option["num_steps"]))
     if condition is not None:
@@ -135,13 +97,13 @@ def test_i2v_loops_match_reference(i2v_case, name, record_property):
 
 
 def test_distilled_loop_matches_reference(record_property):
-    manifest, tensors, model = _load("denoise_distilled")
+    manifest, tensors, model = load_denoise_case("denoise_distilled")
     option = manifest["sampling_option"]["final"]
     g = geometry.VideoGeometry(option["height"], option["width"], 1)
     record = manifest["record"]
     noise = packing.unpack(tensors[record["noise_packed"]["key"]], 1, g.latent_height, g.latent_width, 2)
     prompt = manifest["call"]["args"]["text"][0]
-    timesteps = _timesteps(option, g)
+    timesteps = timesteps_of(option, g)
     assert timesteps[:-1] == pytest.approx(record["timesteps_per_call"], abs=1e-7)
     ours = denoisers.denoise_distilled(
         model, noise, tensors[f"text.t5[{prompt}]"], tensors[f"text.clip[{prompt}]"], timesteps, option["guidance"]
@@ -188,7 +150,7 @@ def test_first_step_guidance_combination(i2v_case):
     record = sub["record"]
     out = tensors[record["step0_model_output"]["key"]]
     v_c, v_u, v_u2 = out.chunk(3)
-    timesteps = _timesteps(sub["sampling_option"]["in"], GEOMETRY)
+    timesteps = timesteps_of(sub["sampling_option"]["in"], CASE_GEOMETRY)
     ramp = schedule.temporal_image_scales(3.0, 0, 12, 3).repeat_interleave(24)[None, :, None]
     velocity = v_u2 + ramp * (v_u - v_u2) + 7.5 * (v_c - v_u)
     state = tensors[record["noise_packed"]["key"]] + (timesteps[1] - timesteps[0]) * velocity

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -13,80 +12,19 @@ from safetensors.torch import load_file
 
 from golden_tolerance import assert_within, gaussian_noise_bound
 
+from sampling_doubles import SAMPLER_DEFAULTS, fixed_vae, golden_case, golden_conditioning, noise_latent
 from comfyui_opensora import nodes
 from comfyui_opensora.models import latent_space
-from comfyui_opensora.models.autoencoder import VideoAutoencoder
 from comfyui_opensora.nodes.image_condition import OpenSoraImageCondition
 from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
 from comfyui_opensora.nodes.noise import OpenSoraNoise
 from comfyui_opensora.nodes.sampler import OpenSoraSampler
-from comfyui_opensora.nodes.vae import OpenSoraVAE
 from comfyui_opensora.media import preview
 from comfyui_opensora.samplers import geometry, packing
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.latent import read_latent
 
-GOLDEN = Path(__file__).resolve().parent / "golden_v1"
-SAMPLER_DEFAULTS = dict(method="i2v", steps=12, guidance=7.5, guidance_img=3.0, text_osci=True, image_osci=True,
-                        scale_temporal_osci=True, shift=True, flow_shift=0.0, branch_mode="fast")
-
-
-def _noise(width=96, height=64, num_frames=9, seed=42, batch_size=1, autoencoder="hunyuan_vae",
-           resolution="custom", aspect_ratio="16:9", noise_device="cpu", noise_dtype="fp32", **optional) -> dict:
-    (latent,) = OpenSoraNoise().execute(autoencoder, resolution, aspect_ratio, width, height, num_frames,
-                                        batch_size, seed, noise_device, noise_dtype, **optional)
-    return latent
-
-
-@pytest.fixture
-def tiny_model(standalone_host):
-    folder = standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0]
-    shutil.copy(GOLDEN / "mmdit_forward" / "video_model.safetensors", folder / "video_model.safetensors")
-    (model,) = OpenSoraModelLoader().execute("video_model.safetensors", "fp32")
-    return model
-
-
-def _case(name: str):
-    folder = GOLDEN / name
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return manifest, {k: v.clone() for k, v in load_file(folder / "tensors.safetensors").items()}
-
-
-def _conditioning(tensors, prefix: str, prompts: list[str]) -> TextConditioning:
-    return TextConditioning(
-        t5=torch.cat([tensors[f"{prefix}text.t5[{p}]"] for p in prompts]),
-        clip=torch.cat([tensors[f"{prefix}text.clip[{p}]"] for p in prompts]),
-        neg_t5=tensors[f"{prefix}text.t5[]"], neg_clip=tensors[f"{prefix}text.clip[]"],
-        prompts=tuple(prompts), negative_prompts=("",),
-    )
-
-
-class FixedLatentVAE(VideoAutoencoder):
-    """A test double: 'encodes' every clip to the next of a list of given latents and records the pixels."""
-
-    kind = latent_space.HUNYUAN_VAE
-
-    def __init__(self, latents: list[torch.Tensor]):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.latents = list(latents)
-        self.pixels: list[torch.Tensor] = []
-        self.samples: list[bool] = []
-
-    def encode(self, x, sample=False, generator=None, tiling=None):
-        self.pixels.append(x)
-        self.samples.append(sample)
-        latent = self.latents.pop(0)[None]
-        if sample:
-            latent = latent + torch.randn(latent.shape, generator=generator)
-        return latent
-
-
-def _vae(host, latents) -> OpenSoraVAE:
-    module = FixedLatentVAE(latents)
-    return OpenSoraVAE(host.manage_model(module), torch.float32, "fixed")
-
-
+GOLDEN = Path(__file__).resolve().parents[1] / "golden_v1"
 # ------------------------------------------------------------------------------------ registration
 
 
@@ -119,14 +57,14 @@ def test_nodes_are_registered_with_frozen_inputs():
 @pytest.mark.parametrize("resolution, ratio, size", [("256px", "16:9", (192, 336)), ("768px", "4:3", (656, 880)),
                                                      ("256px", "9:16", (336, 192))])
 def test_noise_presets_use_the_reference_size_table(resolution, ratio, size):
-    latent = _noise(resolution=resolution, aspect_ratio=ratio, num_frames=1)
+    latent = noise_latent(resolution=resolution, aspect_ratio=ratio, num_frames=1)
     samples, video = read_latent(latent)
     assert (video.height, video.width) == size
     assert samples.shape == (1, 16, 1, size[0] // 8, size[1] // 8)
 
 
 def test_noise_default_video_shape_and_reference_values():
-    latent = _noise(resolution="256px", num_frames=129, seed=42)
+    latent = noise_latent(resolution="256px", num_frames=129, seed=42)
     assert latent["samples"].shape == (1, 16, 33, 24, 42) and latent["seed"] == 42
     assert latent["samples"].flatten()[:4].tolist() == pytest.approx([1.926915, 1.487284, 0.900717, -2.105521],
                                                                       abs=1e-6)
@@ -135,22 +73,22 @@ def test_noise_default_video_shape_and_reference_values():
 
 @pytest.mark.golden
 def test_noise_matches_the_reference_noise_of_the_t2v_case():
-    manifest, tensors = _case("denoise_t2v")
-    samples, video = read_latent(_noise(seed=manifest["call"]["args"]["seed"]))
+    manifest, tensors = golden_case("denoise_t2v")
+    samples, video = read_latent(noise_latent(seed=manifest["call"]["args"]["seed"]))
     reference = tensors["noise_packed"]
     assert_within(packing.pack(samples, 2), reference, gaussian_noise_bound(reference), "t2v noise")
 
 
 def test_dc_ae_noise_and_batches():
-    samples, video = read_latent(_noise(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=2))
+    samples, video = read_latent(noise_latent(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=2))
     assert samples.shape == (2, 128, 32, 18, 32)
-    one, _ = read_latent(_noise(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=1))
+    one, _ = read_latent(noise_latent(autoencoder="dc_ae", resolution="768px", num_frames=128, batch_size=1))
     assert torch.equal(samples[:1], one)  # the first element does not depend on the batch size
 
 
 def test_bf16_noise_is_fp32_noise_rounded():
-    bf16, _ = read_latent(_noise(noise_dtype="bf16"))
-    fp32, _ = read_latent(_noise())
+    bf16, _ = read_latent(noise_latent(noise_dtype="bf16"))
+    fp32, _ = read_latent(noise_latent())
     assert torch.equal(bf16, fp32.bfloat16().float())
 
 
@@ -167,7 +105,7 @@ def _reference_frames(num_frames: int, causal: bool) -> tuple[int, int]:
 def test_noise_accepts_any_frame_count_as_the_reference(num_frames, autoencoder, caplog):
     latent_frames, written = _reference_frames(num_frames, autoencoder == "hunyuan_vae")
     with caplog.at_level(logging.INFO):
-        samples, video = read_latent(_noise(autoencoder=autoencoder, width=128, height=128, num_frames=num_frames))
+        samples, video = read_latent(noise_latent(autoencoder=autoencoder, width=128, height=128, num_frames=num_frames))
     assert samples.shape[2] == latent_frames and video.num_frames == written
     said = f"{num_frames} -> {written} frames (as Open-Sora)"
     assert (said in caplog.text) == (written != num_frames)
@@ -180,39 +118,39 @@ def test_open_sora_default_seed_mode_draws_the_official_scripts_seed():
     state = random.Random(42)
     drawn = state.randint(0, 2**32 - 1)
     assert drawn == 2746317213
-    official = _noise(seed=42, seed_mode="open_sora_default")
-    fixed = _noise(seed=drawn)
+    official = noise_latent(seed=42, seed_mode="open_sora_default")
+    fixed = noise_latent(seed=drawn)
     assert official["seed"] == drawn and torch.equal(official["samples"], fixed["samples"])
-    assert torch.equal(_noise(seed=1234, seed_mode="fixed")["samples"], _noise(seed=1234)["samples"])
+    assert torch.equal(noise_latent(seed=1234, seed_mode="fixed")["samples"], noise_latent(seed=1234)["samples"])
     with pytest.raises(ValueError, match="seed_mode"):
-        _noise(seed_mode="random")
+        noise_latent(seed_mode="random")
 
 
 def test_noise_16_frames_of_720p_gives_13_frames_of_1280x720():
-    samples, video = read_latent(_noise(resolution="720p", aspect_ratio="16:9", num_frames=16))
+    samples, video = read_latent(noise_latent(resolution="720p", aspect_ratio="16:9", num_frames=16))
     assert (video.width, video.height, video.num_frames) == (1280, 720, 13)
     assert samples.shape == (1, 16, 4, 90, 160)
     with pytest.raises(ValueError, match="at least 1 frame"):
-        _noise(num_frames=0)
+        noise_latent(num_frames=0)
 
 
 def test_noise_refuses_sizes_that_are_not_multiples():
     with pytest.raises(ValueError, match="width=100 is not a multiple of 16"):
-        _noise(width=100)
+        noise_latent(width=100)
     with pytest.raises(ValueError, match="height=80 is not a multiple of 32"):
-        _noise(autoencoder="dc_ae", height=80, width=128, num_frames=8)
+        noise_latent(autoencoder="dc_ae", height=80, width=128, num_frames=8)
 
 
 # ------------------------------------------------------------------------------------- sampler node
 
 
 def test_sampler_node_reproduces_the_reference_t2v_loop(tiny_model, standalone_host):
-    manifest, tensors = _case("denoise_t2v")
-    conditioning = _conditioning(tensors, "", manifest["call"]["args"]["text"])
+    manifest, tensors = golden_case("denoise_t2v")
+    conditioning = golden_conditioning(tensors, "", manifest["call"]["args"]["text"])
     progress: list[tuple[int, int]] = []
     remove = standalone_host.add_progress_listener(lambda value, total: progress.append((value, total)))
     try:
-        (latent,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(seed=42), **SAMPLER_DEFAULTS)
+        (latent,) = OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(seed=42), **SAMPLER_DEFAULTS)
     finally:
         remove()
     samples, video = read_latent(latent)
@@ -222,16 +160,16 @@ def test_sampler_node_reproduces_the_reference_t2v_loop(tiny_model, standalone_h
 
 
 def test_sampler_node_reproduces_the_reference_i2v_loop(tiny_model, standalone_host):
-    manifest, tensors = _case("denoise_i2v")
+    manifest, tensors = golden_case("denoise_i2v")
     sub = manifest["sub_cases"]["i2v_loop"]
     references = [tensors[sub["references"][f"sample0.ref{i}"]["key"]] for i in range(2)]
-    vae = _vae(standalone_host, references)
-    noise = _noise(seed=sub["call"]["args"]["seed"])
+    vae = fixed_vae(standalone_host, references)
+    noise = noise_latent(seed=sub["call"]["args"]["seed"])
     first = torch.rand(1, 80, 120, 3)
     (condition,) = OpenSoraImageCondition().execute(vae, first, noise, "i2v_loop", "mean", 0,
                                                     last_image=torch.rand(4, 64, 96, 3))
     assert [p.shape for p in vae.module.pixels] == [(1, 3, 1, 64, 96)] * 2 and vae.module.samples == [False] * 2
-    conditioning = _conditioning(tensors, "i2v_loop.", sub["call"]["args"]["text"])
+    conditioning = golden_conditioning(tensors, "i2v_loop.", sub["call"]["args"]["text"])
     (latent,) = OpenSoraSampler().execute(tiny_model, conditioning, noise, **SAMPLER_DEFAULTS,
                                           image_condition=condition)
     expected = tensors[sub["record"]["final_latent"]["key"]]
@@ -239,10 +177,10 @@ def test_sampler_node_reproduces_the_reference_i2v_loop(tiny_model, standalone_h
 
 
 def test_posterior_sample_is_seeded(standalone_host):
-    noise = _noise()
+    noise = noise_latent()
     conds = []
     for seed in (1, 1, 2):
-        vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+        vae = fixed_vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
         (cond,) = OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise, "i2v_head", "sample", seed)
         assert vae.module.samples == [True]
         conds.append(cond.head)
@@ -250,15 +188,15 @@ def test_posterior_sample_is_seeded(standalone_host):
 
 
 def test_image_condition_refuses_another_vae(standalone_host):
-    vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
-    noise = _noise(autoencoder="dc_ae", width=128, height=128, num_frames=8)
+    vae = fixed_vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+    noise = noise_latent(autoencoder="dc_ae", width=128, height=128, num_frames=8)
     with pytest.raises(ValueError, match="choose the matching autoencoder"):
         OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise, "i2v_head", "mean", 0)
 
 
 def _t2v_inputs():
-    manifest, tensors = _case("denoise_t2v")
-    return _conditioning(tensors, "", manifest["call"]["args"]["text"])
+    manifest, tensors = golden_case("denoise_t2v")
+    return golden_conditioning(tensors, "", manifest["call"]["args"]["text"])
 
 
 def test_sampler_errors_come_before_any_model_work(tiny_model, standalone_host, monkeypatch):
@@ -267,24 +205,24 @@ def test_sampler_errors_come_before_any_model_work(tiny_model, standalone_host, 
     monkeypatch.setattr(standalone_host, "load_models", lambda *a, **k: loads.append(a))
     sampler = OpenSoraSampler()
     with pytest.raises(ValueError, match="at least 1 sampling step"):
-        sampler.execute(tiny_model, conditioning, _noise(), **{**SAMPLER_DEFAULTS, "steps": 0})
+        sampler.execute(tiny_model, conditioning, noise_latent(), **{**SAMPLER_DEFAULTS, "steps": 0})
     with pytest.raises(ValueError, match="Video DC-AE"):
-        sampler.execute(tiny_model, conditioning, _noise(autoencoder="dc_ae", width=128, height=128, num_frames=8),
+        sampler.execute(tiny_model, conditioning, noise_latent(autoencoder="dc_ae", width=128, height=128, num_frames=8),
                         **SAMPLER_DEFAULTS)
     with pytest.raises(ValueError, match="2 prompts but the noise batch is 3"):
         two = TextConditioning(conditioning.t5.repeat(2, 1, 1), conditioning.clip.repeat(2, 1), conditioning.neg_t5,
                                conditioning.neg_clip, ("a", "b"), ("",))
-        sampler.execute(tiny_model, two, _noise(batch_size=3), **SAMPLER_DEFAULTS)
+        sampler.execute(tiny_model, two, noise_latent(batch_size=3), **SAMPLER_DEFAULTS)
     with pytest.raises(ValueError, match="features but the model takes"):
         wide = TextConditioning(torch.zeros(1, 7, 64), conditioning.clip, conditioning.neg_t5, conditioning.neg_clip,
                                 ("a",), ("",))
-        sampler.execute(tiny_model, wide, _noise(), **SAMPLER_DEFAULTS)
-    vae = _vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
-    (condition,) = OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
+        sampler.execute(tiny_model, wide, noise_latent(), **SAMPLER_DEFAULTS)
+    vae = fixed_vae(standalone_host, [torch.zeros(16, 1, 8, 12)])
+    (condition,) = OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise_latent(), "i2v_head", "mean", 0)
     with pytest.raises(ValueError, match="was built for 96x64, 9 frames"):
-        sampler.execute(tiny_model, conditioning, _noise(num_frames=13), **SAMPLER_DEFAULTS, image_condition=condition)
+        sampler.execute(tiny_model, conditioning, noise_latent(num_frames=13), **SAMPLER_DEFAULTS, image_condition=condition)
     with pytest.raises(ValueError, match="needs method 'i2v'"):
-        sampler.execute(tiny_model, conditioning, _noise(), **{**SAMPLER_DEFAULTS, "method": "distill"},
+        sampler.execute(tiny_model, conditioning, noise_latent(), **{**SAMPLER_DEFAULTS, "method": "distill"},
                         image_condition=condition)
     with pytest.raises(ValueError, match="not an Open-Sora node|no Open-Sora geometry"):
         sampler.execute(tiny_model, conditioning, {"samples": torch.zeros(1, 16, 3, 8, 12)}, **SAMPLER_DEFAULTS)
@@ -294,8 +232,8 @@ def test_sampler_errors_come_before_any_model_work(tiny_model, standalone_host, 
 def test_shared_prompt_for_a_batch_matches_single_runs(tiny_model):
     conditioning = _t2v_inputs()
     settings = {**SAMPLER_DEFAULTS, "steps": 2}
-    (both,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(batch_size=2, seed=5), **settings)
-    (first,) = OpenSoraSampler().execute(tiny_model, conditioning, _noise(batch_size=1, seed=5), **settings)
+    (both,) = OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(batch_size=2, seed=5), **settings)
+    (first,) = OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(batch_size=1, seed=5), **settings)
     assert (both["samples"][:1] - first["samples"]).abs().max().item() <= 1e-4  # batch-size rounding only
 
 
@@ -311,7 +249,7 @@ def test_cancel_stops_between_steps(tiny_model, standalone_host):
     remove = standalone_host.add_progress_listener(cancel_after_two)
     try:
         with pytest.raises(standalone_host.Interrupted):
-            OpenSoraSampler().execute(tiny_model, conditioning, _noise(), **SAMPLER_DEFAULTS)
+            OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(), **SAMPLER_DEFAULTS)
     finally:
         remove()
     assert seen == [1, 2]
@@ -327,11 +265,11 @@ def test_previews_show_the_first_frame_when_enabled(tiny_model, standalone_host,
 
     monkeypatch.setattr(standalone_host, "Progress", RecordingProgress)
     monkeypatch.setattr(standalone_host, "previews_enabled", lambda: True)
-    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), _noise(), **{**SAMPLER_DEFAULTS, "steps": 3})
+    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), noise_latent(), **{**SAMPLER_DEFAULTS, "steps": 3})
     assert len(images) == 3 and all(image.size == (12, 8) and image.mode == "RGB" for image in images)
     monkeypatch.setattr(standalone_host, "previews_enabled", lambda: False)
     images.clear()
-    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), _noise(), **{**SAMPLER_DEFAULTS, "steps": 2})
+    OpenSoraSampler().execute(tiny_model, _t2v_inputs(), noise_latent(), **{**SAMPLER_DEFAULTS, "steps": 2})
     assert images == [None, None]
 
 
@@ -356,7 +294,7 @@ def test_image_condition_with_the_real_hunyuan_vae(standalone_host):
     (vae,) = OpenSoraVAELoader().execute("tiny.safetensors", "fp32")
     io = {k: v.clone() for k, v in load_file(folder / "io.safetensors").items()}
     frame = ((io["input.encode_image.x"][0, :, 0].permute(1, 2, 0) + 1) / 2 * 255).round() / 255
-    noise = _noise(width=32, height=32, num_frames=5)
+    noise = noise_latent(width=32, height=32, num_frames=5)
     (mean,) = OpenSoraImageCondition().execute(vae, frame[None], noise, "i2v_head", "mean", 0)
     expected = io["output.encode_image.z_mode_scaled"][0]
     assert mean.head.shape == expected.shape == (16, 1, 4, 4)
@@ -378,7 +316,7 @@ def test_bf16_weights_sample_in_bf16(standalone_host):
         lambda module, args, kwargs: dtypes.append((kwargs["img"].dtype, kwargs["timesteps"].dtype)), with_kwargs=True)
     settings = {**SAMPLER_DEFAULTS, "steps": 3}
     try:
-        (latent,) = OpenSoraSampler().execute(bf16_model, _t2v_inputs(), _noise(), **settings)
+        (latent,) = OpenSoraSampler().execute(bf16_model, _t2v_inputs(), noise_latent(), **settings)
     finally:
         handle.remove()
     assert set(dtypes) == {(torch.bfloat16, torch.bfloat16)}
@@ -386,15 +324,15 @@ def test_bf16_weights_sample_in_bf16(standalone_host):
     samples = latent["samples"]
     assert torch.equal(samples, samples.bfloat16().float())  # values are bf16 numbers
     (fp32_model,) = OpenSoraModelLoader().execute("video_model.safetensors", "fp32")
-    (reference,) = OpenSoraSampler().execute(fp32_model, _t2v_inputs(), _noise(), **settings)
+    (reference,) = OpenSoraSampler().execute(fp32_model, _t2v_inputs(), noise_latent(), **settings)
     error = (samples - reference["samples"]).abs().max().item()
     assert 0 < error <= 0.1 * reference["samples"].abs().max().item()
 
 
 def test_v2v_condition_through_the_nodes(tiny_model, standalone_host):
-    noise = _noise(num_frames=37)  # 10 latent frames
+    noise = noise_latent(num_frames=37)  # 10 latent frames
     video = torch.rand(40, 70, 100, 3)
-    vae = _vae(standalone_host, [torch.randn(16, 9, 8, 12)])
+    vae = fixed_vae(standalone_host, [torch.randn(16, 9, 8, 12)])
     (condition,) = OpenSoraImageCondition().execute(vae, video, noise, "v2v_tail", "mean", 0)
     assert [p.shape for p in vae.module.pixels] == [(1, 3, 33, 64, 96)]  # the last 33 frames, one encode
     assert condition.mask[0, 0, :, 0, 0].tolist() == [0.0] + [1.0] * 9
@@ -402,7 +340,7 @@ def test_v2v_condition_through_the_nodes(tiny_model, standalone_host):
                                           image_condition=condition)
     assert latent["samples"].shape == (1, 16, 10, 8, 12) and torch.isfinite(latent["samples"]).all()
     with pytest.raises(ValueError, match="needs a video of at least 33 frames"):
-        OpenSoraImageCondition().execute(vae, video, _noise(), "v2v_tail", "mean", 0)
+        OpenSoraImageCondition().execute(vae, video, noise_latent(), "v2v_tail", "mean", 0)
 
 
 def test_cancel_during_the_image_encode_stops_at_the_next_convolution(standalone_host):
@@ -416,7 +354,7 @@ def test_cancel_during_the_image_encode_stops_at_the_next_convolution(standalone
     encoder.conv_in.register_forward_pre_hook(lambda *_: standalone_host.request_interrupt())  # Cancel pressed
     encoder.down_blocks[0].register_forward_pre_hook(lambda *_: later.append(1))
     with pytest.raises(standalone_host.Interrupted):
-        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
+        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise_latent(), "i2v_head", "mean", 0)
     assert later == []  # stopped right after the first convolution
 
 

@@ -146,7 +146,7 @@ def test_t5_truncation_and_padding(sentencepiece_tokenizer):
     assert len(long_with_eos) == 512 and long_with_eos[-1] == 1
 
 
-REFERENCE_IDS = json.loads((Path(__file__).parent / "text_reference_token_ids.json").read_text(encoding="utf-8"))
+REFERENCE_IDS = json.loads((Path(__file__).resolve().parents[1] / "text_reference_token_ids.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("case", REFERENCE_IDS["t5"], ids=range(len(REFERENCE_IDS["t5"])))

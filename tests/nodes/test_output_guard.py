@@ -9,8 +9,8 @@ import pytest
 import torch
 from factories_text import GOLDEN_TEXT
 from factories_vae import write_tiny_hunyuan_vae
-from test_sampler_nodes import SAMPLER_DEFAULTS, _conditioning, _case, _noise, _vae, tiny_model  # noqa: F401
 
+from sampling_doubles import SAMPLER_DEFAULTS, fixed_vae, golden_case, golden_conditioning, noise_latent
 from comfyui_opensora.nodes import vae as vae_nodes
 from comfyui_opensora.nodes.image_condition import OpenSoraImageCondition
 from comfyui_opensora.nodes.output_guard import (
@@ -107,8 +107,8 @@ def test_decode_refuses_a_nan_latent_naming_its_maker(bf16_vae):
 
 
 def test_sampler_stops_at_the_first_nan_step(tiny_model, standalone_host, monkeypatch):
-    manifest, tensors = _case("denoise_t2v")
-    conditioning = _conditioning(tensors, "", manifest["call"]["args"]["text"])
+    manifest, tensors = golden_case("denoise_t2v")
+    conditioning = golden_conditioning(tensors, "", manifest["call"]["args"]["text"])
     module = tiny_model.module
     forward = module.forward
     calls = []
@@ -123,18 +123,18 @@ def test_sampler_stops_at_the_first_nan_step(tiny_model, standalone_host, monkey
     remove = standalone_host.add_progress_listener(lambda value, total: progress.append(value))
     try:
         with pytest.raises(StageOutputError, match=r"Open-Sora Sampler \(step \d+ of 12\) produced .* fp32 on cpu"):
-            OpenSoraSampler().execute(tiny_model, conditioning, _noise(seed=42), **SAMPLER_DEFAULTS)
+            OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(seed=42), **SAMPLER_DEFAULTS)
     finally:
         remove()
     assert len(progress) < 3  # stopped at the step that went wrong, not after all 12
 
 
 def test_sampler_refuses_nan_inputs_naming_their_maker(tiny_model, standalone_host):
-    manifest, tensors = _case("denoise_t2v")
-    conditioning = _conditioning(tensors, "", manifest["call"]["args"]["text"])
+    manifest, tensors = golden_case("denoise_t2v")
+    conditioning = golden_conditioning(tensors, "", manifest["call"]["args"]["text"])
     conditioning.t5[0, 0, 0] = float("inf")
     with pytest.raises(StageOutputError, match="The text conditioning holds NaN/inf.*Text Encoder Loader"):
-        OpenSoraSampler().execute(tiny_model, conditioning, _noise(seed=42), **SAMPLER_DEFAULTS)
+        OpenSoraSampler().execute(tiny_model, conditioning, noise_latent(seed=42), **SAMPLER_DEFAULTS)
 
 
 # ----------------------------------------------------------------------------- image condition, text
@@ -142,9 +142,9 @@ def test_sampler_refuses_nan_inputs_naming_their_maker(tiny_model, standalone_ho
 
 def test_image_condition_stops_on_a_nan_reference_latent(standalone_host):
     latent = torch.full((16, 1, 8, 12), float("nan"))
-    vae = _vae(standalone_host, [latent])
+    vae = fixed_vae(standalone_host, [latent])
     with pytest.raises(StageOutputError, match=r"Open-Sora Image Condition \(VAE encode\) produced \d+ NaN/inf"):
-        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), _noise(), "i2v_head", "mean", 0)
+        OpenSoraImageCondition().execute(vae, torch.rand(1, 64, 96, 3), noise_latent(), "i2v_head", "mean", 0)
 
 
 def test_text_encode_stops_on_nan_states(standalone_host, monkeypatch):

@@ -25,7 +25,7 @@ def _schedule_bound(expected: torch.Tensor, args: dict) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def case():
-    folder = Path(__file__).resolve().parent / "golden_v1" / "schedule"
+    folder = Path(__file__).resolve().parents[1] / "golden_v1" / "schedule"
     manifest = json.loads((folder / "manifest.json").read_text())
     tensors = {k: v.clone() for k, v in load_file(folder / "schedules.safetensors").items()}
     return manifest, tensors

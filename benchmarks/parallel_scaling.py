@@ -34,9 +34,9 @@ from comfyui_opensora.loaders.mmdit import load_mmdit  # noqa: E402
 from comfyui_opensora.models.mmdit import MMDiTConfig  # noqa: E402
 from comfyui_opensora.samplers import denoisers  # noqa: E402
 from comfyui_opensora.samplers.geometry import VideoGeometry  # noqa: E402
-from comfyui_opensora.samplers.parallel.group import GroupSettings, WorkerGroup  # noqa: E402
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout  # noqa: E402
-from comfyui_opensora.samplers.parallel.protocol import DTYPES, SamplingRequest, run_request  # noqa: E402
+from comfyui_opensora.parallel.group import GroupSettings, WorkerGroup  # noqa: E402
+from comfyui_opensora.parallel.layout import ParallelLayout  # noqa: E402
+from comfyui_opensora.parallel.protocol import DTYPES, SamplingRequest, run_request  # noqa: E402
 from factories_mmdit import write_tiny_mmdit  # noqa: E402
 
 

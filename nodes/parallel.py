@@ -13,12 +13,12 @@ import torch
 from ..models.fp8 import is_fp8
 from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from ..samplers.image_condition import ImageCondition
-from ..samplers.parallel.attention import ParallelUnavailable, yunchang_installed
-from ..samplers.parallel.group import (
+from ..parallel.attention import ParallelUnavailable, yunchang_installed
+from ..parallel.group import (
     DEVICE_TYPES, GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied,
 )
-from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
-from ..samplers.parallel.protocol import SamplingRequest, dtype_name
+from ..parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
+from ..parallel.protocol import SamplingRequest, dtype_name
 from . import host
 
 

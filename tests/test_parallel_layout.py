@@ -15,10 +15,10 @@ from comfyui_opensora.nodes import parallel as parallel_node
 from comfyui_opensora.samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
-from comfyui_opensora.samplers.parallel.attention import block_attention
-from comfyui_opensora.samplers.parallel.group import GroupSettings
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout, TokenSplit, check_sequence_fits
-from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
+from comfyui_opensora.parallel.attention import block_attention
+from comfyui_opensora.parallel.group import GroupSettings
+from comfyui_opensora.parallel.layout import ParallelLayout, TokenSplit, check_sequence_fits
+from comfyui_opensora.parallel.protocol import SamplingRequest
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 

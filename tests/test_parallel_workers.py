@@ -28,11 +28,11 @@ from comfyui_opensora.samplers import denoisers
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
-from comfyui_opensora.samplers.parallel.group import (
+from comfyui_opensora.parallel.group import (
     GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied, WorkerGroupError,
 )
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout
-from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
+from comfyui_opensora.parallel.layout import ParallelLayout
+from comfyui_opensora.parallel.protocol import SamplingRequest
 from factories_mmdit import TINY_FLUX_CONFIG, write_tiny_mmdit
 
 pytest.importorskip("yunchang", reason="the parallel worker tests need yunchang: pip install -r requirements-test.txt")

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ...loaders.mmdit import load_mmdit
-from ..denoisers import StepResult
+from ..loaders.mmdit import load_mmdit
+from ..samplers.denoisers import StepResult
 from .attention import SequenceParallelGroups
 from .protocol import (
     CANCELLED, DTYPES, FAILED, OK, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key,

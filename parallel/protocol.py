@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models.fp8 import FP8_DTYPES, compute_dtype
-from ..denoisers import BranchPolicy, Guidance, StepCallback, TextInputs, denoise_distilled, denoise_i2v
-from ..geometry import VideoGeometry
-from ..image_condition import ImageCondition
+from ..models.fp8 import FP8_DTYPES, compute_dtype
+from ..samplers.denoisers import BranchPolicy, Guidance, StepCallback, TextInputs, denoise_distilled, denoise_i2v
+from ..samplers.geometry import VideoGeometry
+from ..samplers.image_condition import ImageCondition
 from .layout import ParallelLayout
 
 METHOD_I2V, METHOD_DISTILL = "i2v", "distill"

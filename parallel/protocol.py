@@ -1,6 +1,6 @@
 """What the sampler hands the worker group, and the TCPStore keys both sides use.
 
-A request is written with ``torch.save`` as plain tensors and numbers into the group's private
+A job is written with ``torch.save`` as plain tensors and numbers into the group's private
 temporary folder (loaded back with ``weights_only=True``); the store only carries small signals:
 which job to run, progress, the cancel flag and the outcome.
 """
@@ -8,22 +8,21 @@ which job to run, progress, the cancel flag and the outcome.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..models.fp8 import FP8_DTYPES, compute_dtype
-from ..samplers.denoisers import BranchPolicy, Guidance, StepCallback, TextInputs, denoise_distilled, denoise_i2v
+from ..loaders.mmdit_setup import MMDiTSetup
+from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from ..samplers.geometry import VideoGeometry
 from ..samplers.image_condition import ImageCondition
+from ..samplers.request import SamplingRequest
+from ..samplers.step_cache import StepCacheSettings
 from .layout import ParallelLayout
 
-METHOD_I2V, METHOD_DISTILL = "i2v", "distill"
-# Weight storage dtypes a request may name (fp8: block weights in 8 bits, computed in bf16).
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, **FP8_DTYPES}
+POLL_SECONDS = 0.02  # how often both sides look at the store
 
 # Store keys.
 SHUTDOWN = "shutdown"
@@ -62,82 +61,59 @@ def error_key(job: int, rank: int) -> str:
 OK, CANCELLED, FAILED = "ok", "cancelled", "failed"
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    raise ValueError(f"Weights in {dtype} cannot be sampled in the worker group; use bf16, fp16, fp32 or fp8.")
+class SamplingCancelled(Exception):
+    """The job stopped on a cancel request (all ranks at the same step)."""
+
+    def __init__(self, steps_done: int):
+        super().__init__(f"Sampling cancelled after {steps_done} steps.")
+        self.steps_done = steps_done
 
 
-@dataclass
-class SamplingRequest:
-    """One denoising run: the checkpoint to load and everything the denoiser takes.
-
-    ``noise`` is the starting latent ``[B, C, T, H', W']``; the result comes back in the compute dtype
-    (references are pasted by the caller, as in-process). ``weight_dtype`` names the storage dtype.
-    """
+@dataclass(frozen=True)
+class WorkerJob:
+    """One job for the group: the checkpoint and how the loader prepared it (every rank loads it the same
+    way), the token layout, and the sampling request. With ``preview`` rank 0 writes each step's
+    estimate of frame 0 for latent previews. The result comes back in the compute dtype."""
 
     checkpoint: str
-    weight_dtype: str
-    method: str
-    noise: torch.Tensor
-    text: TextInputs
-    timesteps: list[float]
+    setup: MMDiTSetup
     layout: ParallelLayout
-    guidance: Guidance = field(default_factory=Guidance)
-    distilled_guidance: float = 4.0
-    policy: BranchPolicy = field(default_factory=BranchPolicy)
-    condition: ImageCondition | None = None
-    preview: bool = False  # rank 0 writes each step's estimate of frame 0 for latent previews
+    sampling: SamplingRequest
+    preview: bool = False
 
     @property
     def num_steps(self) -> int:
-        return len(self.timesteps) - 1
+        return self.sampling.num_steps
 
     def save(self, path: Path) -> None:
+        request = self.sampling
         condition = None
-        if self.condition is not None:
-            c = self.condition
+        if request.condition is not None:
+            c = request.condition
             condition = {"cond_type": c.cond_type, "geometry": asdict(c.geometry), "mask": c.mask,
                          "masked_ref": c.masked_ref}
+        text = request.text
         torch.save({
-            "checkpoint": self.checkpoint, "weight_dtype": self.weight_dtype, "method": self.method,
-            "noise": self.noise.cpu(), "text": [t.cpu() for t in _text_tensors(self.text)],
-            "timesteps": [float(t) for t in self.timesteps], "layout": asdict(self.layout),
-            "guidance": asdict(self.guidance), "distilled_guidance": float(self.distilled_guidance),
-            "policy": asdict(self.policy), "condition": condition, "preview": self.preview,
+            "checkpoint": self.checkpoint, "setup": asdict(self.setup), "layout": asdict(self.layout),
+            "preview": self.preview, "method": request.method, "noise": request.noise.cpu(),
+            "text": [t.cpu() for t in (text.txt, text.y_vec, text.neg_txt, text.neg_y_vec)],
+            "timesteps": [float(t) for t in request.timesteps], "guidance": asdict(request.guidance),
+            "distilled_guidance": float(request.distilled_guidance), "policy": asdict(request.policy),
+            "condition": condition, "cache": asdict(request.cache),
         }, path)
 
     @classmethod
-    def load(cls, path: Path) -> "SamplingRequest":
+    def load(cls, path: Path) -> "WorkerJob":
         data: dict[str, Any] = torch.load(path, weights_only=True)
         condition = data["condition"]
         if condition is not None:
             condition = ImageCondition(condition["cond_type"], VideoGeometry(**condition["geometry"]),
                                        condition["mask"], condition["masked_ref"])
-        return cls(data["checkpoint"], data["weight_dtype"], data["method"], data["noise"], TextInputs(*data["text"]),
-                   data["timesteps"], ParallelLayout(**data["layout"]), Guidance(**data["guidance"]),
-                   data["distilled_guidance"], BranchPolicy(**data["policy"]), condition, data["preview"])
-
-
-def _text_tensors(text: TextInputs) -> tuple[torch.Tensor, ...]:
-    return (text.txt, text.y_vec, text.neg_txt, text.neg_y_vec)
-
-
-def run_request(model: nn.Module | Any, request: SamplingRequest, device: torch.device,
-                callback: StepCallback | None = None) -> torch.Tensor:
-    """Denoise ``request`` with ``model`` (an MMDiT or a :class:`ShardedMMDiT`), exactly as the sampler
-    node does in-process; returns the final latent in the compute dtype on ``device``."""
-    dtype = compute_dtype(DTYPES[request.weight_dtype])
-    x = request.noise.to(device=device, dtype=dtype)
-    with torch.inference_mode():
-        if request.method == METHOD_I2V:
-            return denoise_i2v(model, x, request.text, request.timesteps, request.guidance, request.condition,
-                               request.policy, callback)
-        if request.method == METHOD_DISTILL:
-            return denoise_distilled(model, x, request.text.txt, request.text.y_vec, request.timesteps,
-                                     request.distilled_guidance, callback)
-    raise ValueError(f"Unknown sampling method {request.method!r}.")
+        request = SamplingRequest(data["method"], data["noise"], TextInputs(*data["text"]), data["timesteps"],
+                                  Guidance(**data["guidance"]), data["distilled_guidance"],
+                                  BranchPolicy(**data["policy"]), condition, StepCacheSettings(**data["cache"]))
+        return cls(data["checkpoint"], MMDiTSetup(**data["setup"]), ParallelLayout(**data["layout"]), request,
+                   data["preview"])
 
 
 def encode(value: dict) -> str:

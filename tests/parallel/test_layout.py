@@ -23,7 +23,7 @@ from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
 from comfyui_opensora.samplers.request import SamplingRequest
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 
 
 # 75439 = 512 text + 74927 image tokens of 768px 4:3, 129 frames, which the reference cannot split.

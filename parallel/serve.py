@@ -91,9 +91,9 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
     files = decode(store.get(job_key(job)))
     error = None
     try:
-        request = WorkerJob.load(Path(files["request"]))
-        model = cache.get(request.checkpoint, request.setup)
-        request.layout.validate(world, model.config.num_heads)
+        work = WorkerJob.load(Path(files["request"]))
+        model = cache.get(work.checkpoint, work.setup)
+        work.layout.validate(world, model.config.num_heads)
     except Exception as exc:  # reported to the sampler; the group stays usable
         error = f"rank {rank}: {type(exc).__name__}: {exc}"
     errors: list[str | None] = [None] * world
@@ -108,7 +108,7 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
 
     def on_step(result: StepResult) -> None:
         if rank == 0:
-            if request.preview:  # first frame of element 0, written before the progress that announces it
+            if work.preview:  # first frame of element 0, written before the progress that announces it
                 torch.save(result.denoised()[:1, :, :1].cpu(), files["preview"] + ".tmp")
                 os.replace(files["preview"] + ".tmp", files["preview"])
             store.set(progress_key(job), str(result.step + 1))
@@ -121,8 +121,8 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     try:
-        latent = run_sampling(ShardedMMDiT(model, request.layout, groups), request.sampling, device,
-                              request.setup.compute_dtype, on_step)
+        latent = run_sampling(ShardedMMDiT(model, work.layout, groups), work.sampling, device,
+                              work.setup.compute_dtype, on_step)
     except SamplingCancelled as cancelled:
         if rank == 0:
             store.set(done_key(job), encode({"status": CANCELLED, "steps": cancelled.steps_done}))

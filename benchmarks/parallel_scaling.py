@@ -31,12 +31,15 @@ from common import PACK_ROOT  # imports the pack as comfyui_opensora
 sys.path.insert(0, str(PACK_ROOT / "tests"))
 
 from comfyui_opensora.loaders.mmdit import load_mmdit  # noqa: E402
+from comfyui_opensora.loaders.mmdit_setup import MMDiTSetup  # noqa: E402
+from comfyui_opensora.models.dtypes import WEIGHT_DTYPES  # noqa: E402
 from comfyui_opensora.models.mmdit import MMDiTConfig  # noqa: E402
+from comfyui_opensora.parallel.group import GroupSettings, WorkerGroup  # noqa: E402
+from comfyui_opensora.parallel.layout import ParallelLayout  # noqa: E402
+from comfyui_opensora.parallel.protocol import WorkerJob  # noqa: E402
 from comfyui_opensora.samplers import denoisers  # noqa: E402
 from comfyui_opensora.samplers.geometry import VideoGeometry  # noqa: E402
-from comfyui_opensora.samplers.parallel.group import GroupSettings, WorkerGroup  # noqa: E402
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout  # noqa: E402
-from comfyui_opensora.samplers.parallel.protocol import DTYPES, SamplingRequest, run_request  # noqa: E402
+from comfyui_opensora.samplers.request import SamplingRequest, run_sampling  # noqa: E402
 from factories_mmdit import write_tiny_mmdit  # noqa: E402
 
 
@@ -46,7 +49,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _request(args, checkpoint: str, config: MMDiTConfig, steps: int, layout: ParallelLayout) -> SamplingRequest:
+def _request(args, checkpoint: str, config: MMDiTConfig, steps: int, layout: ParallelLayout) -> WorkerJob:
     geometry = VideoGeometry(args.height, args.width, args.frames)
     g = torch.Generator().manual_seed(0)
     channels = config.in_channels // config.patch_size**2
@@ -57,9 +60,10 @@ def _request(args, checkpoint: str, config: MMDiTConfig, steps: int, layout: Par
         torch.randn(1, args.text_tokens, config.context_in_dim, generator=g),
         torch.randn(1, config.vec_in_dim, generator=g),
     )
-    return SamplingRequest(checkpoint, args.dtype, "i2v", noise, text, torch.linspace(1, 0, steps + 1).tolist(),
-                           layout, denoisers.Guidance(7.5, 3.0, text_oscillation=False),
-                           policy=denoisers.BranchPolicy(skip_redundant=False, batched=True))
+    request = SamplingRequest("i2v", noise, text, torch.linspace(1, 0, steps + 1).tolist(),
+                              denoisers.Guidance(7.5, 3.0, text_oscillation=False),
+                              policy=denoisers.BranchPolicy(skip_redundant=False, batched=True))
+    return WorkerJob(checkpoint, MMDiTSetup(args.dtype), layout, request)
 
 
 def _layout(ranks: int, heads: int, text: str) -> ParallelLayout:
@@ -74,7 +78,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--max-ranks", type=int, default=2)
     parser.add_argument("--checkpoint", help="an MMDiT .safetensors; default: a random model of the sizes below")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default="fp32")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--depth", type=int, default=2, help="double blocks; single blocks = 2 x depth")
@@ -99,20 +103,22 @@ def main() -> None:
                 depth=args.depth, depth_single_blocks=2 * args.depth,
                 axes_dim=_axes(args.hidden // args.heads)))
         device = torch.device("cuda" if args.device == "cuda" else "cpu")
-        model = load_mmdit(checkpoint, dtype=DTYPES[args.dtype], device=device)
+        setup = MMDiTSetup(args.dtype)
+        model = load_mmdit(checkpoint, dtype=setup.storage_dtype, device=device)
         config = model.config
         request = _request(args, checkpoint, config, args.steps, ParallelLayout())
-        tokens = request.noise[0, 0].numel() // config.patch_size**2
+        tokens = request.sampling.noise[0, 0].numel() // config.patch_size**2
         print(f"model: hidden {config.hidden_size}, heads {config.num_heads}, blocks {config.depth}+"
               f"{config.depth_single_blocks}, {args.dtype}; sequence: {tokens} image + {args.text_tokens} text "
               f"tokens, batch 3 (CFG); {args.steps} steps; device {args.device}")
 
-        run_request(model, _request(args, checkpoint, config, 1, ParallelLayout()), device)  # warm-up
+        warm_up = _request(args, checkpoint, config, 1, ParallelLayout()).sampling
+        run_sampling(model, warm_up, device, setup.compute_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        run_request(model, request, device)
+        run_sampling(model, request.sampling, device, setup.compute_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
         baseline = (time.perf_counter() - started) / args.steps

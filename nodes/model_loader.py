@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 
-from ..loaders.mmdit import load_mmdit
-from ..models.attention_backends import BACKENDS, resolve_backend, set_attention_backend
-from ..models.block_compile import compile_blocks
-from ..models.block_offload import install_block_offload
-from ..models.dtypes import WEIGHT_DTYPES, compute_dtype
+from ..loaders.mmdit_setup import MMDiTSetup, load_mmdit_for_sampling
+from ..models.attention_backends import BACKENDS
+from ..models.dtypes import WEIGHT_DTYPES
 from ..models.mmdit import MMDiT, MMDiTConfig
 from .. import host
 from .spec import Input, NodeSpec, Output, register
@@ -32,6 +30,7 @@ class OpenSoraModel:
     config: MMDiTConfig
     dtype: torch.dtype  # the compute dtype (bf16 for fp8-stored weights): latents and inputs use it
     path: str
+    setup: MMDiTSetup  # how the loader prepared it; the parallel workers repeat it
     adapters: tuple[str, ...] = ()  # LoRA adapters added by 'Open-Sora LoRA Loader' ("name @ strength")
 
     @property
@@ -78,17 +77,8 @@ class OpenSoraModelLoader:
 
     def execute(self, model_name: str, weight_dtype: str, attention: str = "auto", offload_blocks: int = 0,
                 compile: bool = False) -> tuple[OpenSoraModel]:
-        if weight_dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, not {weight_dtype!r}.")
+        setup = MMDiTSetup(weight_dtype, attention, offload_blocks, compile)
         path = host.resolve_file(host.DIFFUSION_MODELS, model_name)
-        dtype = WEIGHT_DTYPES[weight_dtype]
-        device = host.torch_device()
-        backend = resolve_backend(attention, device, compute_dtype(dtype))
-        module = load_mmdit(path, dtype=dtype, device=host.offload_device())
-        set_attention_backend(module, backend)
-        if device != host.offload_device():  # also runs blocks ComfyUI's partial loading leaves in RAM
-            install_block_offload(module, offload_blocks, device, host.offload_device())
-        if compile:
-            compile_blocks(module)
-        return (OpenSoraModel(host.manage_model(module), module.config, compute_dtype(dtype), str(path)),)
+        module = load_mmdit_for_sampling(path, setup, host.torch_device(), host.offload_device())
+        return (OpenSoraModel(host.manage_model(module), module.config, setup.compute_dtype, str(path), setup),)
 

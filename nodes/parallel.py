@@ -1,64 +1,19 @@
-"""Parallel Settings node and the sampler's warm worker groups (multi-GPU sequence-parallel sampling)."""
+"""Parallel Settings node, and the sampler's glue to the warm worker groups (multi-GPU sampling)."""
 
 from __future__ import annotations
 
-import atexit
-import logging
-import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..models.fp8 import is_fp8
-from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
-from ..samplers.image_condition import ImageCondition
-from ..samplers.parallel.attention import ParallelUnavailable, yunchang_installed
-from ..samplers.parallel.group import (
-    DEVICE_TYPES, GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied,
-)
-from ..samplers.parallel.layout import TEXT_MODES, TEXT_SPLIT, ParallelLayout, check_sequence_fits
-from ..samplers.parallel.protocol import SamplingRequest, dtype_name
 from .. import host
+from ..parallel.attention import ParallelUnavailable, yunchang_installed
+from ..parallel.group import DEVICE_TYPES, GroupSettings
+from ..parallel.layout import TEXT_MODES, TEXT_SPLIT
+from ..parallel.settings import ParallelSettings
+from ..parallel.warm_groups import sample_on_warm_group
+from ..samplers.request import SamplingRequest
 from .spec import Input, NodeSpec, Output, register
-
-
-@dataclass(frozen=True)
-class ParallelSettings:
-    """The OPENSORA_PARALLEL socket value: which worker group to use and how to divide the work.
-
-    ``cfg_degree`` groups of ``ranks / cfg_degree`` ranks share the guidance branches; inside a group
-    ``ulysses_degree`` (0 = automatic: ``gcd(group size, heads)``) ranks exchange heads and the ring
-    degree is ``group size / ulysses_degree``.
-    """
-
-    group: GroupSettings
-    ulysses_degree: int = 0
-    text: str = TEXT_SPLIT
-    cfg_degree: int = 1
-
-    def check_degrees(self) -> int:
-        """Raise if the degrees do not divide the ranks; returns the sequence group size."""
-        ranks = self.group.ranks
-        if self.cfg_degree < 1 or ranks % self.cfg_degree:
-            raise ValueError(f"cfg_degree={self.cfg_degree} does not divide ranks={ranks}: choose a divisor of "
-                             f"{ranks}.")
-        size = ranks // self.cfg_degree
-        if self.ulysses_degree and size % self.ulysses_degree:
-            raise ValueError(f"ulysses_degree={self.ulysses_degree} does not divide the {size} ranks of a sequence "
-                             f"group (ranks / cfg_degree): choose a divisor of {size} (or 0 for automatic).")
-        return size
-
-    def layout(self, num_heads: int) -> ParallelLayout:
-        """The layout for a model with ``num_heads`` heads (resolves the automatic Ulysses degree)."""
-        size = self.check_degrees()
-        ulysses = self.ulysses_degree or math.gcd(size, num_heads)
-        if size % ulysses:
-            raise ValueError(f"ulysses_degree={ulysses} does not divide the {size} ranks of a sequence group "
-                             f"(ranks / cfg_degree): choose a divisor of {size} (or 0 for automatic).")
-        layout = ParallelLayout(ulysses, size // ulysses, self.text, self.cfg_degree)
-        layout.validate(self.group.ranks, num_heads)
-        return layout
 
 
 @register("OpenSoraParallelSettings", "Open-Sora Parallel Settings")
@@ -111,84 +66,19 @@ class OpenSoraParallelSettings:
         return (settings,)
 
 
-# ------------------------------------------------------------------------------ warm worker groups
-
-_GROUPS: dict[GroupSettings, WorkerGroup] = {}
-_log = logging.getLogger(__name__)
-
-
-def worker_group(settings: GroupSettings) -> WorkerGroup:
-    """The warm group for ``settings``; started (after stopping any other group) when absent or dead."""
-    group = _GROUPS.get(settings)
-    if group is not None and not group.alive():
-        _log.warning("The parallel worker group stopped; starting it again. Last output:\n%s", group.log_tail(10))
-        _GROUPS.pop(settings).shutdown()
-        group = None
-    if group is None:
-        shutdown_worker_groups()  # one warm group at a time: the GPUs are shared
-        group = WorkerGroup(settings).start()
-        _GROUPS[settings] = group
-    return group
-
-
-def shutdown_worker_groups() -> None:
-    """Stop every warm worker group (also run when the Python process exits)."""
-    while _GROUPS:
-        _GROUPS.popitem()[1].shutdown()
-
-
-atexit.register(shutdown_worker_groups)
-
-
-def sample_in_workers(settings: ParallelSettings, model, noise: torch.Tensor, text: TextInputs, timesteps: list[float],
-                      method: str, guidance: Guidance, distilled_guidance: float, policy: BranchPolicy,
-                      condition: ImageCondition | None, preview: Callable[[torch.Tensor], Any] | None = None
-                      ) -> torch.Tensor:
-    """Denoise on the worker group with the host's progress bar and Cancel; returns the final latent in
-    the compute dtype on the CPU (the workers load ``model.path`` themselves). ``preview`` turns each
-    step's first-frame estimate ``[1, C, 1, H', W']`` into the progress bar's picture."""
+def sample_in_workers(settings: ParallelSettings, model, request: SamplingRequest,
+                      preview: Callable[[torch.Tensor], Any] | None = None) -> torch.Tensor:
+    """Run ``request`` on the worker group with the host's progress bar and Cancel; returns the final latent
+    in the compute dtype on the CPU (the workers load ``model.path`` as the loader did). ``preview`` turns
+    each step's first-frame estimate into the progress bar's picture."""
     if getattr(model, "adapters", ()):
         raise ValueError(f"Multi-GPU sampling loads the model file in each worker and cannot apply LoRA adapters "
                          f"({', '.join(model.adapters)}): sample on one GPU (disconnect the parallel input).")
-    layout = settings.layout(model.config.num_heads)
-    check_sequence_fits(noise[0, 0].numel() // model.config.patch_size**2, layout.sequence_size)
-    request = SamplingRequest(model.path, dtype_name(_storage_dtype(model)), method, noise, text, timesteps, layout,
-                              guidance, distilled_guidance, policy, condition, preview is not None)
-    group = worker_group(settings.group)
     progress = host.Progress(request.num_steps)
-    interrupts: list[Exception] = []
 
     def on_progress(done: int, latent: torch.Tensor | None) -> None:
-        try:
-            progress.update(done - progress.value, None if latent is None else preview(latent))
-        except Exception as exc:  # Cancel raised by the host's progress bar outside ComfyUI
-            interrupts.append(exc)
+        progress.update(done - progress.value, None if latent is None else preview(latent))
 
-    def cancel_requested() -> bool:
-        if not interrupts:
-            try:
-                host.check_interrupt()
-            except Exception as exc:
-                interrupts.append(exc)
-        return bool(interrupts)
-
-    try:
-        return group.run(request, on_progress, cancel_requested)
-    except SamplingCancelled:
-        raise interrupts[0] from None
-    except WorkerGroupDied:
-        _GROUPS.pop(settings.group, None)
-        group.shutdown()
-        raise
-
-
-def _storage_dtype(model) -> torch.dtype:
-    """The dtype the loader stored the weights in (fp8 block weights, else the compute dtype), so the
-    workers load the same model."""
-    module = getattr(model, "module", None)
-    if module is not None:
-        for parameter in module.parameters():
-            if is_fp8(parameter.dtype):
-                return parameter.dtype
-    return model.dtype
+    return sample_on_warm_group(settings, model.path, model.setup, model.config, request, on_progress,
+                                host.check_interrupt, preview is not None)
 

@@ -6,18 +6,19 @@ from functools import partial
 
 import torch
 
+from ..parallel.settings import ParallelSettings
 from ..samplers import denoisers
 from ..samplers.conditioning import TextConditioning
 from ..samplers.image_condition import ImageCondition, paste_references
 from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
 from ..media.preview import has_preview, latent_preview
+from ..samplers.request import METHODS, SamplingRequest, run_sampling
 from ..samplers.schedule import get_schedule
 from .. import host
 from .output_guard import check_finite, check_input_finite, precision_remedy
-from .parallel import ParallelSettings, sample_in_workers
+from .parallel import sample_in_workers
 from .spec import Input, NodeSpec, Output, register
 
-METHODS = ("i2v", "distill")
 # Widget value -> how the guidance branches run.
 BRANCH_MODES = {
     "fast": denoisers.BranchPolicy(skip_redundant=True, batched=True),
@@ -97,8 +98,6 @@ class OpenSoraSampler:
         samples, geometry = read_latent(noise)
         geometry.validate()
         batch = samples.shape[0]
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
         if branch_mode not in BRANCH_MODES:
             raise ValueError(f"branch_mode must be one of {list(BRANCH_MODES)}, not {branch_mode!r}.")
         if steps < 1:
@@ -113,27 +112,25 @@ class OpenSoraSampler:
         stage, remedy = "Open-Sora Sampler", precision_remedy(model.dtype, "weight_dtype on the Open-Sora Model Loader")
         text = denoisers.text_inputs_for_batch(conditioning, batch)
         if image_condition is not None:
-            if method != "i2v":
-                raise ValueError("An image condition needs method 'i2v'; 'distill' takes text only.")
             if not model.config.cond_embed:
                 raise ValueError("This model has no image-condition input (e.g. Flux-dev); disconnect the image condition.")
             image_condition.check_matches(geometry, batch)
         timesteps = get_schedule(steps, geometry.tokens_per_frame, geometry.latent_frames, shift,
                                  flow_shift if flow_shift > 0 else None)
+        request = SamplingRequest(
+            method, samples, text, timesteps,
+            denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci),
+            distilled_guidance=guidance, policy=BRANCH_MODES[branch_mode], condition=image_condition, cache=cache)
         previews = host.previews_enabled() and has_preview(geometry.kind)
         if parallel is not None:  # a warm worker group on several GPUs loads model.path itself
-            settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
-            x = sample_in_workers(parallel, model, samples, text, timesteps, method, settings, guidance,
-                                  BRANCH_MODES[branch_mode], image_condition,
+            x = sample_in_workers(parallel, model, request,
                                   partial(latent_preview, kind=geometry.kind) if previews else None)
             check_finite(x, stage, model.dtype, "the worker group's GPUs", remedy)
             return (_output_latent(x, image_condition, geometry, noise),)
 
-        rows = batch * (3 if method == "i2v" and branch_mode != "low memory" else 1)
         image_tokens = geometry.latent_frames * geometry.tokens_per_frame
         host.load_models([model.managed], memory_required=denoisers.activation_bytes(
-            model.config, rows, image_tokens, conditioning.t5.shape[1], model.dtype))
-        module = model.module
+            model.config, request.forward_rows, image_tokens, conditioning.t5.shape[1], model.dtype))
         device = host.torch_device()
         progress = host.Progress(steps)
 
@@ -145,15 +142,7 @@ class OpenSoraSampler:
             host.check_interrupt()
 
         host.check_interrupt()
-        x = samples.to(device=device, dtype=model.dtype)
-        with torch.inference_mode():
-            if method == "i2v":
-                settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
-                x = denoisers.denoise_i2v(module, x, text, timesteps, settings, image_condition,
-                                          BRANCH_MODES[branch_mode], on_step, cache)
-            else:
-                x = denoisers.denoise_distilled(module, x, text.txt, text.y_vec, timesteps, guidance, on_step,
-                                                cache)
+        x = run_sampling(model.module, request, device, model.dtype, on_step)
         check_finite(x, stage, model.dtype, device, remedy)
         return (_output_latent(x, image_condition, geometry, noise),)
 

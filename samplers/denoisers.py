@@ -239,6 +239,14 @@ def _needed_branches(text_scale: float, image_scale: float, has_image: bool, ski
     return ALL_BRANCHES
 
 
+def branches_per_forward(guidance: Guidance, has_image: bool, policy: BranchPolicy) -> int:
+    """Branches the widest forward of :func:`denoise_i2v` runs together (for memory estimates): the steps
+    at full guidance scales need the most; unbatched branches run one at a time."""
+    if not policy.batched:
+        return 1
+    return len(_needed_branches(guidance.text_scale, guidance.image_scale, has_image, policy.skip_redundant))
+
+
 def _run_branches(run: _ModelRunner, x, inputs, time: float, guidance: float, batched: bool) -> list[torch.Tensor]:
     """One forward per branch, or one forward over all branches when their text lengths agree."""
     if batched and len(inputs) > 1 and len({txt.shape[1] for txt, _, _ in inputs}) == 1:

@@ -279,7 +279,7 @@ def test_prompt_refiner_asks_once_per_seed(comfy):
     """Re-queueing the same graph reuses ComfyUI's cached answer; a new seed asks again; the refined prompt
     reaches the video's sidecar."""
     pytest.importorskip("openai", reason="the prompt refiner's client package")
-    from test_prompt_refiner import REFINED, FakeServer
+    from llm_doubles import REFINED, FakeServer
 
     server = FakeServer()
     try:

@@ -17,7 +17,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``q, k, v``: ``[B, H, L, D]`` (RoPE already applied). Returns ``[B, L, H*D]``. ``backend`` is a
     concrete kernel of :mod:`models.attention_backends` (``sdpa``, ``flash_attn``, ``sageattention``),
     or an injected kernel with the same ``[B, H, L, D]`` contract (e.g. the sequence-parallel
-    attention of :mod:`samplers.parallel`).
+    attention of :mod:`parallel`).
     """
     out = backend(q, k, v) if callable(backend) else backend_attention(q, k, v, backend)
     batch, heads, length, head_dim = out.shape

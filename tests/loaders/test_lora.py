@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_opensora import nodes
 from comfyui_opensora.loaders.lora import read_adapter
+from comfyui_opensora.loaders.mmdit_setup import MMDiTSetup
 from comfyui_opensora.models.block_offload import install_block_offload
 from comfyui_opensora.models.mmdit import MMDiT
 from comfyui_opensora.nodes.lora import LORAS, OpenSoraLoraLoader
@@ -206,7 +207,8 @@ def test_block_offload_runs_the_adapter_and_matches_no_offload(lora_host):
     _write_peft_adapter(_loras(lora_host) / "style", seed=1)
     # Built in memory: weights read straight from a file map can give last-bit differences under offload
     # (its copies are freshly aligned), with or without an adapter.
-    model = OpenSoraModel(lora_host.manage_model(_base_model()), TINY_VIDEO_CONFIG, torch.float32, "tiny")
+    model = OpenSoraModel(lora_host.manage_model(_base_model()), TINY_VIDEO_CONFIG, torch.float32, "tiny",
+                          MMDiTSetup("fp32"))
     inputs = tiny_mmdit_inputs(TINY_VIDEO_CONFIG)
     plain = _run(model, inputs)
     (plain_lora,) = OpenSoraLoraLoader().execute(model, "style", 1.0)
@@ -230,4 +232,4 @@ def test_multi_gpu_sampling_refuses_adapted_models(lora_host):
     (base,) = OpenSoraModelLoader().execute("tiny.safetensors", "fp32")
     (adapted,) = OpenSoraLoraLoader().execute(base, "style", 0.5)
     with pytest.raises(ValueError, match=r"cannot apply LoRA adapters \(style @ 0.5\): sample on one GPU"):
-        sample_in_workers(None, adapted, None, None, [], "i2v", None, 4.0, None, None)
+        sample_in_workers(None, adapted, None)

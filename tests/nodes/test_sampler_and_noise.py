@@ -229,6 +229,23 @@ def test_sampler_errors_come_before_any_model_work(tiny_model, standalone_host, 
     assert all(tiny_model.managed not in managed for (managed, *_) in loads)  # only the VAE was loaded
 
 
+@pytest.mark.parametrize("branch_mode, rows", [("fast", 2), ("low memory", 1), ("reference", 3)])
+def test_sampler_memory_estimate_counts_the_branches_run(tiny_model, standalone_host, monkeypatch, branch_mode, rows):
+    from comfyui_opensora.samplers.denoisers import activation_bytes
+
+    required = []
+    monkeypatch.setattr(standalone_host, "load_models", lambda managed, memory_required=0: required.append(
+        memory_required))
+    conditioning = _t2v_inputs()
+    noise = noise_latent(batch_size=2)
+    OpenSoraSampler().execute(tiny_model, conditioning, noise, **{**SAMPLER_DEFAULTS, "steps": 1,
+                                                                   "branch_mode": branch_mode})
+    _, geometry = read_latent(noise)
+    image_tokens = geometry.latent_frames * geometry.tokens_per_frame
+    assert required == [activation_bytes(tiny_model.config, 2 * rows, image_tokens, conditioning.t5.shape[1],
+                                         tiny_model.dtype)]
+
+
 def test_shared_prompt_for_a_batch_matches_single_runs(tiny_model):
     conditioning = _t2v_inputs()
     settings = {**SAMPLER_DEFAULTS, "steps": 2}

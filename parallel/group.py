@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 
 from .protocol import (
-    CANCELLED, FAILED, OK, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key, job_key,
-    pid_key, progress_key, ready_key,
+    CANCELLED, FAILED, OK, POLL_SECONDS, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key, decode, done_key,
+    encode, error_key, job_key, pid_key, progress_key, ready_key,
 )
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
@@ -45,8 +45,9 @@ RENDEZVOUS_ID = "opensora-workers"
 def listen_address() -> str:
     """The address the control store listens on: loopback unless the user names another interface."""
     return os.environ.get(ADDRESS_VARIABLE, "").strip() or LOOPBACK
+
+
 DEVICE_TYPES = ("cuda", "cpu")
-POLL_SECONDS = 0.02
 
 
 class WorkerGroupError(RuntimeError):
@@ -55,14 +56,6 @@ class WorkerGroupError(RuntimeError):
 
 class WorkerGroupDied(WorkerGroupError):
     """A worker process ended during a job; the group is gone and is started again on the next run."""
-
-
-class SamplingCancelled(Exception):
-    """The job stopped on a cancel request (all ranks at the same step)."""
-
-    def __init__(self, steps_done: int):
-        super().__init__(f"Sampling cancelled after {steps_done} steps.")
-        self.steps_done = steps_done
 
 
 @dataclass(frozen=True)
@@ -209,11 +202,11 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------------------------ jobs
 
-    def run(self, request: SamplingRequest, on_progress: Callable[[int, torch.Tensor | None], None] | None = None,
+    def run(self, job: WorkerJob, on_progress: Callable[[int, torch.Tensor | None], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None) -> torch.Tensor:
-        """Send ``request``, report finished steps to ``on_progress``, and return the final latent.
+        """Send ``job``, report finished steps to ``on_progress``, and return the final latent.
 
-        ``on_progress(steps_done, preview)`` gets, when ``request.preview`` is set, the latest step's
+        ``on_progress(steps_done, preview)`` gets, when ``job.preview`` is set, the latest step's
         estimate of the clean first frame ``[1, C, 1, H', W']`` (else ``None``).
 
         When ``cancel_requested()`` turns true the workers stop after their current step and
@@ -222,36 +215,36 @@ class WorkerGroup:
         """
         if not self.alive():
             raise WorkerGroupDied("The worker group is not running.")
-        job = self._next_job
+        number = self._next_job
         self._next_job += 1
-        request_path, result_path = self.folder / f"request_{job}.pt", self.folder / f"result_{job}.pt"
-        preview_path = self.folder / f"preview_{job}.pt"
-        request.save(request_path)
-        self.store.set(job_key(job), encode({"request": str(request_path), "result": str(result_path),
-                                             "preview": str(preview_path)}))
+        request_path, result_path = self.folder / f"request_{number}.pt", self.folder / f"result_{number}.pt"
+        preview_path = self.folder / f"preview_{number}.pt"
+        job.save(request_path)
+        self.store.set(job_key(number), encode({"request": str(request_path), "result": str(result_path),
+                                                "preview": str(preview_path)}))
         reported, cancel_sent = 0, False
         try:
-            while not self.store.check([done_key(job)]):
+            while not self.store.check([done_key(number)]):
                 if self.process.poll() is not None:
-                    raise WorkerGroupDied(self._death_message(job))
-                if on_progress is not None and self.store.check([progress_key(job)]):
-                    done = int(self.store.get(progress_key(job)))
+                    raise WorkerGroupDied(self._death_message(number))
+                if on_progress is not None and self.store.check([progress_key(number)]):
+                    done = int(self.store.get(progress_key(number)))
                     if done > reported:
                         reported = done
-                        on_progress(done, _load_preview(preview_path, request))
+                        on_progress(done, _load_preview(preview_path, job))
                 if not cancel_sent and cancel_requested is not None and cancel_requested():
-                    self.store.set(cancel_key(job), "1")
+                    self.store.set(cancel_key(number), "1")
                     cancel_sent = True
                 time.sleep(POLL_SECONDS)
-            outcome = self.last_outcome = decode(self.store.get(done_key(job)))
+            outcome = self.last_outcome = decode(self.store.get(done_key(number)))
             if outcome["status"] == CANCELLED:
                 raise SamplingCancelled(outcome["steps"])
             if outcome["status"] == FAILED:
                 raise WorkerGroupError(f"The workers could not run the job: {outcome['message']}")
             if outcome["status"] != OK:
                 raise WorkerGroupError(f"Unexpected worker outcome {outcome}.")
-            if on_progress is not None and reported < request.num_steps:
-                on_progress(request.num_steps, _load_preview(preview_path, request))
+            if on_progress is not None and reported < job.num_steps:
+                on_progress(job.num_steps, _load_preview(preview_path, job))
             return torch.load(result_path, weights_only=True)
         finally:
             for path in (request_path, result_path, preview_path):
@@ -266,5 +259,5 @@ class WorkerGroup:
                 f"again on the next run. Cause:\n{detail}")
 
 
-def _load_preview(path: Path, request: SamplingRequest) -> torch.Tensor | None:
-    return torch.load(path, weights_only=True) if request.preview else None
+def _load_preview(path: Path, job: WorkerJob) -> torch.Tensor | None:
+    return torch.load(path, weights_only=True) if job.preview else None

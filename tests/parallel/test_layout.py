@@ -11,16 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from comfyui_opensora.loaders.mmdit_setup import MMDiTSetup
 from comfyui_opensora.nodes import parallel as parallel_node
+from comfyui_opensora.parallel.attention import block_attention
+from comfyui_opensora.parallel.group import GroupSettings
+from comfyui_opensora.parallel.layout import ParallelLayout, TokenSplit, check_sequence_fits
+from comfyui_opensora.parallel.protocol import WorkerJob
+from comfyui_opensora.parallel.settings import ParallelSettings
 from comfyui_opensora.samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
-from comfyui_opensora.samplers.parallel.attention import block_attention
-from comfyui_opensora.samplers.parallel.group import GroupSettings
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout, TokenSplit, check_sequence_fits
-from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
+from comfyui_opensora.samplers.request import SamplingRequest
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 
 
 # 75439 = 512 text + 74927 image tokens of 768px 4:3, 129 frames, which the reference cannot split.
@@ -55,7 +58,7 @@ def test_layout_errors_name_what_to_change():
 
 def test_automatic_layout_gives_heads_to_ulysses_and_the_rest_to_rings():
     def layout(ranks, ulysses, heads, cfg=1):
-        return parallel_node.ParallelSettings(GroupSettings(ranks, "cpu"), ulysses, cfg_degree=cfg).layout(heads)
+        return ParallelSettings(GroupSettings(ranks, "cpu"), ulysses, cfg_degree=cfg).layout(heads)
 
     assert layout(8, 0, 24) == ParallelLayout(8, 1)
     assert layout(6, 0, 4) == ParallelLayout(2, 3)
@@ -87,15 +90,17 @@ def test_request_round_trips_through_a_file(tmp_path):
     mask[:, :, 0] = 1
     condition = ImageCondition("i2v_head", geometry, mask, torch.randn(1, 16, 3, 6, 10, generator=g) * mask)
     text = TextInputs(*(torch.randn(1, 5, 32, generator=g), torch.randn(1, 24, generator=g)) * 2)
-    request = SamplingRequest("/models/x.safetensors", "bf16", "i2v", torch.randn(1, 16, 3, 6, 10, generator=g), text,
-                              [1.0, 0.5, 0.0], ParallelLayout(1, 2, "replicated"), Guidance(5.0, 2.0, False),
-                              3.5, BranchPolicy(False, True), condition)
-    request.save(tmp_path / "r.pt")
-    loaded = SamplingRequest.load(tmp_path / "r.pt")
-    assert (loaded.checkpoint, loaded.weight_dtype, loaded.method, loaded.timesteps) == \
-        ("/models/x.safetensors", "bf16", "i2v", [1.0, 0.5, 0.0])
-    assert (loaded.layout, loaded.guidance, loaded.policy, loaded.distilled_guidance) == \
-        (request.layout, request.guidance, request.policy, 3.5)
+    request = SamplingRequest("i2v", torch.randn(1, 16, 3, 6, 10, generator=g), text, [1.0, 0.5, 0.0],
+                              Guidance(5.0, 2.0, False), 3.5, BranchPolicy(False, True), condition)
+    setup = MMDiTSetup("fp8_e4m3fn", "sdpa", 7, True)
+    WorkerJob("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), request, True).save(tmp_path / "r.pt")
+    job = WorkerJob.load(tmp_path / "r.pt")
+    assert (job.checkpoint, job.setup, job.layout, job.preview) == \
+        ("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), True)
+    loaded = job.sampling
+    assert (loaded.method, loaded.timesteps) == ("i2v", [1.0, 0.5, 0.0])
+    assert (loaded.guidance, loaded.policy, loaded.distilled_guidance, loaded.cache) == \
+        (request.guidance, request.policy, 3.5, request.cache)
     assert torch.equal(loaded.noise, request.noise) and torch.equal(loaded.text.neg_txt, text.neg_txt)
     assert loaded.condition.cond_type == "i2v_head" and loaded.condition.geometry == geometry
     assert torch.equal(loaded.condition.masked_ref, condition.masked_ref)
@@ -107,7 +112,7 @@ def test_settings_node_refuses_more_ranks_than_gpus():
     with pytest.raises(ValueError, match=f"ranks={ranks} needs {ranks} CUDA GPUs"):
         node.execute(ranks, 1, 0, "split", 29600, "cuda")
     settings, = node.execute(3, 1, 0, "replicated", 29600, "cpu")
-    assert settings == parallel_node.ParallelSettings(GroupSettings(3, "cpu", 29600), 0, "replicated", 1)
+    assert settings == ParallelSettings(GroupSettings(3, "cpu", 29600), 0, "replicated", 1)
     with pytest.raises(ValueError, match="does not divide the 3 ranks"):
         node.execute(3, 1, 2, "split", 29600, "cpu")
     with pytest.raises(ValueError, match="cfg_degree=2 does not divide ranks=3"):
@@ -130,13 +135,24 @@ def test_the_pack_imports_without_yunchang():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_workers_are_asked_for_the_weights_the_loader_stored(tmp_path, standalone_host):
-    from comfyui_opensora.loaders.mmdit import load_mmdit
-    from comfyui_opensora.nodes.model_loader import OpenSoraModel
+def test_workers_are_asked_for_the_model_the_loader_made(standalone_host, monkeypatch):
+    """The job names the loader's weight dtype, attention, offload and compile choices, and loading the file
+    with them stores the weights as the loader did."""
+    from comfyui_opensora.loaders.mmdit_setup import load_mmdit_for_sampling
+    from comfyui_opensora.models.fp8 import block_linears
+    from comfyui_opensora.nodes.model_loader import OpenSoraModelLoader
     from factories_mmdit import write_tiny_mmdit
 
-    write_tiny_mmdit(tmp_path / "tiny.safetensors")
-    for stored, compute in ((torch.float8_e4m3fn, torch.bfloat16), (torch.float32, torch.float32)):
-        module = load_mmdit(tmp_path / "tiny.safetensors", dtype=stored)
-        model = OpenSoraModel(standalone_host.manage_model(module), module.config, compute, str(tmp_path))
-        assert parallel_node._storage_dtype(model) == stored
+    write_tiny_mmdit(standalone_host.folder_paths(standalone_host.DIFFUSION_MODELS)[0] / "tiny.safetensors")
+    sent = {}
+    monkeypatch.setattr(parallel_node, "sample_on_warm_group",
+                        lambda settings, checkpoint, setup, *rest: sent.update(checkpoint=checkpoint, setup=setup))
+    text = TextInputs(*(torch.zeros(1, 5, 32), torch.zeros(1, 24)) * 2)
+    request = SamplingRequest("i2v", torch.zeros(1, 16, 3, 6, 10), text, [1.0, 0.0])
+    for weight_dtype, stored in (("fp8_e4m3fn", torch.float8_e4m3fn), ("fp32", torch.float32)):
+        (model,) = OpenSoraModelLoader().execute("tiny.safetensors", weight_dtype, "sdpa", 2, False)
+        parallel_node.sample_in_workers(None, model, request)
+        assert sent == {"checkpoint": model.path, "setup": MMDiTSetup(weight_dtype, "sdpa", 2, False)}
+        worker_model = load_mmdit_for_sampling(sent["checkpoint"], sent["setup"], torch.device("cpu"),
+                                               torch.device("cpu"))
+        assert {linear.weight.dtype for linear in block_linears(worker_model).values()} == {stored}

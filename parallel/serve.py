@@ -2,8 +2,9 @@
 
 Each rank joins the process group (NCCL on GPUs, gloo on the CPU), connects to the sampler's control
 store and polls it for jobs, so the group stays warm between queue runs. For a job every rank loads
-the request and the checkpoint (memory-mapped safetensors, kept while the next jobs use the same
-file), the ranks agree that all of them are ready, then denoise together. After every step rank 0
+the request and the checkpoint as the Model Loader did (its weight dtype, attention, block offload and
+compile choices come with the job; the model is kept while the next jobs use the same file and
+choices), the ranks agree that all of them are ready, then denoise together. After every step rank 0
 publishes the progress, reads the cancel flag and broadcasts it, so all ranks stop at the same step.
 An error that may leave ranks out of step is recorded in the store and ends the process; torchrun
 then stops the other ranks and the sampler reports the message.
@@ -20,40 +21,37 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ...loaders.mmdit import load_mmdit
-from ..denoisers import StepResult
+from ..loaders.mmdit_setup import MMDiTSetup, load_mmdit_for_sampling
+from ..samplers.denoisers import StepResult
+from ..samplers.request import run_sampling
 from .attention import SequenceParallelGroups
 from .protocol import (
-    CANCELLED, DTYPES, FAILED, OK, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingRequest, cancel_key, decode, done_key, encode, error_key,
-    job_key, pid_key, progress_key, ready_key, run_request,
+    CANCELLED, FAILED, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
+    decode, done_key, encode, error_key, job_key, pid_key, progress_key, ready_key,
 )
 from .sharded_model import ShardedMMDiT
 
-POLL_SECONDS = 0.02
-
-
-class _Cancelled(Exception):
-    def __init__(self, steps_done: int):
-        super().__init__(f"cancelled after {steps_done} steps")
-        self.steps_done = steps_done
+HOST_MEMORY = torch.device("cpu")
 
 
 class _ModelCache:
-    """The MMDiT of the last checkpoint, kept while jobs use the same file, dtype and file version."""
+    """The MMDiT of the last checkpoint, kept while jobs use the same file, setup and file version."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.key: tuple | None = None
         self.model: torch.nn.Module | None = None
 
-    def get(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+    def get(self, path: str, setup: MMDiTSetup) -> torch.nn.Module:
         stat = os.stat(path)
-        key = (path, dtype, stat.st_size, stat.st_mtime_ns)
+        key = (path, setup, stat.st_size, stat.st_mtime_ns)
         if key != self.key:
             self.model = self.key = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.model = load_mmdit(path, dtype=dtype, device=self.device).eval()
+            # Straight to the device unless blocks stay in host memory (then the rest is moved after).
+            offload = HOST_MEMORY if setup.offload_blocks and self.device != HOST_MEMORY else self.device
+            self.model = load_mmdit_for_sampling(path, setup, self.device, offload).to(self.device)
             self.key = key
         return self.model
 
@@ -93,9 +91,9 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
     files = decode(store.get(job_key(job)))
     error = None
     try:
-        request = SamplingRequest.load(Path(files["request"]))
-        model = cache.get(request.checkpoint, DTYPES[request.weight_dtype])
-        request.layout.validate(world, model.config.num_heads)
+        work = WorkerJob.load(Path(files["request"]))
+        model = cache.get(work.checkpoint, work.setup)
+        work.layout.validate(world, model.config.num_heads)
     except Exception as exc:  # reported to the sampler; the group stays usable
         error = f"rank {rank}: {type(exc).__name__}: {exc}"
     errors: list[str | None] = [None] * world
@@ -110,21 +108,22 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
 
     def on_step(result: StepResult) -> None:
         if rank == 0:
-            if request.preview:  # first frame of element 0, written before the progress that announces it
+            if work.preview:  # first frame of element 0, written before the progress that announces it
                 torch.save(result.denoised()[:1, :, :1].cpu(), files["preview"] + ".tmp")
                 os.replace(files["preview"] + ".tmp", files["preview"])
             store.set(progress_key(job), str(result.step + 1))
             cancel.fill_(int(store.check([cancel_key(job)])))
         dist.broadcast(cancel, 0)
         if cancel.item():
-            raise _Cancelled(result.step + 1)
+            raise SamplingCancelled(result.step + 1)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     try:
-        latent = run_request(ShardedMMDiT(model, request.layout, groups), request, device, on_step)
-    except _Cancelled as cancelled:
+        latent = run_sampling(ShardedMMDiT(model, work.layout, groups), work.sampling, device,
+                              work.setup.compute_dtype, on_step)
+    except SamplingCancelled as cancelled:
         if rank == 0:
             store.set(done_key(job), encode({"status": CANCELLED, "steps": cancelled.steps_done}))
         return

@@ -1,10 +1,10 @@
 """Entry script of one sampling worker, started by torchrun (one process per GPU).
 
-    python -m torch.distributed.run --nproc-per-node N <pack>/samplers/parallel/worker.py \
+    python -m torch.distributed.run --nproc-per-node N <pack>/parallel/worker.py \
         --store-host 127.0.0.1 --store-port PORT --device cuda
 
 It imports the pack by file path without running the pack's ``__init__`` (so neither ComfyUI nor the
-node modules are needed) and runs :func:`samplers.parallel.serve.serve`.
+node modules are needed) and runs :func:`parallel.serve.serve`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ PACKAGE = "opensora_parallel_pack"
 
 
 def _import_serve():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     if PACKAGE not in sys.modules:
         pack = types.ModuleType(PACKAGE)
         pack.__path__ = [str(root)]
         sys.modules[PACKAGE] = pack
-    return importlib.import_module(f"{PACKAGE}.samplers.parallel.serve")
+    return importlib.import_module(f"{PACKAGE}.parallel.serve")
 
 
 def main(argv: list[str] | None = None) -> None:

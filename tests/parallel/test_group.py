@@ -19,20 +19,22 @@ import pytest
 import torch
 
 from comfyui_opensora.loaders.mmdit import load_mmdit
+from comfyui_opensora.loaders.mmdit_setup import MMDiTSetup
 from comfyui_opensora.nodes import parallel as parallel_node
 from comfyui_opensora.nodes.model_loader import OpenSoraModel, OpenSoraModelLoader
 from comfyui_opensora.nodes.noise import OpenSoraNoise
 from comfyui_opensora.nodes.parallel import OpenSoraParallelSettings
 from comfyui_opensora.nodes.sampler import OpenSoraSampler
+from comfyui_opensora.parallel import warm_groups
+from comfyui_opensora.parallel.group import GroupSettings, WorkerGroup, WorkerGroupDied, WorkerGroupError
+from comfyui_opensora.parallel.layout import ParallelLayout
+from comfyui_opensora.parallel.protocol import SamplingCancelled, WorkerJob
+from comfyui_opensora.parallel.settings import ParallelSettings
 from comfyui_opensora.samplers import denoisers
 from comfyui_opensora.samplers.conditioning import TextConditioning
 from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.image_condition import ImageCondition
-from comfyui_opensora.samplers.parallel.group import (
-    GroupSettings, SamplingCancelled, WorkerGroup, WorkerGroupDied, WorkerGroupError,
-)
-from comfyui_opensora.samplers.parallel.layout import ParallelLayout
-from comfyui_opensora.samplers.parallel.protocol import SamplingRequest
+from comfyui_opensora.samplers.request import SamplingRequest, run_sampling
 from factories_mmdit import TINY_FLUX_CONFIG, write_tiny_mmdit
 
 pytest.importorskip("yunchang", reason="the parallel worker tests need yunchang: pip install -r requirements-test.txt")
@@ -40,6 +42,7 @@ pytest.importorskip("yunchang", reason="the parallel worker tests need yunchang:
 TOLERANCE = 1e-5
 GEOMETRY = VideoGeometry(48, 80, 9)  # latent [16, 3, 6, 10] -> 3 x 3 x 5 = 45 image tokens
 TIMESTEPS = [1.0, 0.8, 0.45, 0.0]
+FP32 = MMDiTSetup("fp32")
 
 
 def _free_port_pair() -> int:
@@ -74,7 +77,7 @@ def model(checkpoint):
 def two_ranks():
     settings = GroupSettings(2, "cpu", _free_port_pair())
     yield settings
-    parallel_node.shutdown_worker_groups()
+    warm_groups.shutdown_worker_groups()
 
 
 def _inputs(seed: int = 0, with_condition: bool = False, text_tokens: int = 5):
@@ -90,13 +93,14 @@ def _inputs(seed: int = 0, with_condition: bool = False, text_tokens: int = 5):
     return noise, text, condition
 
 
-def _request(checkpoint, layout, seed=0, with_condition=False, timesteps=TIMESTEPS, text_tokens=5) -> SamplingRequest:
+def _request(checkpoint, layout, seed=0, with_condition=False, timesteps=TIMESTEPS, text_tokens=5) -> WorkerJob:
     noise, text, condition = _inputs(seed, with_condition, text_tokens)
-    return SamplingRequest(checkpoint, "fp32", "i2v", noise, text, timesteps, layout,
-                           denoisers.Guidance(7.5, 3.0), condition=condition)
+    request = SamplingRequest("i2v", noise, text, timesteps, denoisers.Guidance(7.5, 3.0), condition=condition)
+    return WorkerJob(checkpoint, FP32, layout, request)
 
 
-def _in_process(model, request: SamplingRequest) -> torch.Tensor:
+def _in_process(model, job: WorkerJob) -> torch.Tensor:
+    request = job.sampling
     with torch.inference_mode():
         return denoisers.denoise_i2v(model, request.noise, request.text, request.timesteps, request.guidance,
                                      request.condition, request.policy)
@@ -118,7 +122,7 @@ LAYOUTS_2 = [
 
 
 def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, checkpoint, model):
-    group = parallel_node.worker_group(two_ranks)
+    group = warm_groups.worker_group(two_ranks)
     pids = group.worker_pids()
     for index, layout in enumerate(LAYOUTS_2):
         request = _request(checkpoint, layout, seed=index, with_condition=index % 2 == 0)
@@ -126,7 +130,7 @@ def test_two_rank_layouts_match_in_process_and_the_group_stays_warm(two_ranks, c
         latent = group.run(request, on_progress=lambda done, preview: steps.append(done))
         _check_equal_to_in_process(model, request, latent)
         assert steps[-1] == 3
-    assert parallel_node.worker_group(two_ranks) is group and group.worker_pids() == pids
+    assert warm_groups.worker_group(two_ranks) is group and group.worker_pids() == pids
 
 
 def test_distilled_flux_model_through_the_workers(two_ranks, tmp_path):
@@ -134,16 +138,16 @@ def test_distilled_flux_model_through_the_workers(two_ranks, tmp_path):
     write_tiny_mmdit(path, TINY_FLUX_CONFIG)
     flux = load_mmdit(path, dtype=torch.float32)
     noise, text, _ = _inputs(seed=9)
-    request = SamplingRequest(str(path), "fp32", "distill", noise, text, TIMESTEPS, ParallelLayout(1, 2, "replicated"),
-                              distilled_guidance=3.5)
-    latent = parallel_node.worker_group(two_ranks).run(request)
+    request = WorkerJob(str(path), FP32, ParallelLayout(1, 2, "replicated"),
+                        SamplingRequest("distill", noise, text, TIMESTEPS, distilled_guidance=3.5))
+    latent = warm_groups.worker_group(two_ranks).run(request)
     with torch.inference_mode():
         expected = denoisers.denoise_distilled(flux, noise, text.txt, text.y_vec, TIMESTEPS, 3.5)
     assert (latent - expected).abs().max().item() <= TOLERANCE
 
 
 def test_cancel_stops_all_ranks_at_one_step_and_the_group_keeps_working(two_ranks, checkpoint, model):
-    group = parallel_node.worker_group(two_ranks)
+    group = warm_groups.worker_group(two_ranks)
     long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 1001).tolist())
     seen: list[int] = []
     with pytest.raises(SamplingCancelled) as cancelled:
@@ -157,22 +161,22 @@ def test_cancel_through_the_host_raises_the_hosts_interrupt(two_ranks, checkpoin
     host = standalone_host
     remove = host.add_progress_listener(lambda value, total: host.request_interrupt())
     noise, text, _ = _inputs()
-    settings = parallel_node.ParallelSettings(two_ranks, 1, "split")
-    model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, torch.float32, checkpoint)
+    settings = ParallelSettings(two_ranks, 1, "split")
+    model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, torch.float32, checkpoint, FP32)
     try:
         with pytest.raises(host.Interrupted):
-            parallel_node.sample_in_workers(settings, model_value, noise, text, torch.linspace(1, 0, 1001).tolist(),
-                                            "i2v", denoisers.Guidance(), 4.0, denoisers.BranchPolicy(), None)
+            parallel_node.sample_in_workers(settings, model_value,
+                                            SamplingRequest("i2v", noise, text, torch.linspace(1, 0, 1001).tolist()))
     finally:
         remove()
-    assert parallel_node.worker_group(two_ranks).alive()
+    assert warm_groups.worker_group(two_ranks).alive()
 
 
 def test_a_file_the_workers_cannot_load_is_a_clear_error_and_the_group_survives(two_ranks, checkpoint, model,
                                                                                  tmp_path):
     broken = tmp_path / "not_a_model.safetensors"
     broken.write_bytes(b"this is not a safetensors file")
-    group = parallel_node.worker_group(two_ranks)
+    group = warm_groups.worker_group(two_ranks)
     with pytest.raises(WorkerGroupError, match="could not run the job: rank 0: .*not_a_model"):
         group.run(_request(str(broken), ParallelLayout(2, 1)))
     request = _request(checkpoint, ParallelLayout(1, 2, "replicated"), seed=3)
@@ -180,7 +184,7 @@ def test_a_file_the_workers_cannot_load_is_a_clear_error_and_the_group_survives(
 
 
 def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ranks, checkpoint, model):
-    group = parallel_node.worker_group(two_ranks)
+    group = warm_groups.worker_group(two_ranks)
     victim = group.worker_pids()[1]
     long_run = _request(checkpoint, ParallelLayout(2, 1), timesteps=torch.linspace(1, 0, 401).tolist())
 
@@ -194,7 +198,7 @@ def test_a_killed_rank_is_reported_and_the_group_restarts_on_the_next_run(two_ra
     with pytest.raises(WorkerGroupDied, match="worker group will be started again"):
         group.run(long_run, on_progress=kill_rank_1)
     assert not group.alive()
-    restarted = parallel_node.worker_group(two_ranks)
+    restarted = warm_groups.worker_group(two_ranks)
     assert restarted is not group and victim not in restarted.worker_pids()
     request = _request(checkpoint, ParallelLayout(1, 2), seed=5)
     _check_equal_to_in_process(model, request, restarted.run(request))
@@ -232,7 +236,7 @@ def _listening_ports(pids: set[int]) -> list[tuple[str, int]]:
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
 def test_the_group_listens_on_loopback_only(two_ranks):
     """The control store, torchrun's rendezvous and the workers' gloo sockets: nothing on other interfaces."""
-    group = parallel_node.worker_group(two_ranks)
+    group = warm_groups.worker_group(two_ranks)
     pids = {os.getpid(), group.process.pid, *group.worker_pids()}
     children = Path(f"/proc/{group.process.pid}/task/{group.process.pid}/children")
     pids |= {int(p) for p in children.read_text().split()} if children.exists() else set()
@@ -317,7 +321,7 @@ def test_one_gpu_worker_equals_in_process_sampling(checkpoint):
     try:
         request = _request(checkpoint, ParallelLayout(1, 1), with_condition=True)
         latent = group.run(request)
-        expected = _in_process(gpu_model, SamplingRequest(**{**request.__dict__, "noise": request.noise.cuda()}))
+        expected = run_sampling(gpu_model, request.sampling, torch.device("cuda"), torch.float32)
         assert (latent - expected.cpu()).abs().max().item() <= TOLERANCE
     finally:
         group.shutdown()

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..nodes import NODE_CLASS_MAPPINGS
 from .arguments import FP8_DTYPES
-from .workflow_runner import STANDALONE_CORE_NODES
+from .workflow_runner import STANDALONE_CORE_NODES, node_id_order
 
 # Command-line option -> the (node type, input) pairs it sets in a workflow.
 OPTION_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -133,7 +133,7 @@ def reference_loaders(prompt: dict[str, dict]) -> list[tuple[str, str]]:
     """(node id, input) of the workflow's reference-media loaders, in node-id order."""
     return [
         (node_id, input_name)
-        for node_id, node in sorted(prompt.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
+        for node_id, node in sorted(prompt.items(), key=lambda item: node_id_order(item[0]))
         for class_type, input_name in REFERENCE_INPUTS
         if node["class_type"] == class_type
     ]

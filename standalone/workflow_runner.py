@@ -178,12 +178,13 @@ def execution_order(prompt: Mapping[str, dict], node_classes: Mapping[str, type]
         state[node_id] = "done"
         order.append(node_id)
 
-    for node_id in sorted(outputs, key=_id_sort_key):
+    for node_id in sorted(outputs, key=node_id_order):
         visit(node_id)
     return order
 
 
-def _id_sort_key(node_id: str) -> tuple[int, str]:
+def node_id_order(node_id: str) -> tuple[int, str]:
+    """Sort key for node ids: numeric ids in number order, then any others by name."""
     return (int(node_id), node_id) if node_id.isdigit() else (1 << 60, node_id)
 
 

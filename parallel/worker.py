@@ -3,27 +3,24 @@
     python -m torch.distributed.run --nproc-per-node N <pack>/parallel/worker.py \
         --store-host 127.0.0.1 --store-port PORT --device cuda
 
-It imports the pack by file path without running the pack's ``__init__`` (so neither ComfyUI nor the
-node modules are needed) and runs :func:`parallel.serve.serve`.
+It imports the pack by file path with the pack's bootstrap (``__main__.py: import_pack``), without running
+the pack's ``__init__`` (so neither ComfyUI nor the node modules are needed), and runs
+:func:`parallel.serve.serve`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
-import types
+import runpy
 from pathlib import Path
 
 PACKAGE = "opensora_parallel_pack"
 
 
 def _import_serve():
-    root = Path(__file__).resolve().parents[1]
-    if PACKAGE not in sys.modules:
-        pack = types.ModuleType(PACKAGE)
-        pack.__path__ = [str(root)]
-        sys.modules[PACKAGE] = pack
+    bootstrap = runpy.run_path(str(Path(__file__).resolve().parents[1] / "__main__.py"))
+    bootstrap["import_pack"](PACKAGE, register_nodes=False)
     return importlib.import_module(f"{PACKAGE}.parallel.serve")
 
 

@@ -278,7 +278,8 @@ def test_lora_leaves_the_shared_base_model_unchanged(comfy):
 def test_prompt_refiner_asks_once_per_seed(comfy):
     """Re-queueing the same graph reuses ComfyUI's cached answer; a new seed asks again; the refined prompt
     reaches the video's sidecar."""
-    pytest.importorskip("openai", reason="the prompt refiner's client package")
+    if subprocess.run([COMFYUI_PYTHON, "-c", "import openai"], capture_output=True).returncode:
+        pytest.skip(f"ComfyUI's Python ({COMFYUI_PYTHON}) lacks the prompt refiner's client: pip install openai")
     from llm_doubles import REFINED, FakeServer
 
     server = FakeServer()

@@ -71,6 +71,23 @@ def test_every_workflow_has_a_template_thumbnail(name):
         assert image.format == "JPEG" and 400 <= max(image.size) <= 1024, image.size
 
 
+NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+
+
+@pytest.mark.parametrize("name", ui_workflows())
+def test_ui_workflow_layout_is_readable(name):
+    """No node covers another (title bar included), and the saved view is not below the frontend's
+    low-quality zoom (0.6), where it draws nodes and notes without any text."""
+    ui = load_json(WORKFLOW_DIR / f"{name}.json")
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in ui["nodes"]}
+    overlaps = [(a, b) for a in boxes for b in boxes if a < b
+                and boxes[a][0] < boxes[b][2] and boxes[b][0] < boxes[a][2]
+                and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
+    assert not overlaps, f"nodes overlap: {overlaps}"
+    assert ui["extra"]["ds"]["scale"] >= 0.6
+
+
 @pytest.mark.parametrize("name", ui_workflows())
 def test_api_twin_matches_ui_workflow(tiny_host, name):
     """The UI file converted as the frontend does equals the API twin (catches widget-order drift)."""

@@ -31,6 +31,7 @@ MODEL_EXTENSIONS = {".safetensors", ".sft"}
 DIFFUSION_MODELS = "diffusion_models"
 TEXT_ENCODERS = "text_encoders"
 VAE = "vae"
+VAE_APPROX = "vae_approx"  # tiny preview decoders (TAEHV)
 
 
 class Interrupted(Exception):
@@ -46,6 +47,7 @@ class _Standalone:
     device: torch.device | None = None
     interrupt_requested: bool = False
     progress_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+    preview_listeners: list[Callable[[int, int, Any], None]] = field(default_factory=list)
     loaded_models: list[Any] = field(default_factory=list)  # StandaloneModels on their load device
 
 
@@ -207,6 +209,8 @@ class Progress:
         else:
             for listener in list(_standalone.progress_listeners):
                 listener(self.value, self.total)
+            for listener in list(_standalone.preview_listeners) if preview is not None else ():
+                listener(self.value, self.total, preview)
             check_interrupt()
 
 
@@ -226,10 +230,18 @@ def show_text(text: str) -> None:
         pass
 
 
+def add_preview_listener(listener: Callable[[int, int, Any], None]) -> Callable[[], None]:
+    """Outside ComfyUI: turn previews on and call ``listener(value, total, picture)`` with each one; returns a
+    remover."""
+    _standalone.preview_listeners.append(listener)
+    return lambda: _standalone.preview_listeners.remove(listener)
+
+
 def previews_enabled() -> bool:
-    """Whether the user turned latent previews on (``--preview-method`` other than none)."""
+    """Whether the user turned latent previews on (``--preview-method`` other than none; outside ComfyUI: a
+    preview listener is registered)."""
     if not IN_COMFY:
-        return False
+        return bool(_standalone.preview_listeners)
     try:
         from comfy.cli_args import LatentPreviewMethod, args
 
@@ -245,7 +257,7 @@ def register_folders() -> None:
     """Make sure ComfyUI lists ``.safetensors``/``.sft`` files in the folders this pack reads."""
     if not IN_COMFY:
         return
-    for name in (DIFFUSION_MODELS, TEXT_ENCODERS, VAE):
+    for name in (DIFFUSION_MODELS, TEXT_ENCODERS, VAE, VAE_APPROX):
         if name in _folder_paths.folder_names_and_paths:
             paths, extensions = _folder_paths.folder_names_and_paths[name]
             extensions = set(extensions) | MODEL_EXTENSIONS if extensions else extensions

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from ..samplers import denoisers
 from ..samplers.conditioning import TextConditioning
 from ..samplers.image_condition import ImageCondition, paste_references
 from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
-from ..media.preview import has_preview, latent_preview
 from ..samplers.schedule import get_schedule
 from . import host
 from .output_guard import check_finite, check_input_finite, precision_remedy
 from .parallel import ParallelSettings, sample_in_workers
+from .previews import sampler_preview
 
 METHODS = ("i2v", "distill")
 # Widget value -> how the guidance branches run.
@@ -138,12 +136,11 @@ class OpenSoraSampler:
             image_condition.check_matches(geometry, batch)
         timesteps = get_schedule(steps, geometry.tokens_per_frame, geometry.latent_frames, shift,
                                  flow_shift if flow_shift > 0 else None)
-        previews = host.previews_enabled() and has_preview(geometry.kind)
+        preview = sampler_preview(geometry.kind)
         if parallel is not None:  # a warm worker group on several GPUs loads model.path itself
             settings = denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci)
             x = sample_in_workers(parallel, model, samples, text, timesteps, method, settings, guidance,
-                                  BRANCH_MODES[branch_mode], image_condition,
-                                  partial(latent_preview, kind=geometry.kind) if previews else None)
+                                  BRANCH_MODES[branch_mode], image_condition, preview)
             check_finite(x, stage, model.dtype, "the worker group's GPUs", remedy)
             return (_output_latent(x, image_condition, geometry, noise),)
 
@@ -158,8 +155,7 @@ class OpenSoraSampler:
         def on_step(result: denoisers.StepResult) -> None:
             check_finite(result.velocity(), f"{stage} (step {result.step + 1} of {result.total})", model.dtype,
                          device, remedy)
-            preview = latent_preview(result.denoised(), geometry.kind) if previews else None
-            progress.update(1, preview)
+            progress.update(1, preview(result.denoised()) if preview else None)
             host.check_interrupt()
 
         host.check_interrupt()

@@ -24,6 +24,7 @@ from ..models.dc_ae import DCAEConfig, VideoDCAE
 from ..models.flux_ae import FluxAEConfig, FluxImageAE
 from ..models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 from ..models.mmdit import MMDiT, MMDiTConfig
+from ..models.taehv import TinyDecoderConfig, TinyVideoDecoder
 
 # Tiny text encoders. Single-file loaders read head counts off the shapes assuming CLIP-L's 64-wide heads,
 # so the CLIP tower is one 64-wide head.
@@ -59,6 +60,8 @@ TINY_FLUX_MMDIT = TINY_MMDIT.with_changes(
 # Flux's image autoencoder with the released structure (4 levels, 2 blocks, 16 latent channels), narrow
 # (32 channels: the GroupNorms have 32 groups, which the file cannot say).
 TINY_FLUX_AE = FluxAEConfig(block_out_channels=(32, 32, 32, 32))
+# TAEHV's preview decoder with the released layers and time strides, narrow.
+TINY_TAEHV = TinyDecoderConfig(widths=(16, 8, 8, 8))
 
 # File and folder names the example workflows expect (the released names).
 MMDIT_FILE = "Open_Sora_v2.safetensors"
@@ -69,6 +72,7 @@ T5_FILE = "t5xxl_fp16.safetensors"
 CLIP_FILE = "clip_l.safetensors"
 FLUX_FILE = "flux1-dev.safetensors"
 FLUX_AE_FILE = "flux1-dev-ae.safetensors"
+TAEHV_FILE = "taehv.safetensors"  # in vae_approx/
 LORA_FOLDER = "open_sora_v2_lora"  # a PEFT adapter folder in loras/ (the LoRA example workflow)
 TOKENIZER_SUFFIX = "_tokenizer"  # a single-file encoder's tokenizer: "<file stem>_tokenizer/" beside it
 
@@ -134,6 +138,12 @@ def write_tiny_hunyuan_vae(path: str | os.PathLike, config: HunyuanVAEConfig = T
     """A tiny HunyuanVideo causal VAE under the official keys of ``hunyuan_vae.safetensors``."""
     tensors = _seeded_state_dict(lambda: HunyuanVideoVAE(config), seed)
     save_file(tensors, str(path))
+    return Path(path)
+
+
+def write_tiny_taehv(path: str | os.PathLike, config: TinyDecoderConfig = TINY_TAEHV, seed: int = 0) -> Path:
+    """A tiny TAEHV preview decoder under the released ``taehv.safetensors`` decoder keys (no encoder)."""
+    save_file(_seeded_state_dict(lambda: TinyVideoDecoder(config), seed), str(path))
     return Path(path)
 
 

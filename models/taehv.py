@@ -1,4 +1,4 @@
-"""TAEHV's decoder: a tiny (~7M parameter) causal video decoder for the HunyuanVideo latent space.
+"""TAEHV's decoder: a tiny (9.8M parameter) causal video decoder for the HunyuanVideo latent space.
 
 Used for live sampler previews only (media/preview.py); the real decode stays the HunyuanVideo VAE.
 Facts from github:madebyollin/taehv (layer order, key names, no latent scaling) rewritten here:

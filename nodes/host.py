@@ -250,6 +250,19 @@ def previews_enabled() -> bool:
         return False
 
 
+def preview_decoders_allowed() -> bool:
+    """Whether previews may use a learned decoder (TAEHV): not when ComfyUI runs with ``--preview-method
+    latent2rgb`` (the user asked for the cheap projection)."""
+    if not IN_COMFY:
+        return True
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+
+        return args.preview_method != LatentPreviewMethod.Latent2RGB
+    except (ImportError, AttributeError):
+        return True
+
+
 # ---------------------------------------------------------------------------------------- folders
 
 

@@ -18,10 +18,12 @@ _log = logging.getLogger(__name__)
 
 def sampler_preview(kind: AutoencoderKind) -> Callable[[torch.Tensor], Image.Image | None] | None:
     """The step latent -> picture function for this run, or ``None`` when previews are off or this latent
-    space has none. Looked up once per run, so a TAEHV file added between runs is used by the next one."""
+    space has none. TAEHV unless ComfyUI's preview method is latent2rgb. Looked up once per run, so a TAEHV
+    file added between runs is used by the next one."""
     if not host.previews_enabled():
         return None
-    return preview_function(kind, taehv_file() if kind.name == HUNYUAN_VAE.name else None)
+    wanted = kind.name == HUNYUAN_VAE.name and host.preview_decoders_allowed()
+    return preview_function(kind, taehv_file() if wanted else None)
 
 
 def taehv_file() -> Path | None:

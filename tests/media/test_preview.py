@@ -48,6 +48,14 @@ def test_taehv_is_used_when_its_file_is_present(previews_on, vae_approx):
     assert picture.tobytes() == Image.fromarray(expected).tobytes()
 
 
+def test_comfyui_latent2rgb_choice_keeps_the_projection(previews_on, vae_approx, monkeypatch):
+    write_tiny_taehv(vae_approx / "taehv.safetensors")
+    monkeypatch.setattr(previews_on, "preview_decoders_allowed", lambda: False)
+    latent = _latent()
+    picture = previews.sampler_preview(geometry.HUNYUAN_VAE)(latent)
+    assert picture.tobytes() == preview.latent_preview(latent, geometry.HUNYUAN_VAE).tobytes()
+
+
 def test_taehv_in_a_sub_folder_and_its_dtype(previews_on, vae_approx):
     (vae_approx / "hunyuan").mkdir()
     write_tiny_taehv(vae_approx / "hunyuan" / "taehv.safetensors")

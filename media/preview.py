@@ -2,7 +2,7 @@
 
 Two ways, chosen by :func:`preview_function`: TAEHV (a tiny learned decoder, a real picture at full size) when
 its file is given, else a linear projection (one pixel per latent pixel, blurry colours). The TAEHV decoder is
-loaded once per file and kept; it runs on the latent's device.
+loaded once per file and kept; it runs on the latent's device. Both read the model-space latent as it is.
 
 The HunyuanVideo factors are ComfyUI's ``latent_formats.HunyuanVideo.latent_rgb_factors`` (facts). ComfyUI
 applies them to the model-space latent (after ``process_in``, i.e. raw VAE latent x 0.476986), which is

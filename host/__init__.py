@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .folders import DIFFUSION_MODELS, MODEL_EXTENSIONS, TEXT_ENCODERS, VAE, check_filename_prefix
+from .folders import DIFFUSION_MODELS, MODEL_EXTENSIONS, TEXT_ENCODERS, VAE, VAE_APPROX, check_filename_prefix
 from .interface import Host
 from .standalone import Interrupted, StandaloneHost, StandaloneModel, StandaloneState
 
@@ -36,6 +36,7 @@ load_models = _host.load_models
 check_interrupt = _host.check_interrupt
 show_text = _host.show_text
 previews_enabled = _host.previews_enabled
+preview_decoders_allowed = _host.preview_decoders_allowed
 metadata_disabled = _host.metadata_disabled
 comfy_tokenizer_dir = _host.comfy_tokenizer_dir
 register_folders = _host.register_folders
@@ -49,6 +50,7 @@ save_path = _host.save_path
 configure_standalone = _standalone.configure
 request_interrupt = _standalone.request_interrupt
 add_progress_listener = _standalone.add_progress_listener
+add_preview_listener = _standalone.add_preview_listener
 
 
 def standalone_state() -> StandaloneState:
@@ -78,10 +80,10 @@ class Progress:
 
 
 __all__ = [
-    "DIFFUSION_MODELS", "MODEL_EXTENSIONS", "TEXT_ENCODERS", "VAE", "Host", "Interrupted", "Progress",
-    "StandaloneModel", "StandaloneState", "add_progress_listener", "check_filename_prefix", "check_interrupt",
+    "DIFFUSION_MODELS", "MODEL_EXTENSIONS", "TEXT_ENCODERS", "VAE", "VAE_APPROX", "Host", "Interrupted", "Progress",
+    "StandaloneModel", "StandaloneState", "add_preview_listener", "add_progress_listener", "check_filename_prefix", "check_interrupt",
     "comfy_tokenizer_dir", "configure_standalone", "empty_cache", "folder_paths", "free_device_memory",
     "intermediate_device", "list_files", "load_models", "manage_model", "metadata_disabled", "offload_device",
-    "output_directory", "previews_enabled", "register_folders", "request_interrupt", "resolve_file",
+    "output_directory", "preview_decoders_allowed", "previews_enabled", "register_folders", "request_interrupt", "resolve_file",
     "save_path", "show_text", "standalone_state", "torch_device", "unwrap_model",
 ]

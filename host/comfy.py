@@ -18,6 +18,7 @@ from .folders import (
     MODEL_EXTENSIONS,
     TEXT_ENCODERS,
     VAE,
+    VAE_APPROX,
     check_filename_prefix,
     find_in_folders,
     has_extension,
@@ -93,6 +94,15 @@ class ComfyHost(Host):
         except (ImportError, AttributeError):
             return False
 
+    def preview_decoders_allowed(self) -> bool:
+        """Not with ``--preview-method latent2rgb`` (the user asked for the cheap projection)."""
+        try:
+            from comfy.cli_args import LatentPreviewMethod, args
+
+            return args.preview_method != LatentPreviewMethod.Latent2RGB
+        except (ImportError, AttributeError):
+            return True
+
     def metadata_disabled(self) -> bool:
         """``--disable-metadata``."""
         try:
@@ -111,7 +121,7 @@ class ComfyHost(Host):
     # ------------------------------------------------------------------------------------- folders
 
     def register_folders(self) -> None:
-        for name in (DIFFUSION_MODELS, TEXT_ENCODERS, VAE):
+        for name in (DIFFUSION_MODELS, TEXT_ENCODERS, VAE, VAE_APPROX):
             if name in comfy_folders.folder_names_and_paths:
                 paths, extensions = comfy_folders.folder_names_and_paths[name]
                 extensions = set(extensions) | MODEL_EXTENSIONS if extensions else extensions

@@ -14,6 +14,7 @@ MODEL_EXTENSIONS = {".safetensors", ".sft"}
 DIFFUSION_MODELS = "diffusion_models"
 TEXT_ENCODERS = "text_encoders"
 VAE = "vae"
+VAE_APPROX = "vae_approx"  # tiny preview decoders (TAEHV)
 
 
 def has_extension(name: str, extensions: Iterable[str]) -> bool:

@@ -71,6 +71,10 @@ class Host(ABC):
         """Whether the user turned latent previews on."""
 
     @abstractmethod
+    def preview_decoders_allowed(self) -> bool:
+        """Whether previews may use a learned decoder (TAEHV) rather than the cheap linear projection."""
+
+    @abstractmethod
     def metadata_disabled(self) -> bool:
         """Whether saved files must carry no workflow metadata."""
 

@@ -49,6 +49,7 @@ class StandaloneState:
     device: torch.device | None = None  # None: CUDA when available, else the CPU
     interrupt_requested: bool = False
     progress_listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+    preview_listeners: list[Callable[[int, int, Any], None]] = field(default_factory=list)
     loaded_models: list[StandaloneModel] = field(default_factory=list)  # those on their load device
 
 
@@ -133,12 +134,19 @@ class StandaloneHost(Host):
         return lambda: self.state.progress_listeners.remove(listener)
 
     def progress_reporter(self, total: int) -> ProgressReporter:
-        def report(value: int, preview: Any) -> None:  # no frontend: the preview is not shown
+        def report(value: int, preview: Any) -> None:  # no frontend: previews go to preview listeners
             for listener in list(self.state.progress_listeners):
                 listener(value, total)
+            for listener in list(self.state.preview_listeners) if preview is not None else ():
+                listener(value, total, preview)
             self.check_interrupt()
 
         return report
+
+    def add_preview_listener(self, listener: Callable[[int, int, Any], None]) -> Callable[[], None]:
+        """Turn previews on and call ``listener(value, total, picture)`` with each one; returns a remover."""
+        self.state.preview_listeners.append(listener)
+        return lambda: self.state.preview_listeners.remove(listener)
 
     # ------------------------------------------------------------------------------------ frontend
 
@@ -146,7 +154,11 @@ class StandaloneHost(Host):
         """No frontend: nothing is shown (callers log the text)."""
 
     def previews_enabled(self) -> bool:
-        return False
+        """On while a preview listener is registered (``generate --preview-dir``)."""
+        return bool(self.state.preview_listeners)
+
+    def preview_decoders_allowed(self) -> bool:
+        return True
 
     def metadata_disabled(self) -> bool:
         return False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from ..parallel.settings import ParallelSettings
@@ -11,12 +9,12 @@ from ..samplers import denoisers
 from ..samplers.conditioning import TextConditioning
 from ..samplers.image_condition import ImageCondition, paste_references
 from ..samplers.latent import GEOMETRY_KEY, make_latent, read_latent
-from ..media.preview import has_preview, latent_preview
 from ..samplers.request import METHODS, SamplingRequest, run_sampling
 from ..samplers.schedule import get_schedule
 from .. import host
 from .output_guard import check_finite, check_input_finite, precision_remedy
 from .parallel import sample_in_workers
+from .previews import sampler_preview
 from .spec import Input, NodeSpec, Output, register
 
 # Widget value -> how the guidance branches run.
@@ -121,10 +119,9 @@ class OpenSoraSampler:
             method, samples, text, timesteps,
             denoisers.Guidance(guidance, guidance_img, text_osci, image_osci, scale_temporal_osci),
             distilled_guidance=guidance, policy=BRANCH_MODES[branch_mode], condition=image_condition, cache=cache)
-        previews = host.previews_enabled() and has_preview(geometry.kind)
+        preview = sampler_preview(geometry.kind)
         if parallel is not None:  # a warm worker group on several GPUs loads model.path itself
-            x = sample_in_workers(parallel, model, request,
-                                  partial(latent_preview, kind=geometry.kind) if previews else None)
+            x = sample_in_workers(parallel, model, request, preview)
             check_finite(x, stage, model.dtype, "the worker group's GPUs", remedy)
             return (_output_latent(x, image_condition, geometry, noise),)
 
@@ -137,8 +134,7 @@ class OpenSoraSampler:
         def on_step(result: denoisers.StepResult) -> None:
             check_finite(result.velocity(), f"{stage} (step {result.step + 1} of {result.total})", model.dtype,
                          device, remedy)
-            preview = latent_preview(result.denoised(), geometry.kind) if previews else None
-            progress.update(1, preview)
+            progress.update(1, preview(result.denoised()) if preview else None)
             host.check_interrupt()
 
         host.check_interrupt()

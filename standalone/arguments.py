@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="OpenAI-compatible API root, e.g. http://127.0.0.1:11434/v1 for Ollama")
     generate.add_argument("--refine-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     generate.add_argument("--refine-key-file", help="file whose first line is the API key (instead of the variable)")
+    generate.add_argument("--preview-dir",
+                          help="write each sampling step's preview picture here as <name>_step<k>.png: TAEHV-decoded "
+                               "when <models-dir>/vae_approx/taehv.safetensors exists, else a latent-size colour sketch")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(command="generate")

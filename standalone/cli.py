@@ -121,9 +121,24 @@ def _batch_value(rows: Sequence[inference_plan.PromptRow], column: str) -> str:
     return values.pop()
 
 
+def preview_writer(folder: Path, name: str) -> Callable[[int, int, Any], None]:
+    """A preview listener writing step ``k``'s picture to ``folder/<name>_step<k>.png``, atomically (a viewer
+    watching the folder never reads half a file)."""
+    def write(step: int, _total: int, picture: Any) -> None:
+        target = folder / f"{name}_step{step}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial_file = target.with_name(f".{target.name}.tmp")
+        picture.save(partial_file, format="PNG")
+        partial_file.replace(target)
+
+    return write
+
+
 def run_generations(prompt: dict[str, dict], generations: Iterable[inference_plan.Generation],
-                    settings: dict[str, Any], output_dir: Path, sub_dir: str, log=print) -> list[Path]:
-    """Run the workflow once per generation and give each video (and its sidecar) the reference's name."""
+                    settings: dict[str, Any], output_dir: Path, sub_dir: str, log=print,
+                    preview_dir: Path | None = None) -> list[Path]:
+    """Run the workflow once per generation and give each video (and its sidecar) the reference's name;
+    with ``preview_dir``, each sampling step's preview of the generation's first video is written there."""
     written: list[Path] = []
     settings = dict(settings)
     refiner = settings.pop("refiner", None)
@@ -158,7 +173,12 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
                 name=f"{staging.name}/sample",
             )
             graph = apply_settings(prompt, run_settings)
-            files = run_workflow(graph, classes, on_node=progress.start_node).files()
+            remove_previewer = (host.add_preview_listener(preview_writer(preview_dir, generation.names[0]))
+                                if preview_dir is not None else lambda: None)
+            try:
+                files = run_workflow(graph, classes, on_node=progress.start_node).files()
+            finally:
+                remove_previewer()
             # the videos (a t2i2v first frame is saved beside them, in its own folder, and stays there)
             files = [file for file in files if file.parent.name == staging.name]
             if len(files) != len(rows):
@@ -268,7 +288,8 @@ def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: d
     resolution = settings.get("resolution") or _workflow_value(prompt, "OpenSoraNoise", "resolution")
     sub_dir = inference_plan.sub_dir(num_frames, resolution)
     try:
-        return run_generations(prompt, generations, settings, output_dir, sub_dir)
+        return run_generations(prompt, generations, settings, output_dir, sub_dir,
+                               preview_dir=Path(args.preview_dir) if args.preview_dir else None)
     except WorkflowError as error:
         raise SystemExit(f"The workflow cannot run: {error}") from None
 
@@ -330,6 +351,7 @@ def check_model_files(prompt: dict[str, dict], args: argparse.Namespace) -> None
 
 def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     from ..tiny_checkpoints import write_tiny_model_folder
+    from ..tiny_checkpoints.autoencoders import TAEHV_FILE, write_tiny_taehv
 
     import torch
 
@@ -339,6 +361,9 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         models = Path(scratch) / "models"
         family = "t2i2v" if args.workflow in ("t2i2v", "t2i2v_comfy_flux") else "t2v"
         write_tiny_model_folder(models, family)
+        if args.preview_dir:  # previews through the TAEHV path too
+            (models / host.VAE_APPROX).mkdir()
+            write_tiny_taehv(models / host.VAE_APPROX / TAEHV_FILE)
         output_dir = Path(args.output_dir) if args.output_dir else Path(scratch) / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         host.configure_standalone(models_dir=models, output_dir=output_dir, device=args.device or "cpu")

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from ..models.dc_ae import DCAEConfig, VideoDCAE
 from ..models.flux_ae import FluxAEConfig, FluxImageAE
 from ..models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
-from .seeding import build_seeded
+from ..models.taehv import TinyDecoderConfig, TinyVideoDecoder
+from .seeding import build_seeded, file_tensors
 
 # HunyuanVideo VAE with the released layout (4 blocks: 8x spatial, 4x temporal) and narrow widths; the
 # golden fixture's shape.
@@ -19,6 +20,9 @@ TINY_HUNYUAN_VAE = HunyuanVAEConfig(block_out_channels=(8, 16, 16, 16), layers_p
 # Flux's image autoencoder with the released structure (4 levels, 2 blocks, 16 latent channels), narrow
 # (32 channels: the GroupNorms have 32 groups, which the file cannot say).
 TINY_FLUX_AE = FluxAEConfig(block_out_channels=(32, 32, 32, 32))
+# TAEHV's preview decoder with the released layers and time strides, narrow.
+TINY_TAEHV = TinyDecoderConfig(widths=(16, 8, 8, 8))
+TAEHV_FILE = "taehv.safetensors"  # in vae_approx/
 
 
 def tiny_dc_ae_config(latent_channels: int = 128) -> DCAEConfig:
@@ -100,4 +104,10 @@ def flux_ae_file_tensors(module: FluxImageAE) -> dict[str, torch.Tensor]:
 def write_tiny_flux_ae(path: str | os.PathLike, config: FluxAEConfig = TINY_FLUX_AE, seed: int = 0) -> Path:
     """A Flux AE file in the released key layout, with seeded random weights."""
     save_file(flux_ae_file_tensors(build_seeded(lambda: FluxImageAE(config), seed)), str(path))
+    return Path(path)
+
+
+def write_tiny_taehv(path: str | os.PathLike, config: TinyDecoderConfig = TINY_TAEHV, seed: int = 0) -> Path:
+    """A tiny TAEHV preview decoder under the released ``taehv.safetensors`` decoder keys (no encoder)."""
+    save_file(file_tensors(build_seeded(lambda: TinyVideoDecoder(config), seed)), str(path))
     return Path(path)

@@ -118,12 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="t2i2v / high_compression: drop the Flux-dev first frame (ComfyUI's Flux nodes exist "
                                "only inside ComfyUI) and generate from the text alone")
     generate.add_argument("--refine-prompt", action="store_true",
-                          help="rewrite each prompt with an OpenAI-compatible chat endpoint before encoding, as the "
-                               "reference: as a video prompt (t2v) for text to video, as an image prompt (t2i) when "
-                               "the video starts from an image (i2v, v2v, t2i2v's first frame and video)")
-    generate.add_argument("--refine-with-image", action="store_true",
-                          help="i2v with a still --ref: send the image along and ask for an i2v prompt (the pack's "
-                               "addition; the reference never sends it)")
+                          help="rewrite each prompt with an OpenAI-compatible chat endpoint before encoding: t2v for "
+                               "text to video, t2i for t2i2v (first frame and video, as the reference), i2v with the "
+                               "image for a still --ref (the reference sends no image and asks for t2i)")
+    generate.add_argument("--refine-text-only", action="store_true",
+                          help="with a --ref: ask for a t2i prompt without sending the image, as the reference does")
     generate.add_argument("--refine-model", default="gpt-4o", help="model name at the endpoint (default gpt-4o)")
     generate.add_argument("--refine-base-url", default="https://api.openai.com/v1",
                           help="OpenAI-compatible API root, e.g. http://127.0.0.1:11434/v1 for Ollama")

@@ -232,15 +232,16 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def command_line_refiner(args: argparse.Namespace):
     """``(text, ref, from_image) -> (prompt, motion score or None)`` for --refine-prompt / --motion-score
-    dynamic. The request kind follows the reference: ``t2v`` for text to video, ``t2i`` when the video
-    starts from an image; ``i2v`` with the image only when asked (--refine-with-image)."""
+    dynamic. Kinds: ``t2v`` for text to video; ``i2v`` with a still reference image (sent along);
+    ``t2i`` when the video starts from an image that is not sent (t2i2v, a video reference,
+    --refine-text-only), as the reference refines it."""
     from ..llm.prompt_refiner import Endpoint, RefineError, dynamic_motion_score, read_api_key, refine_prompt
 
     def refine(text: str, ref: str | None, from_image: bool) -> tuple[str, str | None]:
         try:
             endpoint = Endpoint(args.refine_base_url, args.refine_model,
                                 read_api_key(args.refine_key_env, args.refine_key_file or "", args.refine_base_url))
-            image_url = (_image_data_url(ref) if args.refine_with_image and ref and ";" not in ref and from_image
+            image_url = (_image_data_url(ref) if not args.refine_text_only and ref and ";" not in ref and from_image
                          else None)
             if args.refine_prompt:
                 kind = "i2v" if image_url else "t2i" if from_image else "t2v"

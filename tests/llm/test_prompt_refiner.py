@@ -253,9 +253,9 @@ def test_command_line_refines_each_prompt(server, standalone_host, tmp_path, mon
                   str(tmp_path / "o2"), "--refine-prompt", "--refine-base-url", server.url, "--device", "cpu"])
 
 
-def test_command_line_refines_as_the_reference_when_the_video_starts_from_an_image(server, tmp_path):
-    """i2v: the reference refines the text as an image prompt (t2i) and never sends the image;
-    --refine-with-image asks for an i2v prompt with the image attached."""
+def test_command_line_sends_a_still_reference_or_refines_as_the_reference(server, tmp_path):
+    """i2v with a still --ref: an i2v request with the image attached; --refine-text-only: the reference's
+    text-only t2i request."""
     models = tmp_path / "cli_models"
     write_tiny_model_folder(models, "t2v")
     reference = tmp_path / "first.png"
@@ -266,10 +266,22 @@ def test_command_line_refines_as_the_reference_when_the_video_starts_from_an_ima
               "--refine-base-url", server.url, "--refine-model", "tiny-llm"]
     assert cli.main([*common, "--output-dir", str(tmp_path / "a")]) == 0
     (request,) = server.requests
-    assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["t2i"]
-    assert request["body"]["messages"][1]["content"] == "rain begins"
-    server.requests.clear()
-    assert cli.main([*common, "--output-dir", str(tmp_path / "b"), "--refine-with-image"]) == 0
-    (request,) = server.requests
     assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["i2v"]
     assert isinstance(request["body"]["messages"][1]["content"], list)
+    server.requests.clear()
+    assert cli.main([*common, "--output-dir", str(tmp_path / "b"), "--refine-text-only"]) == 0
+    (request,) = server.requests
+    assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["t2i"]
+    assert request["body"]["messages"][1]["content"] == "rain begins"
+
+
+def test_command_line_refines_t2i2v_as_an_image_prompt(server, tmp_path):
+    """t2i2v: the reference refines the prompt as t2i (for the first frame and the video)."""
+    models = tmp_path / "cli_models"
+    write_tiny_model_folder(models, "t2i2v")
+    assert cli.main(["generate", "--workflow", "t2i2v", "--prompt", "a lighthouse at dusk", "--models-dir", str(models),
+                     "--output-dir", str(tmp_path / "out"), "--width", "48", "--height", "32", "--steps", "1",
+                     "--num-frames", "9", "--weight-dtype", "fp32", "--device", "cpu", "--seed", "5",
+                     "--refine-prompt", "--refine-base-url", server.url, "--refine-model", "tiny-llm"]) == 0
+    (request,) = server.requests
+    assert request["body"]["messages"][0]["content"] == refiner.INSTRUCTIONS["t2i"]

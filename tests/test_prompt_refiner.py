@@ -20,7 +20,8 @@ from PIL import Image
 from comfyui_opensora.llm import prompt_refiner as refiner
 from comfyui_opensora.llm.prompt_refiner import Endpoint, RefineError
 from comfyui_opensora.loaders.tiny_checkpoints import write_tiny_model_folder
-from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS, cli
+from comfyui_opensora.nodes import NODE_CLASS_MAPPINGS
+from comfyui_opensora.standalone import cli
 from comfyui_opensora.nodes.prompt_refiner import OpenSoraPromptRefiner
 from comfyui_opensora.standalone.workflow_runner import run_workflow
 

@@ -16,6 +16,7 @@ from .downloads import DOWNLOADS
 FP8_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")
 WEIGHT_DTYPE_CHOICES = ("bf16", "fp16", "fp32", *FP8_DTYPES)
 API_DIR = Path(__file__).resolve().parent.parent / "example_workflows" / "api"
+TINY_MODEL_FAMILIES = ("t2v", "i2v", "t2i2v", "high_compression")  # what write_tiny_model_folder writes
 USER_ERROR = 2  # argparse's exit status for a usage mistake: the same for every mistake a user can fix
 
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--preview-dir",
                           help="write each sampling step's preview picture here as <name>_step<k>.png: TAEHV-decoded "
                                "when <models-dir>/vae_approx/taehv.safetensors exists, else a latent-size colour sketch")
+    generate.add_argument("--sp-size", type=int, default=1,
+                          help="under torchrun: ranks per data-parallel group (each group generates its share of "
+                               "the rows); only 1 is supported under torchrun for now")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(command="generate")
@@ -139,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--what", required=True, choices=tuple(DOWNLOADS))
     download.add_argument("--models-dir", required=True)
     download.set_defaults(command="download")
+
+    tiny = commands.add_parser("tiny-models", help="write tiny random checkpoints (the --smoke ones) into a models "
+                                                   "folder, to try every command without the released weights")
+    tiny.add_argument("models_dir", metavar="DIR", help="ComfyUI-style models folder to write into")
+    tiny.add_argument("--what", default="t2v", choices=TINY_MODEL_FAMILIES,
+                      help="t2v/i2v: video model, Hunyuan VAE, T5, CLIP; t2i2v adds Flux-dev; high_compression "
+                           "adds the DC-AE model and autoencoder (default t2v)")
+    tiny.set_defaults(command="tiny-models")
 
     listing = commands.add_parser("workflows", help="list the example workflows")
     listing.set_defaults(command="workflows")

@@ -9,6 +9,7 @@ limited to the image and video loaders (:data:`workflow_runner.STANDALONE_CORE_N
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -20,9 +21,11 @@ from .. import host
 from ..models import latent_space
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
-from . import inference_plan
+from . import data_parallel, inference_plan
 from .arguments import available_workflows, parse_arguments, report_user_error, workflow_path
+from .data_parallel import RankLayout
 from .downloads import DOWNLOADS, download
+from .manifest import MANIFEST_NAME, append_record, host_name, peak_memory, read_manifest, reset_peak_memory
 from .workflow_edit import (
     FLUX_NODE_TYPES,
     OPTION_TARGETS,
@@ -134,11 +137,18 @@ def preview_writer(folder: Path, name: str) -> Callable[[int, int, Any], None]:
     return write
 
 
+Finished = Callable[[inference_plan.Generation, list[Path], float], None]
+
+
 def run_generations(prompt: dict[str, dict], generations: Iterable[inference_plan.Generation],
                     settings: dict[str, Any], output_dir: Path, sub_dir: str, log=print,
-                    preview_dir: Path | None = None) -> list[Path]:
-    """Run the workflow once per generation and give each video (and its sidecar) the reference's name;
-    with ``preview_dir``, each sampling step's preview of the generation's first video is written there."""
+                    finished: Finished | None = None, preview_dir: Path | None = None) -> list[Path]:
+    """Run the workflow once per generation and give each video (and its sidecar) the reference's name.
+
+    The sidecar is renamed into place before its video, so a video under its final name means the
+    generation is complete. ``finished(generation, files, seconds)`` is called after each one. With
+    ``preview_dir``, each sampling step's preview of the generation's first video is written there.
+    """
     written: list[Path] = []
     settings = dict(settings)
     refiner = settings.pop("refiner", None)
@@ -184,14 +194,18 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
             if len(files) != len(rows):
                 raise SystemExit(f"The workflow wrote {len(files)} file(s) for {len(rows)} prompt(s).")
             target.mkdir(parents=True, exist_ok=True)
+            finals: list[Path] = []
             for file, name in zip(files, generation.names):
-                for source in (file, file.with_suffix(".txt")):
-                    if source.exists():
-                        destination = target / f"{name}{source.suffix}"
-                        source.replace(destination)
-                        written.append(destination)
-            log(f"sample {generation.sample}, seed {generation.seed}: "
-                f"{', '.join(generation.names)} ({time.perf_counter() - started:.1f} s)")
+                moves = [(source, target / f"{name}{source.suffix}")
+                         for source in (file, file.with_suffix(".txt")) if source.exists()]
+                for source, destination in reversed(moves):  # the sidecar first, the video last
+                    source.replace(destination)
+                finals.extend(destination for _source, destination in moves)
+            written.extend(finals)
+            seconds = time.perf_counter() - started
+            log(f"sample {generation.sample}, seed {generation.seed}: {', '.join(generation.names)} ({seconds:.1f} s)")
+            if finished is not None:
+                finished(generation, finals, seconds)
     finally:
         remove_listener()
         shutil.rmtree(staging, ignore_errors=True)
@@ -274,25 +288,80 @@ def prepare_workflow(name: str, text_only: bool = False) -> dict[str, dict]:
     return prompt
 
 
+def settings_that_matter(args: argparse.Namespace, settings: dict[str, Any], models_dir: Path) -> dict[str, Any]:
+    """What, besides the row and seed, decides a generation's output: a finished generation counts as done
+    on a rerun only when these are unchanged (a rerun with other settings overwrites, as before)."""
+    chosen = {key: value for key, value in settings.items() if value is not None and key != "refiner"}
+    return {"workflow": args.workflow, "models_dir": str(models_dir.resolve()), "text_only": args.text_only,
+            "refine_prompt": args.refine_prompt, **chosen}
+
+
+def generation_record(generation: inference_plan.Generation, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields that identify a generation (compared on a rerun to skip finished ones)."""
+    return {"rows": [row.index for row in generation.rows], "sample": generation.sample, "seed": generation.seed,
+            "names": list(generation.names), "prompts": [row.prompt for row in generation.rows],
+            "negatives": [row.neg for row in generation.rows], "refs": [row.ref for row in generation.rows],
+            "settings": settings}
+
+
+IDENTITY_FIELDS = ("rows", "sample", "seed", "names", "prompts", "negatives", "refs", "settings")
+
+
+def _identity(record: dict[str, Any]) -> str:
+    return json.dumps([record.get(key) for key in IDENTITY_FIELDS], sort_keys=True)
+
+
+def finished_generations(output_dir: Path) -> set[str]:
+    """Identities of the generations the manifest lists whose files all exist under their final names
+    (a file is renamed into place only once complete, so a partial write never counts)."""
+    return {_identity(record) for record in read_manifest(output_dir / MANIFEST_NAME)
+            if record.get("files") and all((output_dir / name).is_file() for name in record["files"])}
+
+
 def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: dict[str, Any],
-                  rows: list[inference_plan.PromptRow], stem: str, output_dir: Path) -> list[Path]:
-    """Plan the generations as the reference's script, say what will happen, run them."""
+                  rows: list[inference_plan.PromptRow], stem: str, output_dir: Path, models_dir: Path,
+                  layout: RankLayout = RankLayout()) -> tuple[list[Path], int]:
+    """Plan the generations as the reference's script, say what will happen, run this rank's share of
+    those not finished yet; returns the files written and the number skipped as finished."""
     generations = inference_plan.plan(rows, stem, args.batch_size, args.num_sample, args.seed, args.global_seed,
                                       args.save_prefix, args.prompt_as_path)
     frames = describe_frames(prompt, settings)
-    if frames:
+    if frames and layout.rank == 0:
         print(frames)
-    if args.seed is None:
+    if args.seed is None and layout.rank == 0:
         print(f"seed: none given, so as the official script: drawn from global seed {args.global_seed} "
               f"({generations[0].seed} first)")
     num_frames = settings.get("num_frames") or _workflow_value(prompt, "OpenSoraNoise", "num_frames")
     resolution = settings.get("resolution") or _workflow_value(prompt, "OpenSoraNoise", "resolution")
     sub_dir = inference_plan.sub_dir(num_frames, resolution)
+    matters = settings_that_matter(args, settings, models_dir)
+    finished = finished_generations(output_dir)
+    share = [(index, generation) for index, generation in layout.share(generations)
+             if _identity(generation_record(generation, matters)) not in finished]
+    plan_index = {id(generation): index for index, generation in share}
+    skipped = len(layout.share(generations)) - len(share)
+    device = str(host.torch_device())
+    log = print if not layout.distributed else (lambda line: print(f"[rank {layout.rank}] {line}", flush=True))
+    if skipped:
+        log(f"{skipped} generation(s) already finished (in {MANIFEST_NAME}, files complete): skipped")
+
+    def record(generation: inference_plan.Generation, files: list[Path], seconds: float) -> None:
+        memory, measured = peak_memory(device)
+        append_record(output_dir / MANIFEST_NAME, {
+            **generation_record(generation, matters), "generation": plan_index[id(generation)],
+            "files": [file.relative_to(output_dir).as_posix() for file in files], "seconds": round(seconds, 3),
+            "peak_memory_bytes": memory, "peak_memory": measured, "device": device, "host": host_name(),
+            "rank": layout.rank, "world_size": layout.world_size,
+        })
+        reset_peak_memory(device)
+
+    reset_peak_memory(device)
     try:
-        return run_generations(prompt, generations, settings, output_dir, sub_dir,
-                               preview_dir=Path(args.preview_dir) if args.preview_dir else None)
+        written = run_generations(prompt, [generation for _index, generation in share], settings, output_dir,
+                                  sub_dir, log, record, Path(args.preview_dir) if args.preview_dir else None)
     except WorkflowError as error:
         raise SystemExit(f"The workflow cannot run: {error}") from None
+    return written, skipped
 
 
 SMOKE_WORKFLOWS = ("t2v_256px", "t2i2v", "t2i2v_comfy_flux")
@@ -300,6 +369,10 @@ SMOKE_WORKFLOWS = ("t2v_256px", "t2i2v", "t2i2v_comfy_flux")
 
 def _generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.sp_size != 1:
+        raise SystemExit(f"--sp-size {args.sp_size}: sequence-parallel groups are not wired into the command line "
+                         "yet; use --sp-size 1 (under torchrun every rank generates whole rows), or the Parallel "
+                         "Settings node in ComfyUI to spread one video over several GPUs.")
     if args.smoke:
         ignored = [flag for flag, value in (("--csv", args.csv), ("--ref", args.ref), ("--models-dir", args.models_dir))
                    if value]
@@ -313,15 +386,32 @@ def _generate(args: argparse.Namespace) -> int:
         raise SystemExit("--models-dir is required (the folder holding diffusion_models/, vae/, text_encoders/).")
     if not args.prompt and not args.csv:
         raise SystemExit("Give --prompt TEXT or --csv FILE.")
+    layout = data_parallel.layout_from_environment() or RankLayout()
+    device = data_parallel.rank_device(args.device, layout) if layout.distributed else args.device
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=args.device)
+    host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=device)
     prompt = prepare_workflow(args.workflow, args.text_only)
     check_model_files(apply_settings(prompt, {k: settings.get(k) for k in MODEL_FOLDERS}), args)
     rows, stem = load_rows(args)
     check_references(apply_settings(prompt, {"cond_type": settings.get("cond_type")}), args, rows)
-    written = _plan_and_run(args, prompt, settings, rows, stem, output_dir)
-    print(f"done: {len(written)} file(s) in {output_dir}")
+    if not layout.distributed:
+        written, skipped = _plan_and_run(args, prompt, settings, rows, stem, output_dir, Path(args.models_dir))
+        print(f"done: {len(written)} file(s) in {output_dir}" + (f"; {skipped} finished generation(s) skipped"
+                                                                 if skipped else ""))
+        return 0
+    data_parallel.open_process_group(str(host.torch_device()))
+    try:
+        started = time.perf_counter()
+        written, skipped = _plan_and_run(args, prompt, settings, rows, stem, output_dir, Path(args.models_dir),
+                                         layout)
+        files, skipped = data_parallel.gather_counts([len(written), skipped])
+        if layout.rank == 0:
+            print(f"done: {files} file(s) in {output_dir} from {layout.world_size} ranks in {layout.num_groups} "
+                  f"group(s) ({time.perf_counter() - started:.1f} s); {skipped} finished generation(s) skipped; "
+                  f"record: {output_dir / MANIFEST_NAME}")
+    finally:
+        data_parallel.close_process_group()
     return 0
 
 
@@ -372,7 +462,7 @@ def _smoke(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         smoke_settings = {**SMOKE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
         text = args.prompt or "a red panda rides a bicycle through a snowy forest"
         rows = [inference_plan.PromptRow(index=0, text=text, name="smoke")]
-        written = _plan_and_run(args, prompt, smoke_settings, rows, "smoke", output_dir)
+        written, _skipped = _plan_and_run(args, prompt, smoke_settings, rows, "smoke", output_dir, models)
         if not written or not all(p.is_file() and p.stat().st_size > 0 for p in written):
             print("smoke test FAILED: no video was written", file=sys.stderr)
             return 1
@@ -413,4 +503,15 @@ def _list(_args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.update(generate=_generate, download=_download, workflows=_list)
+def _tiny_models(args: argparse.Namespace) -> int:
+    from ..tiny_checkpoints import write_tiny_model_folder
+
+    folder = write_tiny_model_folder(args.models_dir, args.what)
+    for name in folder.files.values():
+        print(next(str(path) for path in Path(args.models_dir).glob(f"*/{name}")))
+    print(f"tiny RANDOM weights (videos are noise), for trying commands: python3 <pack folder> generate "
+          f"--models-dir {args.models_dir} --prompt 'a test' --steps 2 --num-frames 9 --width 64 --height 48")
+    return 0
+
+
+COMMANDS.update({"generate": _generate, "download": _download, "workflows": _list, "tiny-models": _tiny_models})

@@ -28,7 +28,6 @@ class OpenSoraModel:
 
     managed: Any
     config: MMDiTConfig
-    dtype: torch.dtype  # the compute dtype (bf16 for fp8-stored weights): latents and inputs use it
     path: str
     setup: MMDiTSetup  # how the loader prepared it; the parallel workers repeat it
     adapters: tuple[str, ...] = ()  # LoRA adapters added by 'Open-Sora LoRA Loader' ("name @ strength")
@@ -36,6 +35,11 @@ class OpenSoraModel:
     @property
     def module(self) -> MMDiT:
         return host.unwrap_model(self.managed)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (bf16 for fp8-stored weights): latents and inputs use it."""
+        return self.setup.compute_dtype
 
 
 @register("OpenSoraModelLoader", "Open-Sora Model Loader")
@@ -80,5 +84,5 @@ class OpenSoraModelLoader:
         setup = MMDiTSetup(weight_dtype, attention, offload_blocks, compile)
         path = host.resolve_file(host.DIFFUSION_MODELS, model_name)
         module = load_mmdit_for_sampling(path, setup, host.torch_device(), host.offload_device())
-        return (OpenSoraModel(host.manage_model(module), module.config, setup.compute_dtype, str(path), setup),)
+        return (OpenSoraModel(host.manage_model(module), module.config, str(path), setup),)
 

@@ -207,8 +207,7 @@ def test_block_offload_runs_the_adapter_and_matches_no_offload(lora_host):
     _write_peft_adapter(_loras(lora_host) / "style", seed=1)
     # Built in memory: weights read straight from a file map can give last-bit differences under offload
     # (its copies are freshly aligned), with or without an adapter.
-    model = OpenSoraModel(lora_host.manage_model(_base_model()), TINY_VIDEO_CONFIG, torch.float32, "tiny",
-                          MMDiTSetup("fp32"))
+    model = OpenSoraModel(lora_host.manage_model(_base_model()), TINY_VIDEO_CONFIG, "tiny", MMDiTSetup("fp32"))
     inputs = tiny_mmdit_inputs(TINY_VIDEO_CONFIG)
     plain = _run(model, inputs)
     (plain_lora,) = OpenSoraLoraLoader().execute(model, "style", 1.0)

@@ -162,7 +162,7 @@ def test_cancel_through_the_host_raises_the_hosts_interrupt(two_ranks, checkpoin
     remove = host.add_progress_listener(lambda value, total: host.request_interrupt())
     noise, text, _ = _inputs()
     settings = ParallelSettings(two_ranks, 1, "split")
-    model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, torch.float32, checkpoint, FP32)
+    model_value = OpenSoraModel(None, load_mmdit(checkpoint, torch.float32).config, checkpoint, FP32)
     try:
         with pytest.raises(host.Interrupted):
             parallel_node.sample_in_workers(settings, model_value,

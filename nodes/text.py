@@ -17,7 +17,6 @@ from ..samplers.conditioning import TextConditioning
 from ..samplers.prompt import (
     DEFAULT_FPS,
     DEFAULT_MOTION_SCORE,
-    ENCODE_CHUNK,
     MOTION_SCORES,
     check_motion_score,
     encode_conditioning,
@@ -165,10 +164,12 @@ def encode_prompts(text_encoder: OpenSoraTextEncoder, raw_prompt: str, prompts: 
         log.warning("%s: %s", node, warning)
     if warnings:
         host.show_text("\n".join(warnings))
-    progress = host.Progress(-(-(len(prompts) + len(set(negatives))) // ENCODE_CHUNK))  # encoder calls
+    bars: list[host.Progress] = []  # made at the first call, which knows how many calls there are
 
-    def after_chunk(_done: int, _total: int) -> None:
-        progress.update(1)
+    def after_chunk(done: int, total: int) -> None:
+        if not bars:
+            bars.append(host.Progress(total))
+        bars[0].update(done - bars[0].value)
         host.check_interrupt()
 
     conditioning = encode_conditioning(text_encoder.t5, text_encoder.clip, prompts, negatives,

@@ -149,7 +149,8 @@ class OpenSoraVAEDecode:
         frames = decode_to_frames(module, latent, geometry.num_frames, geometry.height, geometry.width, plan,
                                   host.intermediate_device(), on_work,
                                   None if group is None else group.pass_runner(module.device, module.dtype))
-        progress.update(progress.total - progress.value)  # a rank's share of a group's decode may be uneven
+        if progress.value < progress.total:  # a rank's share of a group's passes is not exactly its work
+            progress.update(progress.total - progress.value)
         host.empty_cache()
         stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
         check_finite(frames, stage, vae.dtype, module.device, remedy)

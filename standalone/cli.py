@@ -417,7 +417,7 @@ def _generate(args: argparse.Namespace) -> int:
         if layout.sp_size > 1:
             joined.join(layout.sp_size, diffusion_model_heads(models))
         if scratch is not None:  # what this rank's nodes save is thrown away: its group's first rank writes
-            host.configure_standalone(models_dir=args.models_dir, output_dir=Path(scratch.name), device=device)
+            host.configure_standalone(output_dir=Path(scratch.name))
         written, skipped = _plan_and_run(args, prompt, settings, rows, stem, output_dir, Path(args.models_dir),
                                          layout)
         files, skipped = data_parallel.gather_counts([len(written), skipped])

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import host
-from ..models import latent_space
-from ..samplers import geometry
-from ..samplers.prompt import check_motion_score
 from ..loaders.checkpoint import read_header, read_metadata
 from ..loaders.mmdit import infer_mmdit_config
+from ..models import latent_space
 from ..parallel import joined
 from ..parallel.attention import yunchang_installed
+from ..samplers import geometry
+from ..samplers.prompt import check_motion_score
 from . import data_parallel, inference_plan
 from .arguments import available_workflows, parse_arguments, report_user_error, workflow_path
 from .data_parallel import RankLayout

@@ -242,8 +242,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tile no longer needs them: tiles of ``T+1`` latents every ``stride`` latents, later tiles drop
         their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail.
         ``decode_window`` decodes one tile's latents (default: diffusers' spatially tiled decode)."""
-        if decode_window is None:
-            decode_window = lambda window: self._core.decode(window, return_dict=False)[0]  # noqa: E731
+        decode_window = decode_window or self._diffusers_decode
         tile_latents = tiling.temporal // self.temporal_compression
         stride_frames = tiling.temporal_stride
         blend = tiling.temporal - stride_frames
@@ -325,6 +324,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
                     row[j] = core.blend_h(row[j - 1], row[j], fade_w)
         kept = [torch.cat([tile[..., :keep_h, :keep_w] for tile in row], dim=-1) for row in grid]
         return torch.cat(kept, dim=-2)[..., :latent_shape[-2] * s, :latent_shape[-1] * s]
+
+    def _diffusers_decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._core.decode(latent, return_dict=False)[0]
 
     def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
         """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,

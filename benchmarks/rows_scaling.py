@@ -8,6 +8,7 @@ included) and steady (``ranks * 3600 / mean seconds per generation`` from ``mani
     python benchmarks/rows_scaling.py --ranks 1,2 --rows 8                 # CPU, tiny random models
     python benchmarks/rows_scaling.py --ranks 1,2,4,8 --rows 64 --device cuda --models-dir models \\
         --extra "--resolution 256px --steps 50"                           # the released weights on GPUs
+    python benchmarks/rows_scaling.py --ranks 2 --extra "--sp-size 2 ..."   # groups of 2 ranks per row
 
 The tiny models make noise; the figures show the scaling of the row sharing, not the model's speed.
 """
@@ -40,8 +41,9 @@ def run_once(ranks: int, table: Path, models: Path, output: Path, device: str, e
         raise SystemExit(f"{shlex.join(command)} failed:\n{finished.stderr[-3000:]}")
     records = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     per_generation = sum(record["seconds"] for record in records) / len(records)
+    groups = ranks // records[0].get("sp_size", 1)  # --sp-size K: groups of K ranks run one row at a time
     return {"wall_s": wall, "rows": len(records), "s_per_row": per_generation,
-            "rows_per_hour": len(records) * 3600 / wall, "steady_rows_per_hour": ranks * 3600 / per_generation}
+            "rows_per_hour": len(records) * 3600 / wall, "steady_rows_per_hour": groups * 3600 / per_generation}
 
 
 def main() -> None:

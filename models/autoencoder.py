@@ -38,6 +38,11 @@ class Tiling:
 
 NO_TILING = Tiling()
 
+# Runs decoder passes (each a thunk returning one tile's decoded pixels) and yields their outputs in
+# order: a parallel group runs each pass on one of its ranks and gives every rank all outputs
+# (``parallel/shared_decode.py``).
+PassRunner = Callable[[Iterable[Callable[[], torch.Tensor]]], Iterator[torch.Tensor]]
+
 
 class VideoAutoencoder(nn.Module):
     """Base class of the pack's video autoencoders.
@@ -61,6 +66,8 @@ class VideoAutoencoder(nn.Module):
     # Granularity of tile sizes that keep the tiled output exactly the untiled size.
     spatial_tile_multiple: int = 32
     temporal_tile_multiple: int = 16
+    # Whether :meth:`decode_chunks_shared` hands the decoder passes to its runner (else it decodes here).
+    shares_decoder_passes: ClassVar[bool] = False
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +98,13 @@ class VideoAutoencoder(nn.Module):
         """
         raise NotImplementedError
 
+    def decode_chunks_shared(self, z: torch.Tensor, tiling: Tiling | None, run_passes: PassRunner
+                             ) -> Iterator[torch.Tensor]:
+        """:meth:`decode_chunks` with the decoder passes handed to ``run_passes`` (a parallel group spreads
+        them over its ranks), giving the same frames. Autoencoders without a tile loop of their own decode
+        everything in this process."""
+        return self.decode_chunks(z, tiling)
+
     def decode(self, z: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
         """Scaled latent ``[B, C, T, H', W']`` -> pixels ``[B, 3, F, H, W]`` (about [-1, 1], not clamped)."""
         return torch.cat(list(self.decode_chunks(z, tiling)), dim=2)
@@ -117,10 +131,15 @@ class VideoAutoencoder(nn.Module):
         ``latent_shape`` (one pass per spatial tile of every temporal tile)."""
         raise NotImplementedError
 
+    def pass_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> list[int]:
+        """Work units (calls of the decoder's :func:`work_modules`) of each decoder pass of one batch
+        element, in the order the passes run."""
+        return [len(work_modules(self.decoder))] * self.decode_passes(latent_shape, tiling)
+
     def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
-        """Work units (calls of the decoder's :func:`work_modules`) of decoding one batch element: the
-        progress total of :func:`decode_to_frames`'s ``on_work``."""
-        return self.decode_passes(latent_shape, tiling) * len(work_modules(self.decoder))
+        """Work units of decoding one batch element: the progress total of :func:`decode_to_frames`'s
+        ``on_work``."""
+        return sum(self.pass_work(latent_shape, tiling))
 
     def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
         """The least-tiled setting whose estimated decode fits ``budget_bytes``.
@@ -215,13 +234,16 @@ def decode_to_frames(
     tiling: Tiling | None,
     out_device: torch.device,
     on_work: Callable[[], None] | None = None,
+    run_passes: PassRunner | None = None,
 ) -> torch.Tensor:
     """Decode every batch element and return frames ``[B*num_frames, height, width, 3]`` in [0, 1].
 
     Batch elements are decoded one at a time and each chunk of finished frames is written into the
     result on ``out_device`` as it arrives; frames beyond ``num_frames`` (and pixels beyond
     ``height``/``width``) are cut. ``on_work`` is called after every decoder convolution (progress,
-    Cancel), :meth:`VideoAutoencoder.decode_work` times per batch element.
+    Cancel), :meth:`VideoAutoencoder.decode_work` times per batch element. With ``run_passes`` the
+    decoder passes go through it (:meth:`VideoAutoencoder.decode_chunks_shared`); ``on_work`` then
+    counts this process's passes only.
     """
     if samples.shape[0] == 0:
         raise ValueError("The latent batch is empty: there is nothing to decode.")
@@ -229,7 +251,9 @@ def decode_to_frames(
     for index, element in enumerate(samples.split(1)):
         kept = 0
         with reporting_work(work_modules(autoencoder.decoder), on_work):
-            for chunk in autoencoder.decode_chunks(element, tiling):
+            chunks = (autoencoder.decode_chunks(element, tiling) if run_passes is None
+                      else autoencoder.decode_chunks_shared(element, tiling, run_passes))
+            for chunk in chunks:
                 take = min(chunk.shape[2], num_frames - kept)
                 if take > 0:
                     start = index * num_frames + kept

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from functools import partial
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
     HunyuanVideoUpsampleCausal3D,
 )
 
-from .autoencoder import Tiling, VideoAutoencoder, WorkUnit, work_modules
+from .autoencoder import PassRunner, Tiling, VideoAutoencoder, WorkUnit, work_modules
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
 SCALE_FACTOR = 0.476986
@@ -217,6 +218,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
     spatial_compression = HUNYUAN_VAE.spatial_compression
     spatial_tile_multiple = 32  # tiles of 32k px: stride 24k px = 3k latents, blend 8k px
     temporal_tile_multiple = 16  # tiles of 16k frames: stride 12k frames = 3k latents, blend 4k frames
+    shares_decoder_passes = True
 
     def __init__(self, config: HunyuanVAEConfig = HunyuanVAEConfig()):
         super().__init__()
@@ -303,10 +305,14 @@ class HunyuanVideoVAE(VideoAutoencoder):
             return
         yield from self._temporal_tiled_decode(z, tiling)
 
-    def _temporal_tiled_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
+    def _temporal_tiled_decode(self, z: torch.Tensor, tiling: Tiling,
+                               decode_window: Callable[[torch.Tensor], torch.Tensor] | None = None
+                               ) -> Iterator[torch.Tensor]:
         """The reference's temporal tiling, yielding each tile's finished frames as soon as the next
         tile no longer needs them: tiles of ``T+1`` latents every ``stride`` latents, later tiles drop
-        their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail."""
+        their first frame and blend their first ``T*4 - stride*4`` frames into the previous tile's tail.
+        ``decode_window`` decodes one tile's latents (default: diffusers' spatially tiled decode)."""
+        decode_window = decode_window or self._diffusers_decode
         tile_latents = tiling.temporal // self.temporal_compression
         stride_frames = tiling.temporal_stride
         blend = tiling.temporal - stride_frames
@@ -314,7 +320,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         emitted = 0
         previous: torch.Tensor | None = None
         for start in self._temporal_tile_starts(z.shape[2], tiling):
-            tile = self._core.decode(z[:, :, start:start + tile_latents + 1], return_dict=False)[0]
+            tile = decode_window(z[:, :, start:start + tile_latents + 1])
             if previous is None:
                 keep = stride_frames + 1
             else:
@@ -325,6 +331,72 @@ class HunyuanVideoVAE(VideoAutoencoder):
             if chunk.shape[2] > 0:
                 emitted += chunk.shape[2]
                 yield chunk
+
+    # --------------------------------------------------------------------- decode over several ranks
+
+    @torch.no_grad()
+    def decode_chunks_shared(self, z: torch.Tensor, tiling: Tiling | None, run_passes: PassRunner
+                             ) -> Iterator[torch.Tensor]:
+        """:meth:`decode_chunks` with our own tile loop: the same decoder passes (every spatial tile of
+        every temporal tile, at diffusers' ``tiled_decode`` positions) handed to ``run_passes`` in order,
+        blended as diffusers' ``tiled_decode`` and :meth:`_temporal_tiled_decode` blend them."""
+        if z.ndim != 5 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"Expected a latent [B, {self.latent_channels}, T, H, W], got {tuple(z.shape)}.")
+        tiling = self.reference_tiling() if tiling is None else tiling
+        self._configure(tiling, encoding=False)
+        z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
+        tile_latents = None if tiling.temporal is None else tiling.temporal // self.temporal_compression
+        temporal = tile_latents is not None and z.shape[2] > tile_latents
+        windows = ([z[:, :, start:start + tile_latents + 1] for start in self._temporal_tile_starts(z.shape[2], tiling)]
+                   if temporal else [z])
+        outputs = run_passes(partial(self._decode_pass, tile)
+                             for window in windows for row in self._spatial_tiles(window) for tile in row)
+
+        def decode_window(window: torch.Tensor) -> torch.Tensor:
+            grid = [[next(outputs) for _tile in row] for row in self._spatial_tiles(window)]
+            return self._blend_spatial_tiles(grid, window.shape)
+
+        if temporal:
+            yield from self._temporal_tiled_decode(z, tiling, decode_window)
+        else:
+            yield decode_window(z)
+
+    def _decode_pass(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._core.decoder(self._core.post_quant_conv(latent))
+
+    def _spatial_tiles(self, window: torch.Tensor) -> list[list[torch.Tensor]]:
+        """The latent tiles of diffusers' ``tiled_decode`` (rows of tiles of ``tile_sample_min`` px every
+        ``tile_sample_stride`` px), or the whole window when it decodes untiled."""
+        core, s = self._core, self.spatial_compression
+        height, width = window.shape[-2:]
+        tile_h, tile_w = core.tile_sample_min_height // s, core.tile_sample_min_width // s
+        if not core.use_tiling or (height <= tile_h and width <= tile_w):
+            return [[window]]
+        stride_h, stride_w = core.tile_sample_stride_height // s, core.tile_sample_stride_width // s
+        return [[window[..., top:top + tile_h, left:left + tile_w] for left in range(0, width, stride_w)]
+                for top in range(0, height, stride_h)]
+
+    def _blend_spatial_tiles(self, grid: list[list[torch.Tensor]], latent_shape: torch.Size) -> torch.Tensor:
+        """Decoded tiles -> the window's frames: each tile is cross-faded (in place, in row order) into
+        the tile above and the tile on its left with diffusers' ``blend_v`` / ``blend_h``, then every tile's
+        first stride of pixels is kept, as diffusers' ``tiled_decode`` does."""
+        if len(grid) == 1 and len(grid[0]) == 1:
+            return grid[0][0]
+        core, s = self._core, self.spatial_compression
+        fade_h = core.tile_sample_min_height - core.tile_sample_stride_height
+        fade_w = core.tile_sample_min_width - core.tile_sample_stride_width
+        keep_h, keep_w = core.tile_sample_stride_height, core.tile_sample_stride_width
+        for i, row in enumerate(grid):
+            for j in range(len(row)):
+                if i > 0:
+                    row[j] = core.blend_v(grid[i - 1][j], row[j], fade_h)
+                if j > 0:
+                    row[j] = core.blend_h(row[j - 1], row[j], fade_w)
+        kept = [torch.cat([tile[..., :keep_h, :keep_w] for tile in row], dim=-1) for row in grid]
+        return torch.cat(kept, dim=-2)[..., :latent_shape[-2] * s, :latent_shape[-1] * s]
+
+    def _diffusers_decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._core.decode(latent, return_dict=False)[0]
 
     def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
         """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,
@@ -378,10 +450,10 @@ class HunyuanVideoVAE(VideoAutoencoder):
     def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
         return len(self.decode_pass_shapes(latent_shape, tiling))
 
-    def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
-        """Every decoder convolution of every pass, plus the mid-block attention's query blocks."""
+    def pass_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> list[int]:
+        """Every decoder convolution of each pass, plus its mid-block attention's query blocks."""
         convolutions = len([module for module in work_modules(self.decoder) if not isinstance(module, WorkUnit)])
-        return sum(convolutions + attention_blocks(*shape) for shape in self.decode_pass_shapes(latent_shape, tiling))
+        return [convolutions + attention_blocks(*shape) for shape in self.decode_pass_shapes(latent_shape, tiling)]
 
     # ---------------------------------------------------------------------------- memory estimate
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..parallel.joined import joined_group
 from ..parallel.settings import ParallelSettings
 from ..samplers import denoisers
 from ..samplers.conditioning import TextConditioning
@@ -138,7 +139,9 @@ class OpenSoraSampler:
             host.check_interrupt()
 
         host.check_interrupt()
-        x = run_sampling(model.module, request, device, model.dtype, on_step)
+        group = joined_group()  # generate --sp-size: the MMDiT runs over the group's ranks
+        network = model.module if group is None else group.sharded(model.module)
+        x = run_sampling(network, request, device, model.dtype, on_step)
         check_finite(x, stage, model.dtype, device, remedy)
         return (_output_latent(x, image_condition, geometry, noise),)
 

@@ -12,6 +12,7 @@ from ..models.autoencoder import TILING_MODES, VideoAutoencoder, choose_tiling, 
 from ..models.dtypes import FLOAT_DTYPES
 from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
 from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
+from ..parallel.joined import joined_group
 from ..samplers.geometry import VideoGeometry
 from ..samplers.latent import make_latent, read_latent
 from .. import host
@@ -134,14 +135,18 @@ class OpenSoraVAEDecode:
             plan = choose_tiling(module, tiling, shape)
             host.load_models([vae.managed], memory_required=module.decode_bytes(shape, plan, vae.dtype))
         # Progress and Cancel after every decoder convolution: within a tile, not only between chunks.
-        progress = host.Progress(latent.shape[0] * module.decode_work(shape, plan))
+        group = joined_group()  # generate --sp-size: the decoder passes are spread over the group's ranks
+        work = (group.local_work(module.pass_work(shape, plan)) if group is not None and module.shares_decoder_passes
+                else module.decode_work(shape, plan))  # this rank's share of the passes, or all of them
+        progress = host.Progress(latent.shape[0] * work)
 
         def on_work() -> None:
             progress.update()
             host.check_interrupt()
 
         frames = decode_to_frames(module, latent, geometry.num_frames, geometry.height, geometry.width, plan,
-                                  host.intermediate_device(), on_work)
+                                  host.intermediate_device(), on_work,
+                                  None if group is None else group.pass_runner(module.device, module.dtype))
         host.empty_cache()
         stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
         check_finite(frames, stage, vae.dtype, module.device, remedy)

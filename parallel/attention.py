@@ -90,7 +90,9 @@ class SequenceParallelGroups:
     """Process groups and yunchang attention layers, made once per layout and reused.
 
     Every rank must call :meth:`for_layout` for the same layouts in the same order (the groups are
-    created collectively).
+    created collectively). The ranks may be several copies of a layout (``generate --sp-size`` under
+    torchrun: data-parallel groups of ``layout.world_size`` consecutive ranks, each running its own
+    generation); every copy gets its own groups.
     """
 
     def __init__(self, rank: int, world_size: int):
@@ -100,17 +102,25 @@ class SequenceParallelGroups:
     def for_layout(self, layout: ParallelLayout) -> LayoutGroups:
         key = (layout.cfg_degree, layout.ulysses_degree, layout.ring_degree)
         if key not in self._layouts:
+            if self.world_size % layout.world_size:
+                raise ValueError(f"A layout of {layout.world_size} ranks cannot tile the {self.world_size} ranks "
+                                 "of this job: use a divisor of the number of ranks.")
             yunchang = _yunchang()
-            size = layout.sequence_size
+            size, copy_size = layout.sequence_size, layout.world_size
             # yunchang builds its Ulysses/Ring groups inside each block of `size` consecutive ranks.
             yunchang.set_seq_parallel_pg(layout.ulysses_degree, layout.ring_degree, self.rank, self.world_size)
             # attn_type=None: yunchang then calls attn_processor for every key block.
             layer = yunchang.LongContextAttention(ring_impl_type="basic", attn_type=None,
                                                   attn_processor=block_attention)
-            sequence_groups = [dist.new_group(list(range(g * size, (g + 1) * size))) for g in range(layout.cfg_degree)]
-            cfg_groups = [dist.new_group(list(range(i, self.world_size, size))) for i in range(size)]
+            sequence_groups = [dist.new_group(list(range(start, start + size)))
+                               for start in range(0, self.world_size, size)]
+            # the CFG groups: within each copy of the layout, the ranks at one sequence position
+            cfg_groups = [dist.new_group(list(range(copy + i, copy + copy_size, size)))
+                          for copy in range(0, self.world_size, copy_size) for i in range(size)]
+            copy_rank = self.rank % copy_size
             self._layouts[key] = LayoutGroups(layer, sequence_groups[self.rank // size], self.rank % size,
-                                              cfg_groups[self.rank % size], self.rank // size)
+                                              cfg_groups[self.rank // copy_size * size + self.rank % size],
+                                              copy_rank // size)
         return self._layouts[key]
 
 

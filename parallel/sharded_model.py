@@ -25,7 +25,7 @@ class ShardedMMDiT:
     """
 
     def __init__(self, model: nn.Module, layout: ParallelLayout, groups: SequenceParallelGroups):
-        layout.validate(groups.world_size, model.config.num_heads)
+        layout.validate(layout.world_size, model.config.num_heads)  # for_layout checks it fits the ranks
         self.model = model
         self.config = model.config
         self.layout = layout

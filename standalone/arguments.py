@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "when <models-dir>/vae_approx/taehv.safetensors exists, else a latent-size colour sketch")
     generate.add_argument("--sp-size", type=int, default=1,
                           help="under torchrun: ranks per data-parallel group (each group generates its share of "
-                               "the rows); only 1 is supported under torchrun for now")
+                               "the rows, the video spread over the group's GPUs: sequence-parallel sampling, VAE "
+                               "tiles shared); must divide the number of ranks; needs the yunchang package above 1")
     generate.add_argument("--smoke", action="store_true",
                           help="check the install: tiny random models, the whole t2v graph, seconds, offline")
     generate.set_defaults(command="generate")

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import host
+from ..loaders.checkpoint import read_header, read_metadata
+from ..loaders.mmdit import infer_mmdit_config
 from ..models import latent_space
+from ..parallel import joined
+from ..parallel.attention import yunchang_installed
 from ..samplers import geometry
 from ..samplers.prompt import check_motion_score
 from . import data_parallel, inference_plan
@@ -142,12 +146,15 @@ Finished = Callable[[inference_plan.Generation, list[Path], float], None]
 
 def run_generations(prompt: dict[str, dict], generations: Iterable[inference_plan.Generation],
                     settings: dict[str, Any], output_dir: Path, sub_dir: str, log=print,
-                    finished: Finished | None = None, preview_dir: Path | None = None) -> list[Path]:
+                    finished: Finished | None = None, preview_dir: Path | None = None, writer: bool = True
+                    ) -> list[Path]:
     """Run the workflow once per generation and give each video (and its sidecar) the reference's name.
 
     The sidecar is renamed into place before its video, so a video under its final name means the
     generation is complete. ``finished(generation, files, seconds)`` is called after each one. With
     ``preview_dir``, each sampling step's preview of the generation's first video is written there.
+    A rank that is not its group's ``writer`` computes with the group and keeps nothing (the nodes
+    write into the host's output folder, a private scratch folder on such a rank).
     """
     written: list[Path] = []
     settings = dict(settings)
@@ -157,7 +164,7 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
     from_image = any(node["class_type"] == "OpenSoraImageCondition"
                      for node in apply_settings(prompt, {"cond_type": settings.get("cond_type")}).values())
     target = output_dir / sub_dir
-    staging = Path(tempfile.mkdtemp(prefix=".opensora-", dir=output_dir))
+    staging = Path(tempfile.mkdtemp(prefix=".opensora-", dir=host.output_directory()))  # where the nodes save
     progress = StageProgress(log)
     remove_listener = host.add_progress_listener(progress)
     try:
@@ -193,6 +200,8 @@ def run_generations(prompt: dict[str, dict], generations: Iterable[inference_pla
             files = [file for file in files if file.parent.name == staging.name]
             if len(files) != len(rows):
                 raise SystemExit(f"The workflow wrote {len(files)} file(s) for {len(rows)} prompt(s).")
+            if not writer:  # the group's first rank keeps this generation's files
+                continue
             target.mkdir(parents=True, exist_ok=True)
             finals: list[Path] = []
             for file, name in zip(files, generation.names):
@@ -339,7 +348,7 @@ def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: d
     share = [(index, generation) for index, generation in layout.share(generations)
              if _identity(generation_record(generation, matters)) not in finished]
     plan_index = {id(generation): index for index, generation in share}
-    skipped = len(layout.share(generations)) - len(share)
+    skipped = len(layout.share(generations)) - len(share) if layout.writer else 0
     device = str(host.torch_device())
     log = print if not layout.distributed else (lambda line: print(f"[rank {layout.rank}] {line}", flush=True))
     if skipped:
@@ -351,14 +360,16 @@ def _plan_and_run(args: argparse.Namespace, prompt: dict[str, dict], settings: d
             **generation_record(generation, matters), "generation": plan_index[id(generation)],
             "files": [file.relative_to(output_dir).as_posix() for file in files], "seconds": round(seconds, 3),
             "peak_memory_bytes": memory, "peak_memory": measured, "device": device, "host": host_name(),
-            "rank": layout.rank, "world_size": layout.world_size,
+            "rank": layout.rank, "world_size": layout.world_size, "sp_size": layout.sp_size,
         })
         reset_peak_memory(device)
 
     reset_peak_memory(device)
     try:
         written = run_generations(prompt, [generation for _index, generation in share], settings, output_dir,
-                                  sub_dir, log, record, Path(args.preview_dir) if args.preview_dir else None)
+                                  sub_dir, log, record if layout.writer else None,
+                                  Path(args.preview_dir) if args.preview_dir and layout.writer else None,
+                                  layout.writer)
     except WorkflowError as error:
         raise SystemExit(f"The workflow cannot run: {error}") from None
     return written, skipped
@@ -369,13 +380,11 @@ SMOKE_WORKFLOWS = ("t2v_256px", "t2i2v", "t2i2v_comfy_flux")
 
 def _generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.sp_size != 1:
-        raise SystemExit(f"--sp-size {args.sp_size}: sequence-parallel groups are not wired into the command line "
-                         "yet; use --sp-size 1 (under torchrun every rank generates whole rows), or the Parallel "
-                         "Settings node in ComfyUI to spread one video over several GPUs.")
     if args.smoke:
         ignored = [flag for flag, value in (("--csv", args.csv), ("--ref", args.ref), ("--models-dir", args.models_dir))
                    if value]
+        if args.sp_size != 1:
+            ignored.append(f"--sp-size {args.sp_size}")
         if args.workflow not in SMOKE_WORKFLOWS:
             ignored.append(f"--workflow {args.workflow}")
         if ignored:
@@ -386,13 +395,14 @@ def _generate(args: argparse.Namespace) -> int:
         raise SystemExit("--models-dir is required (the folder holding diffusion_models/, vae/, text_encoders/).")
     if not args.prompt and not args.csv:
         raise SystemExit("Give --prompt TEXT or --csv FILE.")
-    layout = data_parallel.layout_from_environment() or RankLayout()
+    layout = _rank_layout(args.sp_size)
     device = data_parallel.rank_device(args.device, layout) if layout.distributed else args.device
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     host.configure_standalone(models_dir=args.models_dir, output_dir=output_dir, device=device)
     prompt = prepare_workflow(args.workflow, args.text_only)
-    check_model_files(apply_settings(prompt, {k: settings.get(k) for k in MODEL_FOLDERS}), args)
+    models = apply_settings(prompt, {k: settings.get(k) for k in MODEL_FOLDERS})
+    check_model_files(models, args)
     rows, stem = load_rows(args)
     check_references(apply_settings(prompt, {"cond_type": settings.get("cond_type")}), args, rows)
     if not layout.distributed:
@@ -401,18 +411,54 @@ def _generate(args: argparse.Namespace) -> int:
                                                                  if skipped else ""))
         return 0
     data_parallel.open_process_group(str(host.torch_device()))
+    scratch = None if layout.writer else tempfile.TemporaryDirectory(prefix="opensora-rank-")
     try:
         started = time.perf_counter()
+        if layout.sp_size > 1:
+            joined.join(layout.sp_size, diffusion_model_heads(models))
+        if scratch is not None:  # what this rank's nodes save is thrown away: its group's first rank writes
+            host.configure_standalone(output_dir=Path(scratch.name))
         written, skipped = _plan_and_run(args, prompt, settings, rows, stem, output_dir, Path(args.models_dir),
                                          layout)
         files, skipped = data_parallel.gather_counts([len(written), skipped])
         if layout.rank == 0:
             print(f"done: {files} file(s) in {output_dir} from {layout.world_size} ranks in {layout.num_groups} "
-                  f"group(s) ({time.perf_counter() - started:.1f} s); {skipped} finished generation(s) skipped; "
-                  f"record: {output_dir / MANIFEST_NAME}")
+                  f"group(s) of {layout.sp_size} ({time.perf_counter() - started:.1f} s); {skipped} finished "
+                  f"generation(s) skipped; record: {output_dir / MANIFEST_NAME}")
     finally:
+        joined.leave()
         data_parallel.close_process_group()
+        if scratch is not None:
+            scratch.cleanup()
     return 0
+
+
+def _rank_layout(sp_size: int) -> RankLayout:
+    """This process's place in torchrun's job (one process without torchrun); groups of ``sp_size`` ranks
+    need torchrun and, above one rank, the yunchang package."""
+    if sp_size < 1:
+        raise SystemExit(f"--sp-size {sp_size}: give 1 or more ranks per group.")
+    layout = data_parallel.layout_from_environment(sp_size=sp_size)
+    if layout is None and sp_size > 1:
+        raise SystemExit(f"--sp-size {sp_size} spreads each video over {sp_size} ranks of a torchrun job: run "
+                         f"torchrun --nproc-per-node {sp_size} <pack folder> generate ... --sp-size {sp_size}.")
+    if sp_size > 1 and not yunchang_installed():
+        raise SystemExit(f"--sp-size {sp_size} needs the 'yunchang' package (sequence-parallel attention): "
+                         "pip install yunchang.")
+    return layout or RankLayout()
+
+
+def diffusion_model_heads(prompt: dict[str, dict]) -> list[int]:
+    """The attention head counts of the diffusion models the workflow loads (read off the files' headers):
+    a group prepares one sequence-parallel layout per count before the first generation."""
+    heads = []
+    for class_type, input_name in OPTION_TARGETS["model"]:
+        for node in prompt.values():
+            name = node["inputs"].get(input_name) if node["class_type"] == class_type else None
+            if isinstance(name, str):
+                path = host.resolve_file(host.DIFFUSION_MODELS, name)
+                heads.append(infer_mmdit_config(read_header(path), read_metadata(path)).num_heads)
+    return heads
 
 
 # The options that name weight files (their loader inputs are in OPTION_TARGETS) -> their model folder.

@@ -5,6 +5,7 @@ that is how a run knows it is one rank of many. Ranks form data-parallel groups 
 consecutive ranks; generation ``i`` of the plan (the reference's order) goes to group
 ``i % num_groups``. The plan, and so every seed and file name, is computed identically on every rank
 from the table and the options alone, never from the rank: one rank and N ranks write the same files.
+The ranks of a group run the same generations together (``parallel/joined.py``); the first one writes.
 
 Plain Python at import; torch is imported only to open and close the process group.
 """
@@ -44,6 +45,11 @@ class RankLayout:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this rank writes its group's files and manifest lines (the group's first rank does)."""
+        return self.rank % self.sp_size == 0
 
     def share(self, items: Sequence[Item]) -> list[tuple[int, Item]]:
         """``(index, item)`` for the items this rank's group runs: item ``i`` belongs to group ``i % num_groups``."""

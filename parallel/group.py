@@ -124,7 +124,7 @@ def _listening_socket(address: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRNOTAVAIL:
             raise WorkerGroupError(f"{address} (the address input or {ADDRESS_VARIABLE}) is not an address of this "
                                    "machine: give one of its own addresses, or leave it empty for 127.0.0.1.") from exc
-        if exc.errno in (errno.EAFNOSUPPORT, socket.EAI_NONAME) or isinstance(exc, socket.gaierror):
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EAFNOSUPPORT:
             raise WorkerGroupError(f"{address} (the address input or {ADDRESS_VARIABLE}) is not a usable address "
                                    f"of this machine: {exc}.") from exc
         raise _port_in_use_error(port, "control store") from exc
@@ -253,13 +253,14 @@ class WorkerGroup:
             return (f"The worker group did not start within {waited:.0f} s ({ready} of {settings.world_size} "
                     f"ranks ready). Last output:\n{self.log_tail(10)}")
         address = listen_address(settings.address)
+        others = "the other host" if settings.hosts == 2 else f"each of the {settings.hosts - 1} other hosts"
         reach = (f" The store listens on {address}, which other machines cannot reach: set the address input "
                  f"(or {ADDRESS_VARIABLE}) to an address of this machine that they can reach."
                  if address == LOOPBACK else
                  f" Check that the other hosts can reach {address} port {settings.port} (firewall).")
         return (f"The other hosts did not join the worker group within {waited:.0f} s ({ready} of "
                 f"{settings.world_size} ranks ready; join_timeout on 'Open-Sora Parallel Settings'). Run this on "
-                f"each of the {settings.hosts - 1} other host(s), with the pack at the same path and the same "
+                f"{others}, with the pack at the same path and the same "
                 f"checkpoint files, before or while this group starts:\n{join_command(settings)}\n{reach.strip()}")
 
     def alive(self) -> bool:

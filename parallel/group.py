@@ -229,14 +229,26 @@ class WorkerGroup:
             if self.process.poll() is not None:
                 raise WorkerGroupError(f"The worker group failed to start:\n{self.log_tail()}")
             if self.store.check([ready_key(0)]):
-                self._check_world(decode(self.store.get(ready_key(0)))["world"])
+                self._check_world(self._rank_facts(0)["world"])
             if time.monotonic() > deadline:
                 raise WorkerGroupError(self._timeout_message(wait))
             time.sleep(POLL_SECONDS)
-        facts = [decode(self.store.get(key)) for key in keys]
+        facts = [self._rank_facts(rank) for rank in range(settings.world_size)]
         self._check_world(facts[0]["world"])
         _check_same_pack(facts)
         self.ranks_facts = facts
+
+    def _rank_facts(self, rank: int) -> dict:
+        """What rank ``rank`` reported when it joined (:func:`protocol.rank_facts`)."""
+        try:
+            facts = decode(self.store.get(ready_key(rank)))
+        except ValueError:
+            facts = None
+        if not isinstance(facts, dict):  # a pack from before ranks reported their facts wrote "1"
+            raise WorkerGroupError(
+                f"Rank {rank} runs an older version of ComfyUI-OpenSora than this ComfyUI (version "
+                f"{pack_version()['release']}): install the same version on every host.")
+        return facts
 
     def _check_world(self, world: int) -> None:
         if world != self.settings.world_size:
@@ -366,8 +378,9 @@ class WorkerGroup:
         lines = errors[0].strip().splitlines() if errors else []
         detail = "\n".join(lines[:1] + lines[max(1, len(lines) - 6):]) if errors else self.log_tail()
         ended = "torchrun on this host still running" if code is None else f"torchrun exit code {code}"
-        return (f"A sampling worker stopped ({ended}); the worker group will be started again on the next run. "
-                f"Cause:\n{detail}")
+        rejoin = (" (the other hosts then run their join command again)" if self.settings.hosts > 1 else "")
+        return (f"A sampling worker stopped ({ended}); the worker group will be started again on the next "
+                f"run{rejoin}. Cause:\n{detail}")
 
 
 def _check_same_pack(facts: list[dict]) -> None:

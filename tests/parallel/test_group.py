@@ -419,3 +419,32 @@ def test_a_host_running_another_copy_of_the_pack_is_refused(checkpoint, tmp_path
         assert other.wait(timeout=30) == 0
     finally:
         _stop(other)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the other host's rank in Linux's /proc")
+def test_a_host_that_goes_away_during_a_job_is_reported(checkpoint, tmp_path):
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=120)
+    other = _join_as_other_host(settings, tmp_path / "other_host.log")
+    group = None
+    try:
+        group = WorkerGroup(settings).start()
+        (remote_rank,) = [pid for pid in group.worker_pids() if _parent(pid) != group.process.pid]
+        long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 401).tolist())
+
+        def end_the_other_host(step: int, preview) -> None:
+            if other.poll() is None:  # its launcher and its rank (torchrun gives each rank its own session)
+                os.killpg(other.pid, signal.SIGKILL)
+                os.kill(remote_rank, signal.SIGKILL)
+
+        with pytest.raises(WorkerGroupDied, match="started again on the next run \\(the other hosts then run their "
+                                                  "join command again\\). Cause:\\nrank 0 on host"):
+            group.run(long_run, on_progress=end_the_other_host)
+        assert not group.alive()
+    finally:
+        if group is not None:
+            group.shutdown(wait=False)
+        _stop(other)

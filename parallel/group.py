@@ -272,8 +272,9 @@ class WorkerGroup:
                  f" Check that the other hosts can reach {address} port {settings.port} (firewall).")
         return (f"The other hosts did not join the worker group within {waited:.0f} s ({ready} of "
                 f"{settings.world_size} ranks ready; join_timeout on 'Open-Sora Parallel Settings'). Run this on "
-                f"{others}, with the pack at the same path and the same "
-                f"checkpoint files, before or while this group starts:\n{join_command(settings)}\n{reach.strip()}")
+                f"{others} (the same version of the pack, its worker.py path changed if it is elsewhere there; "
+                f"the checkpoints at the same paths as here), then queue again:\n{join_command(settings)}\n"
+                f"{reach.strip()}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -30,8 +30,8 @@ from ..samplers.request import run_sampling
 from .attention import SequenceParallelGroups
 from .protocol import (
     CANCELLED, FAILED, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
-    done_key, encode, error_key, failed_ranks_key, get_bytes, job_key, preview_key, progress_key, put_bytes, rank_facts, ready_key,
-    request_key, result_key, tensor_bytes,
+    done_key, encode, error_key, failed_ranks_key, get_bytes, job_key, preview_key, progress_key, put_bytes,
+    rank_facts, ready_key, request_key, result_key, tensor_bytes,
 )
 from .sharded_model import ShardedMMDiT
 

@@ -448,3 +448,12 @@ def test_a_host_that_goes_away_during_a_job_is_reported(checkpoint, tmp_path):
         if group is not None:
             group.shutdown(wait=False)
         _stop(other)
+
+
+def test_the_readme_shows_the_join_command_the_error_prints():
+    readme = (WORKER_SCRIPT.parents[1] / "README.md").read_text()
+    shown = readme.split("# ComfyUI host 10.0.0.5; Parallel Settings: ranks 8, hosts 2, address 10.0.0.5, port 29600, "
+                         "join_timeout 300\n")[1].split("\n# ")[0].replace(" \\\n    ", " ").strip()
+    printed = join_command(GroupSettings(8, "cuda", 29600, hosts=2, address="10.0.0.5", join_timeout=300))
+    pack_there = "/path/to/ComfyUI/custom_nodes/ComfyUI-OpenSora"
+    assert shown == printed.replace(str(WORKER_SCRIPT.parents[1]), pack_there)

@@ -346,6 +346,14 @@ def _join_as_other_host(settings: GroupSettings, log: Path, pack: Path | None = 
         return subprocess.Popen(command, shell=True, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _join_with_other_ranks(settings: GroupSettings, ranks: int, log: Path) -> subprocess.Popen:
+    """The join command with another --nproc-per-node than the ComfyUI host's, a user's mistake."""
+    command = join_command(settings, python=sys.executable)
+    command = command.replace(f"--nproc-per-node={settings.ranks}", f"--nproc-per-node={ranks}")
+    with open(log, "wb") as output:
+        return subprocess.Popen(command, shell=True, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -417,6 +425,18 @@ def test_a_host_running_another_copy_of_the_pack_is_refused(checkpoint, tmp_path
                                                    "ComfyUI runs .*: install the same version of ComfyUI-OpenSora"):
             WorkerGroup(settings).start()
         assert other.wait(timeout=30) == 0
+    finally:
+        _stop(other)
+
+
+def test_a_host_with_another_number_of_ranks_is_refused_with_the_setting_to_change(tmp_path):
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=120)
+    other = _join_with_other_ranks(settings, 2, tmp_path / "other_host.log")
+    try:
+        with pytest.raises(WorkerGroupError, match="formed with 3 ranks, but the settings ask for ranks x hosts = "
+                                                   "1 x 2 = 2: start every other host with --nproc-per-node 1"):
+            WorkerGroup(settings).start()
+        assert other.wait(timeout=30) == 0  # its ranks left on the sampler's shutdown
     finally:
         _stop(other)
 

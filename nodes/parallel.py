@@ -45,7 +45,7 @@ class OpenSoraParallelSettings:
             Input("hosts", "INT", default=1, min=1, max=64,
                   tooltip="Machines in the group. This one starts its ranks; each other one must run the join "
                           "command (README 'Many GPUs and hosts'; an error shows it filled in when a host does not "
-                          "come), with the pack and the checkpoint at the same paths as here."),
+                          "come), with the same pack version and every checkpoint at the same path as here."),
             Input("address", "STRING", default="",
                   tooltip="Address of this machine that the control store listens on, for the other hosts to "
                           "reach. Empty: OPENSORA_PARALLEL_ADDRESS if set, else 127.0.0.1 (this machine only). "

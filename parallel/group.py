@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .protocol import (
-    CANCELLED, FAILED, OK, POLL_SECONDS, SHUTDOWN, SamplingCancelled, WorkerJob, bytes_tensor, cancel_key, decode,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, SamplingCancelled, WorkerJob, bytes_tensor, cancel_key, decode,
     delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version, preview_key,
     progress_key, put_bytes, ready_key, request_key, result_key,
 )
@@ -294,6 +294,7 @@ class WorkerGroup:
                 if wait:
                     self.process.wait(timeout=timeout)
                     stopped = True
+                    self._wait_for_other_hosts(timeout)
             except (subprocess.TimeoutExpired, RuntimeError):
                 pass
             if not stopped:
@@ -310,6 +311,15 @@ class WorkerGroup:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+
+    def _wait_for_other_hosts(self, timeout: float) -> None:
+        """Keep the store until the other hosts' ranks have seen the shutdown and left (their launchers then
+        end with exit code 0, ready to join again) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self.settings.hosts > 1 and self.store.add(LEFT, 0) < self.settings.world_size:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(POLL_SECONDS)
 
     def log_tail(self, lines: int = 30) -> str:
         if self.folder is None:

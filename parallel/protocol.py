@@ -35,6 +35,7 @@ PIECE_BYTES = 4 << 20  # one store value; TCPStore refuses messages over 8 MiB
 
 # Store keys.
 SHUTDOWN = "shutdown"
+LEFT = "left"  # a counter of the ranks that left on SHUTDOWN (the store must outlive the other hosts' ranks)
 PROCESS_GROUP_PREFIX = "process_group"  # where the workers' gloo/NCCL group exchanges its addresses
 
 

@@ -29,7 +29,7 @@ from ..samplers.denoisers import StepResult
 from ..samplers.request import run_sampling
 from .attention import SequenceParallelGroups
 from .protocol import (
-    CANCELLED, FAILED, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
     done_key, encode, error_key, failed_ranks_key, get_bytes, job_key, preview_key, progress_key, put_bytes,
     rank_facts, ready_key, request_key, result_key, tensor_bytes,
 )
@@ -87,6 +87,7 @@ def serve(store_host: str, store_port: int, device_type: str) -> None:
         else:
             time.sleep(POLL_SECONDS)
     dist.destroy_process_group()
+    store.add(LEFT, 1)
 
 
 def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.device,

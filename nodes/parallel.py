@@ -23,7 +23,8 @@ class OpenSoraParallelSettings:
     SPEC = NodeSpec(
         inputs=(
             Input("ranks", "INT", default=2, min=1, max=64,
-                  tooltip="Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES)."),
+                  tooltip="Worker processes, one per GPU (GPUs 0..ranks-1 of CUDA_VISIBLE_DEVICES). With hosts > 1: "
+                          "per host (every host runs this many; the group has ranks x hosts)."),
             Input("cfg_degree", "INT", default=1, min=1, max=3,
                   tooltip="Split the guidance branches (positive / negative prompt passes) over this many "
                           "groups of ranks / cfg_degree GPUs each; they exchange only finished velocities, "
@@ -37,21 +38,34 @@ class OpenSoraParallelSettings:
                           "every rank keeps all text tokens (repeats the small text-stream work, fewer "
                           "transfers of text rows). Both give the same result."),
             Input("port", "INT", default=29600, min=1024, max=65534,
-                  tooltip="TCP port of the control store (on 127.0.0.1 only; torchrun's rendezvous meets "
-                          "there too)."),
+                  tooltip="TCP port of the control store (on 127.0.0.1 unless 'address' or "
+                          "OPENSORA_PARALLEL_ADDRESS names another address; torchrun's rendezvous meets there too)."),
             Input("device", choices=DEVICE_TYPES, default="cuda",
                   tooltip="cuda: NCCL on GPUs. cpu: gloo on CPU processes (for testing; slow)."),
+            Input("hosts", "INT", default=1, min=1, max=64,
+                  tooltip="Machines in the group. This one starts its ranks; each other one must run the join "
+                          "command (README 'Many GPUs and hosts'; an error shows it filled in when a host does not "
+                          "come), with the same pack version and every checkpoint at the same path as here."),
+            Input("address", "STRING", default="",
+                  tooltip="Address of this machine that the control store listens on, for the other hosts to "
+                          "reach. Empty: OPENSORA_PARALLEL_ADDRESS if set, else 127.0.0.1 (this machine only). "
+                          "Another address exposes the store (no authentication) on that network: use a private "
+                          "network or a firewall."),
+            Input("join_timeout", "INT", default=300, min=10, max=86400,
+                  tooltip="Seconds to wait for every rank (on every host) to join before reporting what is "
+                          "missing."),
         ),
         outputs=(Output("OPENSORA_PARALLEL", "parallel", "Connect to the 'parallel' input of 'Open-Sora Sampler'."),),
         description=(
             "Runs the Open-Sora Sampler on several GPUs: a group of worker processes (started once with torchrun "
             "and kept warm between runs) splits the video tokens across GPUs with Ulysses/ring sequence-parallel "
-            "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding."
+            "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding. With "
+            "hosts > 1 the other machines join the group with a torchrun command."
         ),
     )
 
-    def execute(self, ranks: int, cfg_degree: int, ulysses_degree: int, text: str, port: int, device: str
-                ) -> tuple[ParallelSettings]:
+    def execute(self, ranks: int, cfg_degree: int, ulysses_degree: int, text: str, port: int, device: str,
+                hosts: int = 1, address: str = "", join_timeout: int = 300) -> tuple[ParallelSettings]:
         if not yunchang_installed():
             raise ParallelUnavailable(
                 "Multi-GPU sampling needs the 'yunchang' package: run `pip install yunchang` in ComfyUI's "
@@ -59,7 +73,7 @@ class OpenSoraParallelSettings:
             )
         if text not in TEXT_MODES:
             raise ValueError(f"text must be one of {TEXT_MODES}, not {text!r}.")
-        group = GroupSettings(ranks, device, port)
+        group = GroupSettings(ranks, device, port, hosts, address.strip(), join_timeout)
         group.validate()
         settings = ParallelSettings(group, ulysses_degree, text, cfg_degree)
         settings.check_degrees()  # the heads are checked when sampling, with the model

@@ -1,18 +1,26 @@
 """What the sampler hands the worker group, and the TCPStore keys both sides use.
 
-A job is written with ``torch.save`` as plain tensors and numbers into the group's private
-temporary folder (loaded back with ``weights_only=True``); the store only carries small signals:
-which job to run, progress, the cancel flag and the outcome.
+Everything travels through the sampler's control store, so ranks on other hosts need nothing from the
+ComfyUI host's disk except the checkpoint (same path on every host, checked with its size): the job
+is ``torch.save``'d plain tensors and numbers (loaded back with ``weights_only=True``), cut into
+pieces under the store's 8 MiB message limit; the result and the latent previews come back the same
+way. Small signals ride beside them: which job to run, progress, the cancel flag and the outcome.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import re
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ..loaders.mmdit_setup import MMDiTSetup
 from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
@@ -23,22 +31,33 @@ from ..samplers.step_cache import StepCacheSettings
 from .layout import ParallelLayout
 
 POLL_SECONDS = 0.02  # how often both sides look at the store
+PIECE_BYTES = 4 << 20  # one store value; TCPStore refuses messages over 8 MiB
 
 # Store keys.
 SHUTDOWN = "shutdown"
+LEFT = "left"  # a counter of the ranks that left on SHUTDOWN (the store must outlive the other hosts' ranks)
 PROCESS_GROUP_PREFIX = "process_group"  # where the workers' gloo/NCCL group exchanges its addresses
 
 
 def ready_key(rank: int) -> str:
+    """Written by a rank that has joined the process group: its :func:`rank_facts`."""
     return f"ready/{rank}"
-
-
-def pid_key(rank: int) -> str:
-    return f"pid/{rank}"
 
 
 def job_key(job: int) -> str:
     return f"job/{job}"
+
+
+def request_key(job: int) -> str:
+    return f"job/{job}/request"
+
+
+def result_key(job: int) -> str:
+    return f"job/{job}/result"
+
+
+def preview_key(job: int) -> str:
+    return f"job/{job}/preview"
 
 
 def progress_key(job: int) -> str:
@@ -57,8 +76,68 @@ def error_key(job: int, rank: int) -> str:
     return f"job/{job}/error/{rank}"
 
 
+def failed_ranks_key(job: int) -> str:
+    """A counter of the ranks that ended during the job (on any host; their message is under error_key)."""
+    return f"job/{job}/failed"
+
+
 # Outcomes written under done_key.
 OK, CANCELLED, FAILED = "ok", "cancelled", "failed"
+
+
+def put_bytes(store: dist.Store, key: str, data: bytes) -> None:
+    """Store ``data`` under ``key`` in pieces; ``key`` itself (the piece count) is written last."""
+    pieces = [data[start:start + PIECE_BYTES] for start in range(0, len(data), PIECE_BYTES)] or [b""]
+    for index, piece in enumerate(pieces):
+        store.set(f"{key}/{index}", piece)
+    store.set(key, str(len(pieces)))
+
+
+def get_bytes(store: dist.Store, key: str) -> bytes:
+    """What :func:`put_bytes` stored under ``key`` (waits for it)."""
+    count = int(store.get(key))
+    return b"".join(store.get(f"{key}/{index}") for index in range(count))
+
+
+def delete_bytes(store: dist.Store, key: str) -> None:
+    if store.check([key]):
+        for index in range(int(store.get(key))):
+            store.delete_key(f"{key}/{index}")
+        store.delete_key(key)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(tensor.cpu(), buffer)
+    return buffer.getvalue()
+
+
+def bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+# ----------------------------------------------------------------------- which copy of the pack runs
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+WORKER_CODE = ("models", "loaders", "samplers", "parallel")  # what a rank runs for a job
+
+
+def pack_version() -> dict[str, str]:
+    """The pack's release (pyproject) and a hash of the code a rank runs: ranks on other hosts must run
+    the same code, or they would compute a different video (or misread the protocol)."""
+    digest = hashlib.sha256()
+    for folder in WORKER_CODE:
+        for path in sorted((PACK_ROOT / folder).rglob("*.py")):
+            digest.update(path.relative_to(PACK_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    found = re.search(r'^version\s*=\s*"([^"]+)"', (PACK_ROOT / "pyproject.toml").read_text(), re.MULTILINE) \
+        if (PACK_ROOT / "pyproject.toml").exists() else None
+    return {"release": found.group(1) if found else "unknown", "code": digest.hexdigest()[:12]}
+
+
+def rank_facts(rank: int, world: int) -> dict[str, Any]:
+    """What a ready rank tells the sampler: where it runs, the world it joined and its pack version."""
+    return {"rank": rank, "world": world, "pid": os.getpid(), "host": socket.gethostname(),
+            "node": int(os.environ.get("GROUP_RANK", 0)), "pack": str(PACK_ROOT), "version": pack_version()}
 
 
 class SamplingCancelled(Exception):
@@ -72,20 +151,23 @@ class SamplingCancelled(Exception):
 @dataclass(frozen=True)
 class WorkerJob:
     """One job for the group: the checkpoint and how the loader prepared it (every rank loads it the same
-    way), the token layout, and the sampling request. With ``preview`` rank 0 writes each step's
-    estimate of frame 0 for latent previews. The result comes back in the compute dtype."""
+    way), the token layout, and the sampling request. With ``preview`` rank 0 sends each step's
+    estimate of frame 0 for latent previews. ``checkpoint_bytes`` (the file's size on the sampler's
+    host) lets ranks on other hosts tell a different file at the same path. The result comes back in
+    the compute dtype."""
 
     checkpoint: str
     setup: MMDiTSetup
     layout: ParallelLayout
     sampling: SamplingRequest
     preview: bool = False
+    checkpoint_bytes: int | None = None
 
     @property
     def num_steps(self) -> int:
         return self.sampling.num_steps
 
-    def save(self, path: Path) -> None:
+    def to_bytes(self) -> bytes:
         request = self.sampling
         condition = None
         if request.condition is not None:
@@ -93,18 +175,21 @@ class WorkerJob:
             condition = {"cond_type": c.cond_type, "geometry": asdict(c.geometry), "mask": c.mask,
                          "masked_ref": c.masked_ref}
         text = request.text
+        buffer = io.BytesIO()
         torch.save({
-            "checkpoint": self.checkpoint, "setup": asdict(self.setup), "layout": asdict(self.layout),
+            "checkpoint": self.checkpoint, "checkpoint_bytes": self.checkpoint_bytes, "setup": asdict(self.setup),
+            "layout": asdict(self.layout),
             "preview": self.preview, "method": request.method, "noise": request.noise.cpu(),
             "text": [t.cpu() for t in (text.txt, text.y_vec, text.neg_txt, text.neg_y_vec)],
             "timesteps": [float(t) for t in request.timesteps], "guidance": asdict(request.guidance),
             "distilled_guidance": float(request.distilled_guidance), "policy": asdict(request.policy),
             "condition": condition, "cache": asdict(request.cache),
-        }, path)
+        }, buffer)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, path: Path) -> "WorkerJob":
-        data: dict[str, Any] = torch.load(path, weights_only=True)
+    def from_bytes(cls, data: bytes) -> "WorkerJob":
+        data: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
         condition = data["condition"]
         if condition is not None:
             condition = ImageCondition(condition["cond_type"], VideoGeometry(**condition["geometry"]),
@@ -113,7 +198,20 @@ class WorkerJob:
                                   Guidance(**data["guidance"]), data["distilled_guidance"],
                                   BranchPolicy(**data["policy"]), condition, StepCacheSettings(**data["cache"]))
         return cls(data["checkpoint"], MMDiTSetup(**data["setup"]), ParallelLayout(**data["layout"]), request,
-                   data["preview"])
+                   data["preview"], data["checkpoint_bytes"])
+
+    def check_checkpoint(self) -> None:
+        """Raise FileNotFoundError / ValueError naming this host when its checkpoint is absent or differs."""
+        host = socket.gethostname()
+        if not os.path.isfile(self.checkpoint):
+            raise FileNotFoundError(
+                f"the checkpoint {self.checkpoint} does not exist on host {host}: every host of the group needs "
+                "the same file at the same path (copy it there, or mount the same folder at that path).")
+        size = os.path.getsize(self.checkpoint)
+        if self.checkpoint_bytes is not None and size != self.checkpoint_bytes:
+            raise ValueError(
+                f"the checkpoint {self.checkpoint} on host {host} has {size} bytes, the ComfyUI host's has "
+                f"{self.checkpoint_bytes}: every host of the group needs the same file at the same path.")
 
 
 def encode(value: dict) -> str:

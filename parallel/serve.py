@@ -1,11 +1,14 @@
 """The job loop every rank of a worker group runs (entered from ``worker.py`` under torchrun).
 
 Each rank joins the process group (NCCL on GPUs, gloo on the CPU), connects to the sampler's control
-store and polls it for jobs, so the group stays warm between queue runs. For a job every rank loads
-the request and the checkpoint as the Model Loader did (its weight dtype, attention, block offload and
+store, tells it where it runs (:func:`protocol.rank_facts`) and polls it for jobs, so the group stays
+warm between queue runs; ranks on other hosts do the same through the store at the sampler's address.
+For a job every rank reads the request from the store and loads the checkpoint (same path and size
+on every host) as the Model Loader did (its weight dtype, attention, block offload and
 compile choices come with the job; the model is kept while the next jobs use the same file and
 choices), the ranks agree that all of them are ready, then denoise together. After every step rank 0
-publishes the progress, reads the cancel flag and broadcasts it, so all ranks stop at the same step.
+publishes the progress (and the preview), reads the cancel flag and broadcasts it, so all ranks stop
+at the same step; it sends the result through the store.
 An error that may leave ranks out of step is recorded in the store and ends the process; torchrun
 then stops the other ranks and the sampler reports the message.
 """
@@ -13,10 +16,10 @@ then stops the other ranks and the sampler reports the message.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,8 +29,9 @@ from ..samplers.denoisers import StepResult
 from ..samplers.request import run_sampling
 from .attention import SequenceParallelGroups
 from .protocol import (
-    CANCELLED, FAILED, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
-    decode, done_key, encode, error_key, job_key, pid_key, progress_key, ready_key,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, SamplingCancelled, WorkerJob, cancel_key,
+    done_key, encode, error_key, failed_ranks_key, get_bytes, job_key, preview_key, progress_key, put_bytes,
+    rank_facts, ready_key, request_key, result_key, tensor_bytes,
 )
 from .sharded_model import ShardedMMDiT
 
@@ -72,8 +76,7 @@ def serve(store_host: str, store_port: int, device_type: str) -> None:
         dist.init_process_group("gloo", store=meeting, rank=rank, world_size=world)
     groups = SequenceParallelGroups(rank, world)
     cache = _ModelCache(device)
-    store.set(pid_key(rank), str(os.getpid()))
-    store.set(ready_key(rank), "1")
+    store.set(ready_key(rank), encode(rank_facts(rank, world)))
     job = 1
     while True:
         if store.check([job_key(job)]):
@@ -84,24 +87,25 @@ def serve(store_host: str, store_port: int, device_type: str) -> None:
         else:
             time.sleep(POLL_SECONDS)
     dist.destroy_process_group()
+    store.add(LEFT, 1)
 
 
 def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.device,
              groups: SequenceParallelGroups, cache: _ModelCache) -> None:
-    files = decode(store.get(job_key(job)))
     error = None
     try:
-        work = WorkerJob.load(Path(files["request"]))
+        work = WorkerJob.from_bytes(get_bytes(store, request_key(job)))
+        work.check_checkpoint()
         model = cache.get(work.checkpoint, work.setup)
         work.layout.validate(world, model.config.num_heads)
     except Exception as exc:  # reported to the sampler; the group stays usable
         error = f"rank {rank}: {type(exc).__name__}: {exc}"
     errors: list[str | None] = [None] * world
     dist.all_gather_object(errors, error)
-    failed = [e for e in errors if e]
+    failed = list(dict.fromkeys(e for e in errors if e))  # each distinct message once, in rank order
     if failed:
         if rank == 0:
-            store.set(done_key(job), encode({"status": FAILED, "message": failed[0]}))
+            store.set(done_key(job), encode({"status": FAILED, "message": "\n".join(failed)}))
         return
 
     cancel = torch.zeros(1, dtype=torch.int32, device=device)
@@ -109,8 +113,7 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
     def on_step(result: StepResult) -> None:
         if rank == 0:
             if work.preview:  # first frame of element 0, written before the progress that announces it
-                torch.save(result.denoised()[:1, :, :1].cpu(), files["preview"] + ".tmp")
-                os.replace(files["preview"] + ".tmp", files["preview"])
+                store.set(preview_key(job), tensor_bytes(result.denoised()[:1, :, :1]))
             store.set(progress_key(job), str(result.step + 1))
             cancel.fill_(int(store.check([cancel_key(job)])))
         dist.broadcast(cancel, 0)
@@ -130,10 +133,11 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
     except BaseException:
         # The other ranks may be waiting in a collective: record why and end this process, torchrun
         # then stops the group and the sampler reports this message.
-        store.set(error_key(job, rank), traceback.format_exc())
+        store.set(error_key(job, rank), f"rank {rank} on host {socket.gethostname()}:\n{traceback.format_exc()}")
+        store.add(failed_ranks_key(job), 1)
         os._exit(1)
     seconds = time.perf_counter() - started
     if rank == 0:
-        torch.save(latent.cpu(), files["result"])
+        put_bytes(store, result_key(job), tensor_bytes(latent))
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         store.set(done_key(job), encode({"status": OK, "sampling_seconds": seconds, "peak_memory_bytes": peak}))

@@ -25,7 +25,7 @@ class ParallelSettings:
 
     def check_degrees(self) -> int:
         """Raise if the degrees do not divide the ranks; returns the sequence group size."""
-        ranks = self.group.ranks
+        ranks = self.group.world_size  # over all hosts
         if self.cfg_degree < 1 or ranks % self.cfg_degree:
             raise ValueError(f"cfg_degree={self.cfg_degree} does not divide ranks={ranks}: choose a divisor of "
                              f"{ranks}.")
@@ -43,5 +43,5 @@ class ParallelSettings:
             raise ValueError(f"ulysses_degree={ulysses} does not divide the {size} ranks of a sequence group "
                              f"(ranks / cfg_degree): choose a divisor of {size} (or 0 for automatic).")
         layout = ParallelLayout(ulysses, size // ulysses, self.text, self.cfg_degree)
-        layout.validate(self.group.ranks, num_heads)
+        layout.validate(self.group.world_size, num_heads)
         return layout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from typing import Callable
 
 import torch
@@ -59,7 +60,7 @@ def sample_on_warm_group(settings: ParallelSettings, checkpoint: str, setup: MMD
     """
     layout = settings.layout(config.num_heads)
     check_sequence_fits(request.noise[0, 0].numel() // config.patch_size**2, layout.sequence_size)
-    job = WorkerJob(checkpoint, setup, layout, request, preview)
+    job = WorkerJob(checkpoint, setup, layout, request, preview, os.path.getsize(checkpoint))
     group = worker_group(settings.group)
     interrupts: list[Exception] = []
 

@@ -1,7 +1,12 @@
 """Entry script of one sampling worker, started by torchrun (one process per GPU).
 
-    python -m torch.distributed.run --nproc-per-node N <pack>/parallel/worker.py \
-        --store-host 127.0.0.1 --store-port PORT --device cuda
+The sampler starts this host's ranks itself; with ``hosts`` > 1 on the Parallel Settings node every
+other host joins with (``group.join_command`` prints it, filled in, when a host is missing):
+
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 python -m torch.distributed.run --nnodes=HOSTS \
+        --nproc-per-node=RANKS --rdzv-backend=c10d --rdzv-endpoint=ADDRESS:PORT \
+        --rdzv-conf=is_host=false,join_timeout=360,read_timeout=360 --rdzv-id=opensora-workers \
+        --max-restarts=0 <pack>/parallel/worker.py --store-host ADDRESS --store-port PORT --device cuda
 
 It imports the pack by file path with the pack's bootstrap (``__main__.py: import_pack``), without running
 the pack's ``__init__`` (so neither ComfyUI nor the node modules are needed), and runs

@@ -3,8 +3,11 @@
 One warm 2-rank group runs every 2-rank layout (Ulysses all-to-all, ring, guidance branches on two
 groups; text split or replicated) on a latent whose token counts do not divide evenly (45 image and 5
 text tokens), survives several runs, a cancel and a job whose file cannot be loaded; a 4-rank group
-runs the hybrid layouts; a killed rank is reported and the group is started again. fp32, tiny model,
-3 steps: final latents must match the in-process denoiser (and the in-process sampler node) to 1e-5.
+runs the hybrid layouts; a killed rank is reported and the group is started again. Two "hosts" on
+127.0.0.1 (the sampler's torchrun and the documented join command, one rank each) give the latent of
+the one-host group; a host that never joins and one with another copy of the pack are reported. fp32,
+tiny model, 3 steps: final latents must match the in-process denoiser (and the in-process sampler
+node) to 1e-5.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +32,9 @@ from comfyui_opensora.nodes.noise import OpenSoraNoise
 from comfyui_opensora.nodes.parallel import OpenSoraParallelSettings
 from comfyui_opensora.nodes.sampler import OpenSoraSampler
 from comfyui_opensora.parallel import warm_groups
-from comfyui_opensora.parallel.group import GroupSettings, WorkerGroup, WorkerGroupDied, WorkerGroupError
+from comfyui_opensora.parallel.group import (
+    WORKER_SCRIPT, GroupSettings, WorkerGroup, WorkerGroupDied, WorkerGroupError, join_command,
+)
 from comfyui_opensora.parallel.layout import ParallelLayout
 from comfyui_opensora.parallel.protocol import SamplingCancelled, WorkerJob
 from comfyui_opensora.parallel.settings import ParallelSettings
@@ -325,3 +333,147 @@ def test_one_gpu_worker_equals_in_process_sampling(checkpoint):
         assert (latent - expected.cpu()).abs().max().item() <= TOLERANCE
     finally:
         group.shutdown()
+
+
+# ------------------------------------------------------------------------- a group over two "hosts"
+
+def _join_as_other_host(settings: GroupSettings, log: Path, pack: Path | None = None) -> subprocess.Popen:
+    """Run the documented join command, as a user would on the other host (here on the same machine)."""
+    command = join_command(settings, python=sys.executable)
+    if pack is not None:
+        command = command.replace(str(WORKER_SCRIPT), str(pack / "parallel" / "worker.py"))
+    with open(log, "wb") as output:
+        return subprocess.Popen(command, shell=True, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _join_with_other_ranks(settings: GroupSettings, ranks: int, log: Path) -> subprocess.Popen:
+    """The join command with another --nproc-per-node than the ComfyUI host's, a user's mistake."""
+    command = join_command(settings, python=sys.executable)
+    command = command.replace(f"--nproc-per-node={settings.ranks}", f"--nproc-per-node={ranks}")
+    with open(log, "wb") as output:
+        return subprocess.Popen(command, shell=True, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_two_hosts_give_the_latent_of_one_host_and_of_in_process_sampling(two_ranks, checkpoint, model,
+                                                                          standalone_host, tmp_path):
+    """Host 1 is the sampler with 1 rank, host 2 a second torchrun (--nnodes 2) with 1 rank: the job, the
+    result and the previews go through the store; checkpoint errors name the host and what to change."""
+    job = _request(checkpoint, ParallelLayout(1, 2, "split"), seed=11, with_condition=True)
+    one_host = warm_groups.worker_group(two_ranks).run(job)
+    (settings,) = OpenSoraParallelSettings().execute(1, 1, 0, "split", _free_port_pair(), "cpu", 2, "", 120)
+    other = _join_as_other_host(settings.group, tmp_path / "other_host.log")
+    try:
+        group = warm_groups.worker_group(settings.group)  # stops the one-host group, waits for the other host
+        assert sorted(facts["node"] for facts in group.ranks_facts) == [0, 1]
+        assert sorted(facts["rank"] for facts in group.ranks_facts) == [0, 1]
+        two_hosts = group.run(job)
+        assert (two_hosts - one_host).abs().max().item() <= TOLERANCE
+        _check_equal_to_in_process(model, job, two_hosts)
+
+        size = os.path.getsize(checkpoint)
+        with pytest.raises(WorkerGroupError, match=f"on host .* has {size} bytes, the ComfyUI host's has "
+                                                   f"{size + 1}: every host .* same file at the same path"):
+            group.run(replace(job, checkpoint_bytes=size + 1))
+        missing = str(tmp_path / "only_on_this_host.safetensors")
+        with pytest.raises(WorkerGroupError, match=f"{missing} does not exist on host .*: every host of the "
+                                                   "group needs the same file at the same path"):
+            group.run(replace(job, checkpoint=missing))
+
+        # Through the sampler node, on the same warm group: equal to in-process sampling.
+        model_value, noise, conditioning = _node_inputs(standalone_host, checkpoint)
+        (parallel,) = OpenSoraSampler().execute(model_value, conditioning, noise, **SAMPLER_ARGS, parallel=settings)
+        assert warm_groups.worker_group(settings.group) is group
+        (in_process,) = OpenSoraSampler().execute(model_value, conditioning, noise, **SAMPLER_ARGS)
+        assert (parallel["samples"] - in_process["samples"]).abs().max().item() <= TOLERANCE
+        warm_groups.shutdown_worker_groups()
+        assert other.wait(timeout=30) == 0  # the other host's ranks leave when the sampler stops the group
+    finally:
+        warm_groups.shutdown_worker_groups()
+        _stop(other)
+
+
+def test_a_host_that_never_joins_is_reported_with_the_command_to_run():
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=3)
+    group = WorkerGroup(settings)
+    with pytest.raises(WorkerGroupError) as failed:
+        group.start()
+    message = str(failed.value)
+    assert "did not join the worker group within 3 s (0 of 2 ranks ready" in message
+    assert join_command(settings) in message and "--nnodes=2" in join_command(settings)
+    assert "127.0.0.1, which other machines cannot reach: set the address input" in message
+    assert group.process is None  # the launcher waiting in the rendezvous is stopped
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", settings.port))  # and the store's port is free again
+
+
+def test_a_host_running_another_copy_of_the_pack_is_refused(checkpoint, tmp_path):
+    pack = tmp_path / "ComfyUI-OpenSora"
+    shutil.copytree(WORKER_SCRIPT.parents[1], pack,
+                    ignore=shutil.ignore_patterns("tests", ".git", "__pycache__", "example_workflows", "web"))
+    with open(pack / "parallel" / "serve.py", "a") as changed:
+        changed.write("\n# a local edit on the other host\n")
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=120)
+    other = _join_as_other_host(settings, tmp_path / "other_host.log", pack)
+    try:
+        with pytest.raises(WorkerGroupError, match=f"runs the pack at {pack} in version .* \\(worker code .*\\), this "
+                                                   "ComfyUI runs .*: install the same version of ComfyUI-OpenSora"):
+            WorkerGroup(settings).start()
+        other.wait(timeout=30)  # the refused host's launcher ends too
+    finally:
+        _stop(other)
+
+
+def test_a_host_with_another_number_of_ranks_is_refused_with_the_setting_to_change(tmp_path):
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=120)
+    other = _join_with_other_ranks(settings, 2, tmp_path / "other_host.log")
+    try:
+        with pytest.raises(WorkerGroupError, match="formed with 3 ranks, but the settings ask for ranks x hosts = "
+                                                   "1 x 2 = 2: start every other host with --nproc-per-node 1"):
+            WorkerGroup(settings).start()
+        other.wait(timeout=30)  # the refused host's launcher ends too
+    finally:
+        _stop(other)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the other host's rank in Linux's /proc")
+def test_a_host_that_goes_away_during_a_job_is_reported(checkpoint, tmp_path):
+    settings = GroupSettings(1, "cpu", _free_port_pair(), hosts=2, join_timeout=120)
+    other = _join_as_other_host(settings, tmp_path / "other_host.log")
+    group = None
+    try:
+        group = WorkerGroup(settings).start()
+        (remote_rank,) = [pid for pid in group.worker_pids() if _parent(pid) != group.process.pid]
+        long_run = _request(checkpoint, ParallelLayout(1, 2), timesteps=torch.linspace(1, 0, 401).tolist())
+
+        def end_the_other_host(step: int, preview) -> None:
+            if other.poll() is None:  # its launcher and its rank (torchrun gives each rank its own session)
+                os.killpg(other.pid, signal.SIGKILL)
+                os.kill(remote_rank, signal.SIGKILL)
+
+        with pytest.raises(WorkerGroupDied, match="started again on the next run \\(the other hosts then run their "
+                                                  "join command again\\). Cause:\\nrank 0 on host"):
+            group.run(long_run, on_progress=end_the_other_host)
+        assert not group.alive()
+    finally:
+        if group is not None:
+            group.shutdown(wait=False)
+        _stop(other)
+
+
+def test_the_readme_shows_the_join_command_the_error_prints():
+    readme = (WORKER_SCRIPT.parents[1] / "README.md").read_text()
+    shown = readme.split("# ComfyUI host 10.0.0.5; Parallel Settings: ranks 8, hosts 2, address 10.0.0.5, port 29600, "
+                         "join_timeout 300\n")[1].split("\n# ")[0].replace(" \\\n    ", " ").strip()
+    printed = join_command(GroupSettings(8, "cuda", 29600, hosts=2, address="10.0.0.5", join_timeout=300))
+    pack_there = "/path/to/ComfyUI/custom_nodes/ComfyUI-OpenSora"
+    assert shown == printed.replace(str(WORKER_SCRIPT.parents[1]), pack_there)

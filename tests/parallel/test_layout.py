@@ -83,7 +83,7 @@ def test_block_attention_drops_padded_keys_exactly_and_returns_log_sum_exp():
     torch.testing.assert_close(lse, logits.logsumexp(-1), rtol=0, atol=1e-5)
 
 
-def test_request_round_trips_through_a_file(tmp_path):
+def test_request_round_trips_through_bytes():
     g = torch.Generator().manual_seed(1)
     geometry = VideoGeometry(48, 80, 9)
     mask = torch.zeros(1, 1, 3, 6, 10)
@@ -93,10 +93,10 @@ def test_request_round_trips_through_a_file(tmp_path):
     request = SamplingRequest("i2v", torch.randn(1, 16, 3, 6, 10, generator=g), text, [1.0, 0.5, 0.0],
                               Guidance(5.0, 2.0, False), 3.5, BranchPolicy(False, True), condition)
     setup = MMDiTSetup("fp8_e4m3fn", "sdpa", 7, True)
-    WorkerJob("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), request, True).save(tmp_path / "r.pt")
-    job = WorkerJob.load(tmp_path / "r.pt")
-    assert (job.checkpoint, job.setup, job.layout, job.preview) == \
-        ("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), True)
+    sent = WorkerJob("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), request, True, 1234)
+    job = WorkerJob.from_bytes(sent.to_bytes())
+    assert (job.checkpoint, job.setup, job.layout, job.preview, job.checkpoint_bytes) == \
+        ("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), True, 1234)
     loaded = job.sampling
     assert (loaded.method, loaded.timesteps) == ("i2v", [1.0, 0.5, 0.0])
     assert (loaded.guidance, loaded.policy, loaded.distilled_guidance, loaded.cache) == \

@@ -101,6 +101,18 @@ const bare = fakeNode("OpenSoraSampler", { steps: 50 });  // missing widgets mus
 ext.nodeCreated(bare);
 events.bare = hiddenNames(bare);
 events.extensionName = ext.name;
+
+// Notes: only a Note / Markdown Note carrying the pack's property gets its font size.
+const noteFont = globalThis.registered.find((e) => e.name === "OpenSora.NoteFont");
+function fakeNote(type, properties) {
+  const style = { vars: {}, setProperty(name, value) { this.vars[name] = value; } };
+  return { type, properties, widgets: [{ name: "text", element: { style } }], style };
+}
+const notes = [fakeNote("MarkdownNote", { [mod.NOTE_FONT_PROPERTY]: 19 }), fakeNote("MarkdownNote", { text: "" }),
+  fakeNote("Note", { [mod.NOTE_FONT_PROPERTY]: 14 }), fakeNote("OtherPackNote", { [mod.NOTE_FONT_PROPERTY]: 19 })];
+for (const note of notes) noteFont.loadedGraphNode(note);
+events.noteFonts = notes.map((n) => n.style.vars["--comfy-textarea-font-size"] ?? null);
+events.noteProperty = mod.NOTE_FONT_PROPERTY;
 console.log(JSON.stringify({ info, events }));
 """
 
@@ -205,3 +217,14 @@ def test_js_shows_info_and_hides_mode_dependent_inputs(tmp_path):
     assert events["samplerDistill"] == ["guidance_img", "text_osci", "image_osci", "scale_temporal_osci"]
     assert events["samplerBack"] == []
     assert events["bare"] == []
+
+
+@needs_node
+def test_js_sets_the_font_of_the_pack_notes_only(tmp_path):
+    """A note of the example workflows is drawn at the size its property asks for; notes without it, and other
+    node types with a property of that name, keep the frontend's size."""
+    events = run_in_node(tmp_path, [])["events"]
+    assert events["noteFonts"] == ["19px", None, "14px", None]
+    for path in sorted((PACK_ROOT / "example_workflows").glob("*.json")):
+        notes = [n for n in json.loads(path.read_text(encoding="utf-8"))["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        assert notes and all(events["noteProperty"] in n["properties"] for n in notes), path.name

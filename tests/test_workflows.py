@@ -22,6 +22,7 @@ from comfyui_opensora.standalone import workflow_runner
 from comfyui_opensora.standalone.workflow_runner import WorkflowError, run_workflow, validate_workflow
 from comfyui_opensora.samplers.conditioning import TextConditioning
 
+from workflow_geometry import links_behind_nodes, node_box
 from workflow_doubles import (
     API_DIR,
     CORE_NODE_DOUBLES,
@@ -39,6 +40,8 @@ from workflow_doubles import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+NOTE_FONT_PROPERTY = "opensora_note_font_px"  # read by web/opensora.js (tests/test_web_extension.py)
 
 ALL_NODES = {**CORE_NODE_DOUBLES, **NODE_CLASS_MAPPINGS}
 
@@ -71,21 +74,57 @@ def test_every_workflow_has_a_template_thumbnail(name):
         assert image.format == "JPEG" and 400 <= max(image.size) <= 1024, image.size
 
 
-NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
-
-
 @pytest.mark.parametrize("name", ui_workflows())
 def test_ui_workflow_layout_is_readable(name):
     """No node covers another (title bar included), and the saved view is not below the frontend's
     low-quality zoom (0.6), where it draws nodes and notes without any text."""
     ui = load_json(WORKFLOW_DIR / f"{name}.json")
-    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in ui["nodes"]}
+    boxes = {n["id"]: node_box(n) for n in ui["nodes"]}  # title bar included
     overlaps = [(a, b) for a in boxes for b in boxes if a < b
                 and boxes[a][0] < boxes[b][2] and boxes[b][0] < boxes[a][2]
                 and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
     assert not overlaps, f"nodes overlap: {overlaps}"
     assert ui["extra"]["ds"]["scale"] >= 0.6
+
+
+# The canvas of ComfyUI's frontend (1.27) in a 1400x900 browser window: right of the 40 px side bar, below
+# the 40 px menu bar; the workflow tabs cover its top, the minimap and the zoom tools its bottom right.
+CANVAS_SIZE = (1360, 860)
+TABS_HEIGHT = 36  # the workflow tabs end 75 px below the window top
+MINIMAP = (1056, 584, 1360, 860)  # left, top, right, bottom in canvas pixels
+READABLE_PX = 11  # the smallest note text size on screen we accept
+
+
+@pytest.mark.parametrize("name", ui_workflows())
+def test_saved_view_shows_the_whole_workflow(name):
+    """Opened in a 1400x900 window, every node and group is on the canvas, none under the tabs or the minimap."""
+    ui = load_json(WORKFLOW_DIR / f"{name}.json")
+    scale, (dx, dy) = ui["extra"]["ds"]["scale"], ui["extra"]["ds"]["offset"]
+    boxes = {n["id"]: node_box(n) for n in ui["nodes"]}
+    boxes.update({f"group {g['title']}": (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                                          g["bounding"][1] + g["bounding"][3]) for g in ui.get("groups", [])})
+    for key, (left, top, right, bottom) in boxes.items():
+        left, top, right, bottom = ((left + dx) * scale, (top + dy) * scale, (right + dx) * scale, (bottom + dy) * scale)
+        assert 0 <= left and right <= CANVAS_SIZE[0] and TABS_HEIGHT <= top and bottom <= CANVAS_SIZE[1], key
+        assert not (left < MINIMAP[2] and MINIMAP[0] < right and top < MINIMAP[3] and MINIMAP[1] < bottom), key
+
+
+@pytest.mark.parametrize("name", ui_workflows())
+def test_no_link_passes_behind_a_node(name):
+    """The frontend draws links below the nodes: a link's path (its default spline) must not cross any node
+    but the two it joins, or part of it is hidden."""
+    ui = load_json(WORKFLOW_DIR / f"{name}.json")
+    assert links_behind_nodes(ui, ALL_NODES) == []
+
+
+@pytest.mark.parametrize("name", ui_workflows())
+def test_notes_are_readable_at_the_saved_zoom(name):
+    """The frontend draws a note's text at its font size times the zoom (10 px by default: 6 px at 0.6);
+    the pack's notes ask web/opensora.js for a size that gives READABLE_PX on screen at the saved zoom."""
+    ui = load_json(WORKFLOW_DIR / f"{name}.json")
+    for note in (n for n in ui["nodes"] if n["type"] in NOTE_TYPES):
+        font_px = note["properties"][NOTE_FONT_PROPERTY]
+        assert font_px * ui["extra"]["ds"]["scale"] >= READABLE_PX, (note["id"], font_px)
 
 
 @pytest.mark.parametrize("name", ui_workflows())

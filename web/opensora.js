@@ -2,7 +2,9 @@
 //  - OpenSoraNoise shows the pixel size, latent shape and whether the frame count is decodable,
 //    updated as autoencoder / resolution / aspect_ratio / width / height / num_frames change;
 //  - inputs that do not apply to the chosen mode are hidden (width/height unless resolution is
-//    "custom", the image-guidance options of OpenSoraSampler unless method is "i2v").
+//    "custom", the image-guidance options of OpenSoraSampler unless method is "i2v");
+//  - the notes of the pack's example workflows are drawn at the font size they ask for, so that they can
+//    be read at the zoom the workflow opens with (other notes are left alone).
 // No network access; nothing here changes what a workflow computes.
 import { app } from "../../scripts/app.js";
 
@@ -270,6 +272,33 @@ export const extension = {
   },
 };
 
+// ---------------------------------------------------------------------------- the pack's notes
+
+/** A Note / Markdown Note property, set in the pack's example workflows: the font size in graph pixels.
+ * The frontend draws every note at the Comfy.TextareaWidget.FontSize setting (10 px) times the canvas
+ * zoom, which is 6 px on screen at the zoom a large workflow needs to fit the window. */
+export const NOTE_FONT_PROPERTY = "opensora_note_font_px";
+export const NOTE_TYPES = ["Note", "MarkdownNote"];
+
+/** Draw a note that carries NOTE_FONT_PROPERTY at that size; returns whether it did. */
+export function applyNoteFont(node) {
+  const px = Number(node.properties?.[NOTE_FONT_PROPERTY]);
+  if (!NOTE_TYPES.includes(node.type) || !(px > 0)) return false;
+  // The note's text box and the Markdown view inside it take their size from this variable.
+  const elements = (node.widgets || []).map((w) => w.element ?? w.inputEl).filter((e) => e?.style);
+  for (const element of elements) element.style.setProperty("--comfy-textarea-font-size", `${px}px`);
+  return elements.length > 0;
+}
+
+export const noteExtension = {
+  name: "OpenSora.NoteFont",
+  loadedGraphNode(node) {
+    applyNoteFont(node); // the frontend creates notes without the nodeCreated hook
+  },
+};
+
 // ComfyUI can serve a pack's web folder twice (WEB_DIRECTORY and pyproject's [tool.comfy] web under
 // another name), which runs this module twice: register once.
-if (!(app.extensions || []).some((e) => e.name === extension.name)) app.registerExtension(extension);
+for (const registered of [extension, noteExtension]) {
+  if (!(app.extensions || []).some((e) => e.name === registered.name)) app.registerExtension(registered);
+}

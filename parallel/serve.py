@@ -111,8 +111,9 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
             work.check_vae()
             vae = cache[1].get(work.vae, work.dtype, partial(load_autoencoder, work.vae, work.dtype, device))
             if not vae.shares_decoder_passes:
-                raise ValueError(f"{work.vae} holds the {vae.kind.display_name}: only the HunyuanVideo VAE's decode "
-                                 "is spread over the group (disconnect 'parallel' from the VAE Decode node).")
+                raise ValueError(f"{work.vae} holds the {vae.kind.display_name}, not the HunyuanVideo VAE, whose "
+                                 "decode alone is spread over the group: disconnect 'parallel' from the VAE Decode "
+                                 "node.")
             compute = partial(_decode, vae, work, store, job, rank, world, device)
         else:
             work.check_checkpoint()

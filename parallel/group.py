@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 
 from .protocol import (
-    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob, bytes_tensor, cancel_key, decode,
-    delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version, preview_key,
-    progress_key, put_bytes, ready_key, request_key, result_key,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob, bytes_tensor,
+    cancel_key, decode, delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version,
+    preview_key, progress_key, put_bytes, ready_key, request_key, result_key,
 )
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"

@@ -1,10 +1,12 @@
 """What the sampler (or the VAE Decode node) hands the worker group, and the TCPStore keys both sides use.
 
 Everything travels through the sampler's control store, so ranks on other hosts need nothing from the
-ComfyUI host's disk except the checkpoint (same path on every host, checked with its size): the job
+ComfyUI host's disk except the checkpoint or VAE file (same path on every host, checked with its size): the job
 is ``torch.save``'d plain tensors and numbers (loaded back with ``weights_only=True``), cut into
 pieces under the store's 8 MiB message limit; the result and the latent previews come back the same
-way. Small signals ride beside them: which job to run, progress, the cancel flag and the outcome.
+way (a decode's frames too). Small signals ride beside them: which job to run, progress, the cancel flag
+and the outcome. A request's ``kind`` says whether it samples (:class:`WorkerJob`) or decodes
+(:class:`DecodeJob`).
 """
 
 from __future__ import annotations

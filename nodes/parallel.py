@@ -1,19 +1,24 @@
-"""Parallel Settings node, and the sampler's glue to the warm worker groups (multi-GPU sampling)."""
+"""Parallel Settings node, and the sampler's and VAE Decode's glue to the warm worker groups (multi-GPU)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .. import host
+from ..models.autoencoder import Tiling
 from ..parallel.attention import ParallelUnavailable, yunchang_installed
 from ..parallel.group import DEVICE_TYPES, GroupSettings
 from ..parallel.layout import TEXT_MODES, TEXT_SPLIT
 from ..parallel.settings import ParallelSettings
-from ..parallel.warm_groups import sample_on_warm_group
+from ..parallel.warm_groups import decode_on_warm_group, sample_on_warm_group
+from ..samplers.geometry import VideoGeometry
 from ..samplers.request import SamplingRequest
 from .spec import Input, NodeSpec, Output, register
+
+if TYPE_CHECKING:
+    from .vae import OpenSoraVAE
 
 
 @register("OpenSoraParallelSettings", "Open-Sora Parallel Settings")
@@ -96,3 +101,21 @@ def sample_in_workers(settings: ParallelSettings, model, request: SamplingReques
     return sample_on_warm_group(settings, model.path, model.setup, model.config, request, on_progress,
                                 host.check_interrupt, preview is not None)
 
+
+
+def decode_in_workers(settings: ParallelSettings, vae: "OpenSoraVAE", latent: torch.Tensor, geometry: VideoGeometry,
+                      tiling: Tiling) -> torch.Tensor:
+    """Decode ``latent`` on the worker group (each rank loads ``vae.path`` in ``vae.dtype``) with the host's
+    progress bar (rank 0's work units) and Cancel; returns the frames ``[B*F, H, W, 3]`` in 0..1 on the
+    host's intermediate device."""
+    progress: list[host.Progress] = []
+
+    def on_progress(done: int, total: int) -> None:
+        if not progress:
+            progress.append(host.Progress(total))
+        progress[0].update(done - progress[0].value)
+
+    frames = decode_on_warm_group(settings, vae.path, vae.dtype, latent, tiling, geometry.num_frames,
+                                  geometry.height, geometry.width, vae.module.pass_work(tuple(latent.shape), tiling),
+                                  on_progress, host.check_interrupt)
+    return frames.to(host.intermediate_device())

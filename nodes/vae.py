@@ -13,15 +13,19 @@ from ..models.dtypes import FLOAT_DTYPES
 from ..models.hunyuan_vae import from_native_latent, pixel_size_of_latent, to_native_latent
 from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
 from ..parallel.joined import joined_group
+from ..parallel.settings import ParallelSettings
 from ..samplers.geometry import VideoGeometry
 from ..samplers.latent import make_latent, read_latent
 from .. import host
 from .output_guard import check_finite, check_input_finite, check_not_flat, precision_remedy
+from .parallel import decode_in_workers
 from .spec import Input, NodeSpec, Output, register
 
 host.register_folders()
 
 VAE_DTYPES = FLOAT_DTYPES  # the VAE's dtype choices (no fp8)
+# Tilings a worker group decodes (memory_budget plans with this process's free memory, not the group's).
+GROUP_TILINGS = ("reference", "reference_temporal", "none")
 
 
 @dataclass
@@ -110,6 +114,11 @@ class OpenSoraVAEDecode:
                           "HunyuanVideo VAE (the reference's stand-alone VAE config; about half the memory "
                           "for long clips). none: one pass (most memory). memory_budget: the least "
                           "tiling whose estimate fits the free device memory."),
+            Input("parallel", "OPENSORA_PARALLEL", optional=True,
+                  tooltip="From 'Open-Sora Parallel Settings' (the sampler's, to reuse its warm worker group): "
+                          "the HunyuanVideo VAE's tiles are decoded on the group's GPUs, same frames. Only with "
+                          "tiling reference, reference_temporal or none; other tilings and other autoencoders "
+                          "(Video DC-AE, Flux AE) decode in this process. Leave empty to decode here."),
         ),
         outputs=(Output("IMAGE", "frames", "One IMAGE per video of the batch (a list), each cut to the video's "
                                            "frame count: nodes after it run once per video, as the reference "
@@ -121,13 +130,20 @@ class OpenSoraVAEDecode:
         ),
     )
 
-    def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str) -> tuple[list[torch.Tensor]]:
+    def execute(self, vae: OpenSoraVAE, samples: dict, tiling: str,
+                parallel: ParallelSettings | None = None) -> tuple[list[torch.Tensor]]:
         latent, geometry = read_latent(samples)
         check_latent_for_vae(latent, geometry, vae)
         check_input_finite(latent, "The latent given to Open-Sora VAE Decode",
                            "It was made by the node before it (usually the sampler, whose own check should have "
                            "stopped the run): re-run that node.")
         module, shape = vae.module, tuple(latent.shape)
+        stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
+        if parallel is not None and module.shares_decoder_passes and tiling in GROUP_TILINGS:
+            frames = decode_in_workers(parallel, vae, latent, geometry, choose_tiling(module, tiling, shape))
+            check_finite(frames, stage, vae.dtype, "the worker group's GPUs", remedy)
+            check_not_flat(frames, latent, stage, vae.dtype, "the worker group's GPUs", remedy)
+            return (list(frames.split(geometry.num_frames)),)
         if tiling == "memory_budget":  # plan with what is free once the weights are in place
             host.load_models([vae.managed])
             plan = choose_tiling(module, tiling, shape, host.free_device_memory(vae.managed.load_device))
@@ -148,7 +164,6 @@ class OpenSoraVAEDecode:
                                   host.intermediate_device(), on_work,
                                   None if group is None else group.pass_runner(module.device, module.dtype))
         host.empty_cache()
-        stage, remedy = "Open-Sora VAE Decode", precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader")
         check_finite(frames, stage, vae.dtype, module.device, remedy)
         check_not_flat(frames, latent, stage, vae.dtype, module.device, remedy)
         return (list(frames.split(geometry.num_frames)),)

@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 
 from .protocol import (
-    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, SamplingCancelled, WorkerJob, bytes_tensor, cancel_key, decode,
-    delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version, preview_key,
-    progress_key, put_bytes, ready_key, request_key, result_key,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob, bytes_tensor,
+    cancel_key, decode, delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version,
+    preview_key, progress_key, put_bytes, ready_key, request_key, result_key,
 )
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
@@ -329,9 +329,10 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------------------------ jobs
 
-    def run(self, job: WorkerJob, on_progress: Callable[[int, torch.Tensor | None], None] | None = None,
+    def run(self, job: WorkerJob | DecodeJob, on_progress: Callable[[int, torch.Tensor | None], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None) -> torch.Tensor:
-        """Send ``job``, report finished steps to ``on_progress``, and return the final latent.
+        """Send ``job``, report finished steps to ``on_progress``, and return the final latent (a
+        :class:`DecodeJob`: the frames, its progress in rank 0's work units).
 
         ``on_progress(steps_done, preview)`` gets, when ``job.preview`` is set, the latest step's
         estimate of the clean first frame ``[1, C, 1, H', W']`` (else ``None``).
@@ -369,8 +370,8 @@ class WorkerGroup:
                 raise WorkerGroupError(f"The workers could not run the job: {outcome['message']}")
             if outcome["status"] != OK:
                 raise WorkerGroupError(f"Unexpected worker outcome {outcome}.")
-            if on_progress is not None and reported < job.num_steps:
-                on_progress(job.num_steps, self._preview(number, job))
+            if on_progress is not None and reported < job.progress_total:
+                on_progress(job.progress_total, self._preview(number, job))
             return bytes_tensor(get_bytes(self.store, result_key(number)))
         finally:
             if self.store is not None:  # the job's data would otherwise stay in this process's memory
@@ -379,7 +380,7 @@ class WorkerGroup:
                 for key in (job_key(number), preview_key(number), progress_key(number), cancel_key(number)):
                     self.store.delete_key(key)
 
-    def _preview(self, job: int, work: WorkerJob) -> torch.Tensor | None:
+    def _preview(self, job: int, work: WorkerJob | DecodeJob) -> torch.Tensor | None:
         return bytes_tensor(self.store.get(preview_key(job))) if work.preview else None
 
     def _death_message(self, job: int) -> str:

@@ -1,10 +1,12 @@
-"""What the sampler hands the worker group, and the TCPStore keys both sides use.
+"""What the sampler (or the VAE Decode node) hands the worker group, and the TCPStore keys both sides use.
 
 Everything travels through the sampler's control store, so ranks on other hosts need nothing from the
-ComfyUI host's disk except the checkpoint (same path on every host, checked with its size): the job
+ComfyUI host's disk except the checkpoint or VAE file (same path on every host, checked with its size): the job
 is ``torch.save``'d plain tensors and numbers (loaded back with ``weights_only=True``), cut into
 pieces under the store's 8 MiB message limit; the result and the latent previews come back the same
-way. Small signals ride beside them: which job to run, progress, the cancel flag and the outcome.
+way (a decode's frames too). Small signals ride beside them: which job to run, progress, the cancel flag
+and the outcome. A request's ``kind`` says whether it samples (:class:`WorkerJob`) or decodes
+(:class:`DecodeJob`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..loaders.mmdit_setup import MMDiTSetup
+from ..models.autoencoder import Tiling
+from ..models.dtypes import FLOAT_DTYPES
 from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from ..samplers.geometry import VideoGeometry
 from ..samplers.image_condition import ImageCondition
@@ -140,6 +144,21 @@ def rank_facts(rank: int, world: int) -> dict[str, Any]:
             "node": int(os.environ.get("GROUP_RANK", 0)), "pack": str(PACK_ROOT), "version": pack_version()}
 
 
+def check_same_file(path: str, expected_bytes: int | None, what: str) -> None:
+    """Raise FileNotFoundError / ValueError naming this host when ``path`` is absent or differs in size from
+    the ComfyUI host's file (``expected_bytes``)."""
+    host = socket.gethostname()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"the {what} {path} does not exist on host {host}: every host of the group needs "
+            "the same file at the same path (copy it there, or mount the same folder at that path).")
+    size = os.path.getsize(path)
+    if expected_bytes is not None and size != expected_bytes:
+        raise ValueError(
+            f"the {what} {path} on host {host} has {size} bytes, the ComfyUI host's has "
+            f"{expected_bytes}: every host of the group needs the same file at the same path.")
+
+
 class SamplingCancelled(Exception):
     """The job stopped on a cancel request (all ranks at the same step)."""
 
@@ -167,6 +186,11 @@ class WorkerJob:
     def num_steps(self) -> int:
         return self.sampling.num_steps
 
+    @property
+    def progress_total(self) -> int:
+        """What rank 0's progress counts up to: the steps."""
+        return self.num_steps
+
     def to_bytes(self) -> bytes:
         request = self.sampling
         condition = None
@@ -177,6 +201,7 @@ class WorkerJob:
         text = request.text
         buffer = io.BytesIO()
         torch.save({
+            "kind": SAMPLE,
             "checkpoint": self.checkpoint, "checkpoint_bytes": self.checkpoint_bytes, "setup": asdict(self.setup),
             "layout": asdict(self.layout),
             "preview": self.preview, "method": request.method, "noise": request.noise.cpu(),
@@ -189,7 +214,10 @@ class WorkerJob:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "WorkerJob":
-        data: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
+        return cls.from_dict(torch.load(io.BytesIO(data), weights_only=True))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WorkerJob":
         condition = data["condition"]
         if condition is not None:
             condition = ImageCondition(condition["cond_type"], VideoGeometry(**condition["geometry"]),
@@ -202,16 +230,56 @@ class WorkerJob:
 
     def check_checkpoint(self) -> None:
         """Raise FileNotFoundError / ValueError naming this host when its checkpoint is absent or differs."""
-        host = socket.gethostname()
-        if not os.path.isfile(self.checkpoint):
-            raise FileNotFoundError(
-                f"the checkpoint {self.checkpoint} does not exist on host {host}: every host of the group needs "
-                "the same file at the same path (copy it there, or mount the same folder at that path).")
-        size = os.path.getsize(self.checkpoint)
-        if self.checkpoint_bytes is not None and size != self.checkpoint_bytes:
-            raise ValueError(
-                f"the checkpoint {self.checkpoint} on host {host} has {size} bytes, the ComfyUI host's has "
-                f"{self.checkpoint_bytes}: every host of the group needs the same file at the same path.")
+        check_same_file(self.checkpoint, self.checkpoint_bytes, "checkpoint")
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """A VAE decode for the group: every rank loads the HunyuanVideo VAE at ``vae`` (same path and size,
+    ``vae_bytes``, on every host) in ``dtype``, the decoder passes of ``tiling`` are spread over the ranks
+    (:mod:`.shared_decode`) and rank 0 returns the frames ``[B*num_frames, height, width, 3]`` in 0..1.
+    They travel in the VAE's dtype: :func:`~..models.autoencoder.to_unit_range` computes them in it, so
+    the cast loses nothing and bf16/fp16 halve the bytes. ``progress_total``: rank 0's work units
+    (convolutions and attention blocks of its passes), what its progress counts up to."""
+
+    vae: str
+    dtype: torch.dtype
+    latent: torch.Tensor
+    tiling: Tiling
+    num_frames: int
+    height: int
+    width: int
+    progress_total: int
+    vae_bytes: int | None = None
+
+    preview = False  # decodes send no previews
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        dtype = next(name for name, value in FLOAT_DTYPES.items() if value == self.dtype)
+        torch.save({"kind": DECODE, "vae": self.vae, "vae_bytes": self.vae_bytes, "dtype": dtype,
+                    "latent": self.latent.cpu(), "tiling": asdict(self.tiling), "num_frames": self.num_frames,
+                    "height": self.height, "width": self.width, "progress_total": self.progress_total}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecodeJob":
+        return cls(data["vae"], FLOAT_DTYPES[data["dtype"]], data["latent"], Tiling(**data["tiling"]),
+                   data["num_frames"], data["height"], data["width"], data["progress_total"], data["vae_bytes"])
+
+    def check_vae(self) -> None:
+        """Raise FileNotFoundError / ValueError naming this host when its VAE file is absent or differs."""
+        check_same_file(self.vae, self.vae_bytes, "VAE")
+
+
+# Job kinds, written under "kind" in the request.
+SAMPLE, DECODE = "sample", "decode"
+
+
+def job_from_bytes(data: bytes) -> WorkerJob | DecodeJob:
+    """The job a request holds, of either kind."""
+    fields: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
+    return {SAMPLE: WorkerJob, DECODE: DecodeJob}[fields["kind"]].from_dict(fields)
 
 
 def encode(value: dict) -> str:

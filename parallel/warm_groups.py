@@ -1,7 +1,7 @@
 """The warm worker groups of this process: one at a time, reused between runs, stopped at exit.
 
-The caller (the sampler node) passes its progress and cancel hooks in, so this module knows nothing
-of the host it runs in.
+The callers (the sampler and VAE Decode nodes) pass their progress and cancel hooks in, so this module
+knows nothing of the host it runs in.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Callable
 import torch
 
 from ..loaders.mmdit_setup import MMDiTSetup
+from ..models.autoencoder import Tiling
 from ..models.mmdit import MMDiTConfig
 from ..samplers.request import SamplingRequest
 from .group import GroupSettings, WorkerGroup, WorkerGroupDied
 from .layout import check_sequence_fits
-from .protocol import SamplingCancelled, WorkerJob
+from .protocol import DecodeJob, SamplingCancelled, WorkerJob
 from .settings import ParallelSettings
+from .shared_decode import local_passes
 
 _GROUPS: dict[GroupSettings, WorkerGroup] = {}
 _log = logging.getLogger(__name__)
@@ -61,7 +63,33 @@ def sample_on_warm_group(settings: ParallelSettings, checkpoint: str, setup: MMD
     layout = settings.layout(config.num_heads)
     check_sequence_fits(request.noise[0, 0].numel() // config.patch_size**2, layout.sequence_size)
     job = WorkerJob(checkpoint, setup, layout, request, preview, os.path.getsize(checkpoint))
-    group = worker_group(settings.group)
+    return _run_on_warm_group(settings.group, job, on_progress, check_interrupt)
+
+
+def decode_on_warm_group(settings: ParallelSettings, vae: str, dtype: torch.dtype, latent: torch.Tensor,
+                         tiling: Tiling, num_frames: int, height: int, width: int, pass_work: list[int],
+                         on_progress: Callable[[int, int], None], check_interrupt: Callable[[], None]) -> torch.Tensor:
+    """Decode ``latent`` with the HunyuanVideo VAE file ``vae`` in ``dtype`` on the warm group for ``settings``
+    (the sampler's group when the settings are the same), its decoder passes spread over the ranks.
+
+    ``pass_work``: the work units of each decoder pass of one batch element. ``on_progress(done, total)``
+    counts rank 0's work units (its share of the passes); ``check_interrupt()`` raises to cancel (the ranks
+    stop before their next round of passes and that exception is re-raised). Returns the frames
+    ``[B*num_frames, height, width, 3]`` in 0..1, float32 on the CPU.
+    """
+    share = sum(pass_work[index] for index in local_passes(len(pass_work), 0, settings.group.world_size))
+    total = latent.shape[0] * share
+    job = DecodeJob(vae, dtype, latent, tiling, num_frames, height, width, total, os.path.getsize(vae))
+    frames = _run_on_warm_group(settings.group, job, lambda done, _preview: on_progress(done, total), check_interrupt)
+    return frames.float()
+
+
+def _run_on_warm_group(settings: GroupSettings, job: WorkerJob | DecodeJob,
+                       on_progress: Callable[[int, torch.Tensor | None], None],
+                       check_interrupt: Callable[[], None]) -> torch.Tensor:
+    """Run ``job`` on the warm group for ``settings``; a progress hook or ``check_interrupt`` that raises cancels
+    it (that exception is re-raised); a dead group is dropped so the next run starts a new one."""
+    group = worker_group(settings)
     interrupts: list[Exception] = []
 
     def report(done: int, latent: torch.Tensor | None) -> None:
@@ -83,6 +111,6 @@ def sample_on_warm_group(settings: ParallelSettings, checkpoint: str, setup: MMD
     except SamplingCancelled:
         raise interrupts[0] from None
     except WorkerGroupDied:
-        _GROUPS.pop(settings.group, None)
+        _GROUPS.pop(settings, None)
         group.shutdown()
         raise

@@ -60,12 +60,14 @@ class OpenSoraParallelSettings:
                   tooltip="Seconds to wait for every rank (on every host) to join before reporting what is "
                           "missing."),
         ),
-        outputs=(Output("OPENSORA_PARALLEL", "parallel", "Connect to the 'parallel' input of 'Open-Sora Sampler'."),),
+        outputs=(Output("OPENSORA_PARALLEL", "parallel", "Connect to the 'parallel' input of 'Open-Sora Sampler' and, "
+                                                          "to decode on the same group, of 'Open-Sora VAE Decode'."),),
         description=(
             "Runs the Open-Sora Sampler on several GPUs: a group of worker processes (started once with torchrun "
             "and kept warm between runs) splits the video tokens across GPUs with Ulysses/ring sequence-parallel "
-            "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding. With "
-            "hosts > 1 the other machines join the group with a torchrun command."
+            "attention (the optional 'yunchang' package). Same result as one GPU up to float rounding. The same "
+            "group can decode: connected to 'Open-Sora VAE Decode', the HunyuanVideo VAE's tiles are shared out "
+            "among its ranks. With hosts > 1 the other machines join the group with a torchrun command."
         ),
     )
 

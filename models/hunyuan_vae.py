@@ -23,6 +23,7 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
 )
 
 from .autoencoder import Tiling, VideoAutoencoder
+from .hunyuan_causal_decode import decode_in_chunks, work_per_chunk
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
 SCALE_FACTOR = 0.476986
@@ -35,6 +36,14 @@ REFERENCE_OVERLAP = 0.25
 # last up blocks run at full resolution with 256 -> 128 channels): about 1100 measured with
 # benchmarks/vae_decode_memory.py at the released widths, rounded up.
 _DECODE_CHANNELS_AT_PEAK = 1200
+# causal_chunks: latent frames per chunk of the decoder's tail (2: 5 pixel frames, then 8 at a time), and
+# the tail's causal cache in channel-equivalents per output pixel (2 frames of every tail convolution's
+# input at the released widths: 1856 channels at full resolution, times 2).
+CAUSAL_CHUNK_LATENTS = 2
+_CAUSAL_CACHE_CHANNELS = 3712
+# The head over all frames: about four 512-channel activations at twice the latent resolution, i.e. 128
+# channel-equivalents per output pixel and latent frame.
+_HEAD_CHANNELS_PER_LATENT_FRAME = 128
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
             overlap=REFERENCE_OVERLAP,
         )
 
+    def causal_chunk_tiling(self) -> Tiling:
+        return Tiling(spatial=REFERENCE_SPATIAL_TILE, overlap=REFERENCE_OVERLAP, causal_chunk=CAUSAL_CHUNK_LATENTS)
+
     def _configure(self, tiling: Tiling, encoding: bool) -> None:
         """Set the diffusers object's tile attributes to ``tiling``. Encodes use diffusers' temporal
         tiling; decodes do their own (:meth:`_temporal_tiled_decode`, which streams)."""
@@ -192,6 +204,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
             raise ValueError(
                 f"Temporal tile size {tiling.temporal} frames is not a multiple of {self.temporal_tile_multiple}."
             )
+        if tiling.causal_chunk is not None and (encoding or tiling.temporal is not None):
+            raise ValueError("Causal chunks are a decode setting and replace temporal tiles.")
         if tiling.overlap != REFERENCE_OVERLAP:
             raise ValueError(f"Only the reference's tile overlap {REFERENCE_OVERLAP} is supported.")
         core = self._core
@@ -226,6 +240,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tiling = self.reference_tiling() if tiling is None else tiling
         self._configure(tiling, encoding=False)
         z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
+        if tiling.causal_chunk is not None:
+            yield from self._causal_chunked_decode(z, tiling)
+            return
         latent_frames = z.shape[2]
         tile_latents = None if tiling.temporal is None else tiling.temporal // self.temporal_compression
         if tile_latents is None or latent_frames <= tile_latents:
@@ -256,6 +273,56 @@ class HunyuanVideoVAE(VideoAutoencoder):
                 emitted += chunk.shape[2]
                 yield chunk
 
+    def _causal_chunked_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
+        """The reference's spatial tiles (where the frame exceeds one), each decoded in causal chunks
+        (:mod:`.hunyuan_causal_decode`). With one tile every chunk streams out; with several, all tiles but
+        the last are decoded to pixels first (the reference also holds every tile's pixels) and the last
+        one streams, each of its chunks blended with the same frames of the others."""
+        rows = self._spatial_tile_offsets(z.shape[3], z.shape[4], tiling)
+        size = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
+
+        def tile_chunks(i: int, j: int) -> Iterator[torch.Tensor]:
+            latent = z if size is None else z[:, :, :, i:i + size, j:j + size]
+            return decode_in_chunks(self.decoder, self.post_quant_conv(latent), tiling.causal_chunk)
+
+        if len(rows) == 1 and len(rows[0]) == 1:
+            yield from tile_chunks(0, 0)
+            return
+        *done_offsets, last = [offset for row in rows for offset in row]
+        done = {offset: torch.cat(list(tile_chunks(*offset)), dim=2) for offset in done_offsets}
+        frame = 0
+        for chunk in tile_chunks(*last):
+            frames = slice(frame, frame + chunk.shape[2])
+            grid = [[chunk if offset == last else done[offset][:, :, frames] for offset in row] for row in rows]
+            yield self._blend_tiles(grid, tiling, z.shape[3] * self.spatial_compression,
+                                    z.shape[4] * self.spatial_compression)
+            frame = frames.stop
+
+    def _spatial_tile_offsets(self, height: int, width: int, tiling: Tiling) -> list[list[tuple[int, int]]]:
+        """Latent ``(row, column)`` of every spatial tile, row by row, where diffusers' ``tiled_decode``
+        would tile (a latent larger than one tile); one tile at ``(0, 0)`` otherwise."""
+        size = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
+        if size is None or (height <= size and width <= size):
+            return [[(0, 0)]]
+        stride = tiling.spatial_stride // self.spatial_compression
+        return [[(i, j) for j in range(0, width, stride)] for i in range(0, height, stride)]
+
+    def _blend_tiles(self, rows: list[list[torch.Tensor]], tiling: Tiling, height: int, width: int) -> torch.Tensor:
+        """Decoded tiles (the same frames of each) -> one picture, blended as diffusers' ``tiled_decode``
+        (in place on the tiles, in the same order, so whole-video tiles give its exact result)."""
+        stride, blend = tiling.spatial_stride, tiling.spatial - tiling.spatial_stride
+        joined = []
+        for i, row in enumerate(rows):
+            pieces = []
+            for j, tile in enumerate(row):
+                if i > 0:
+                    tile = self._core.blend_v(rows[i - 1][j], tile, blend)
+                if j > 0:
+                    tile = self._core.blend_h(row[j - 1], tile, blend)
+                pieces.append(tile[:, :, :, :stride, :stride])
+            joined.append(torch.cat(pieces, dim=-1))
+        return torch.cat(joined, dim=3)[:, :, :, :height, :width]
+
     def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
         """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,
         stopping at the tile that finishes the video."""
@@ -280,6 +347,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
         tiling = self.reference_tiling() if tiling is None else tiling
+        if tiling.causal_chunk is not None:
+            return -(-latent_frames // tiling.causal_chunk)
         if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
             return 1
         stride = tiling.temporal_stride
@@ -297,6 +366,14 @@ class HunyuanVideoVAE(VideoAutoencoder):
             return spatial
         return spatial * len(self._temporal_tile_starts(latent_frames, tiling))
 
+    def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        tiling = self.reference_tiling() if tiling is None else tiling
+        if tiling.causal_chunk is None:
+            return super().decode_work(latent_shape, tiling)
+        once, per_chunk = work_per_chunk(self.decoder)
+        tiles = self.decode_passes(latent_shape, tiling)
+        return tiles * (once + per_chunk * self.decode_chunk_count(latent_shape[2], tiling))
+
     # ---------------------------------------------------------------------------- memory estimate
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
@@ -310,8 +387,25 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
         tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
         tile_frames = self.decoded_frames(tile_t)
+        if tiling.causal_chunk is not None:
+            return self._causal_chunk_bytes(latent_shape, tiling, tile_h * tile_w, item)
         activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
         tokens = tile_t * tile_h * tile_w
         attention = tokens * tokens * 5 * item  # mask, scores, softmax... on PyTorch's math path
         chunk_output = 3 * tile_frames * h * s * w * s * item * 3  # tiles, blended rows, concatenation
         return max(activations, attention) + chunk_output
+
+    def _causal_chunk_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, tile_latents: int,
+                            item: int) -> int:
+        """:meth:`decode_bytes` of a causal-chunk decode: the larger of the head over all frames of a tile
+        (its attention, or about four 512-channel activations at twice the latent resolution) and one tail
+        chunk with the cache, plus the decoded pixels of the tiles held for blending."""
+        _, _, t, h, w = latent_shape
+        pixels_per_latent = self.spatial_compression ** 2
+        tokens = t * tile_latents
+        head = max(tokens * tokens * 5, _HEAD_CHANNELS_PER_LATENT_FRAME * t * tile_latents * pixels_per_latent) * item
+        chunk_frames = tiling.causal_chunk * self.temporal_compression
+        tail = (_DECODE_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent * item
+        tiled = tile_latents < h * w
+        held = 3 * self.decoded_frames(t) * h * w * pixels_per_latent * item * (2 if tiled else 1)
+        return max(head, tail) + held

@@ -104,7 +104,7 @@ class VideoAutoencoder(nn.Module):
 
     def causal_chunk_tiling(self) -> Tiling:
         """The ``causal_chunks`` mode's tiling: only decoders that are causal in time have one."""
-        raise ValueError(f"causal_chunks decoding is for the HunyuanVideo VAE, not the {self.kind.name} "
+        raise ValueError(f"causal_chunks decoding is for the HunyuanVideo VAE, not the {self.kind.display_name} "
                          "autoencoder: choose reference tiling.")
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:

@@ -58,7 +58,7 @@ def default_split(stages: list[nn.Module]) -> int:
 def _causal_conv(conv: HunyuanVideoCausalConv3d, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
     """``conv`` on the frames ``x`` that follow those it saw before (``cache``); the first chunk gets the
     module's own replicate padding, so one chunk covering the video is the whole-video call."""
-    history_frames = conv.conv.kernel_size[0] - 1
+    history_frames = conv.time_causal_padding[4]  # the module's causal padding: kernel_t - 1
     if history_frames == 0:
         return conv(x)
     history = cache.get(conv)

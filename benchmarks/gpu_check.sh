@@ -21,4 +21,8 @@ python step_time.py --preset 11b-768px-short --device cuda --steps 4 --repeats 1
 # Optional: torch.compile of the blocks (first step compiles for a few minutes).
 python step_time.py --preset 11b-256px --device cuda --steps 10 --repeats 1 --policies fast --compile \
     --json "$out/step_11b_256px_compile.json" | tee "$out/step_11b_256px_compile.txt" || true
+# HunyuanVideo VAE decode at 768px 16:9, 129 frames (latent 33x96x168), released widths, bf16: time and peak
+# with the reference's spatial tiles and with its temporal tiles too.
+python vae_decode_memory.py --real --device cuda --dtype bf16 --latent 1 16 33 96 168 --tilings s256 s256t64 \
+    | tee "$out/vae_decode_768px.txt"
 python load_memory.py --preset wide-3gb --device cuda --json "$out/load_cuda.json" | tee "$out/load_cuda.txt"

@@ -23,6 +23,7 @@ from ..loaders.checkpoint import CheckpointError
 from ..loaders.taehv import load_taehv_decoder
 from ..models.latent_space import HUNYUAN_VAE, AutoencoderKind
 from ..models.taehv import TinyVideoDecoder
+from .pixels import to_uint8
 
 # The file names ComfyUI users keep in models/vae_approx (madebyollin/taehv's safetensors/taehv.safetensors).
 # Not a prefix match: taehv1_5* files hold HunyuanVideo 1.5's 32-channel latent space.
@@ -66,8 +67,7 @@ def latent_preview(latent: torch.Tensor, kind: AutoencoderKind) -> Image.Image |
     factors, bias = _FACTORS[kind.name]
     frame = latent[0, :, 0].detach().float().cpu()  # [C, H', W']
     rgb = torch.einsum("chw,cr->hwr", frame, torch.tensor(factors)) + torch.tensor(bias)
-    pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).to(torch.uint8)
-    return Image.fromarray(pixels.numpy())
+    return Image.fromarray(to_uint8((rgb + 1.0) / 2.0).numpy())
 
 
 def taehv_preview(latent: torch.Tensor, decoder: TinyVideoDecoder) -> Image.Image:
@@ -80,8 +80,7 @@ def taehv_preview(latent: torch.Tensor, decoder: TinyVideoDecoder) -> Image.Imag
     decoder = decoder.to(device=frame.device, dtype=frame.dtype)
     with torch.inference_mode():
         rgb = decoder(frame)[0, :, 0]  # [3, 8H', 8W'] in [0, 1]
-    pixels = rgb.permute(1, 2, 0).float().mul(255).round().to(torch.uint8).cpu()
-    return Image.fromarray(pixels.numpy())
+    return Image.fromarray(to_uint8(rgb.permute(1, 2, 0)).numpy())
 
 
 _log = logging.getLogger(__name__)

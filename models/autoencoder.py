@@ -125,8 +125,8 @@ class VideoAutoencoder(nn.Module):
         raise NotImplementedError
 
     def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
-        """Work units (decoder convolutions run) of decoding one batch element: the progress total of
-        :func:`decode_to_frames`'s ``on_work``."""
+        """Work units (calls of the decoder's :func:`work_modules`) of decoding one batch element: the
+        progress total of :func:`decode_to_frames`'s ``on_work``."""
         return self.decode_passes(latent_shape, tiling) * len(work_modules(self.decoder))
 
     def plan_tiling(self, latent_shape: tuple[int, ...], budget_bytes: int) -> Tiling:
@@ -177,11 +177,16 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
     raise ValueError(f"Unknown tiling mode {mode!r}; choose one of {list(TILING_MODES)}.")
 
 
+class WorkUnit(nn.Module):
+    """A module that is one unit of an autoencoder's work besides its convolutions (e.g. a block of
+    attention rows): :func:`work_modules` includes it, so progress and Cancel reach inside long ops."""
+
+
 def work_modules(network: nn.Module) -> list[nn.Module]:
-    """The convolutions of an encoder or decoder. Each runs once per pass and together they are nearly
-    all of its work, so a callback after each one moves progress and checks Cancel at a fine, even grain
-    (a fraction of a second on a GPU; on a CPU the largest full-resolution ones of a big tile take seconds)."""
-    return [module for module in network.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d))]
+    """The convolutions and :class:`WorkUnit` modules of an encoder or decoder. Together they are nearly all
+    of its work, so a callback after each one moves progress and checks Cancel at a fine, even grain (a
+    fraction of a second on a GPU; on a CPU the largest full-resolution ones of a big tile take seconds)."""
+    return [module for module in network.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d, WorkUnit))]
 
 
 @contextmanager

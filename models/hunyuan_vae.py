@@ -17,12 +17,14 @@ from typing import Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLHunyuanVideo
+from diffusers.models.attention_processor import Attention
 from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
+    HunyuanVideoMidBlock3D,
     HunyuanVideoResnetBlockCausal3D,
     HunyuanVideoUpsampleCausal3D,
 )
 
-from .autoencoder import Tiling, VideoAutoencoder
+from .autoencoder import Tiling, VideoAutoencoder, WorkUnit, work_modules
 from .hunyuan_causal_decode import decode_in_chunks, work_per_chunk
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
@@ -36,6 +38,9 @@ REFERENCE_OVERLAP = 0.25
 # last up blocks run at full resolution with 256 -> 128 channels): about 1100 measured with
 # benchmarks/vae_decode_memory.py at the released widths, rounded up.
 _DECODE_CHANNELS_AT_PEAK = 1200
+# Query rows per block of the mid-block attention: one frame of a reference tile (32x32 latents). Bounds
+# the scores held at once to 1024 x keys and makes every block a progress and Cancel point.
+ATTENTION_QUERY_BLOCK = 1024
 # causal_chunks: latent frames per chunk of the decoder's tail (2: 5 pixel frames, then 8 at a time), and
 # the tail's causal cache in channel-equivalents per output pixel (2 frames of every tail convolution's
 # input at the released widths: 1856 channels at full resolution, times 2).
@@ -117,14 +122,79 @@ class _CausalUpsample(HunyuanVideoUpsampleCausal3D):
         return self.conv(torch.cat((first[:, :, None], rest), dim=2))
 
 
+class AttentionRows(WorkUnit):
+    """One block of query rows of the mid-block attention against the keys their frames may see."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, key, value)
+
+
+def frame_causal_attention(attn: Attention, hidden_states: torch.Tensor, rows: AttentionRows,
+                           query_block: int = ATTENTION_QUERY_BLOCK) -> torch.Tensor:
+    """The mid block's self-attention over all ``T*H*W`` positions of ``[B, C, T, H, W]``, where a
+    position sees the positions of its own and earlier frames (docs/reference.md#hunyuan-vae).
+
+    diffusers builds that rule as an additive ``L x L`` mask and attends every query to every key. Here
+    the queries of frame ``f`` go in blocks of ``query_block`` rows against the keys of frames ``0..f``
+    only: the same softmax without the masked terms (their weights are exactly zero), no mask in
+    memory, about half the products, and ``rows`` runs once per block so progress and Cancel reach
+    inside a long attention.
+    """
+    batch, channels, frames, height, width = hidden_states.shape
+    tokens = hidden_states.permute(0, 2, 3, 4, 1).flatten(1, 3)
+    normed = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+    heads = attn.heads
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:
+        return projected.view(batch, -1, heads, projected.shape[-1] // heads).transpose(1, 2)
+
+    query, key, value = (split_heads(project(normed)) for project in (attn.to_q, attn.to_k, attn.to_v))
+    attended = torch.empty_like(query)
+    frame_tokens = height * width
+    for frame in range(frames):
+        visible = (frame + 1) * frame_tokens
+        for start in range(frame * frame_tokens, visible, query_block):
+            stop = min(start + query_block, visible)
+            attended[:, :, start:stop] = rows(query[:, :, start:stop], key[:, :, :visible], value[:, :, :visible])
+    attended = attended.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[3])
+    out = attn.to_out[1](attn.to_out[0](attended))
+    if attn.residual_connection:
+        out = out + tokens
+    out = out / attn.rescale_output_factor
+    return out.unflatten(1, (frames, height, width)).permute(0, 4, 1, 2, 3)
+
+
+def attention_blocks(frames: int, height: int, width: int, query_block: int = ATTENTION_QUERY_BLOCK) -> int:
+    """Calls of :class:`AttentionRows` in one mid-block attention over ``frames x height x width`` latents."""
+    return frames * -(-height * width // query_block)
+
+
+class _MidBlock(HunyuanVideoMidBlock3D):
+    """diffusers' mid block with :func:`frame_causal_attention` in place of the masked attention
+    (``rows`` is attached by :func:`_keep_memory_layout`; it holds no parameters)."""
+
+    rows: AttentionRows
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.resnets[0](hidden_states)
+        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+            if attn is not None:
+                hidden_states = frame_causal_attention(attn, hidden_states, self.rows)
+            hidden_states = resnet(hidden_states)
+        return hidden_states
+
+
 def _keep_memory_layout(network: torch.nn.Module) -> None:
-    """Swap diffusers' resnet and upsampler classes in ``network`` for the layout-keeping ones (same
+    """Swap diffusers' resnet, upsampler and mid-block classes in ``network`` for the ones above (same
     parameters and state-dict keys; only ``forward`` differs)."""
-    for module in network.modules():
+    for module in list(network.modules()):
         if type(module) is HunyuanVideoResnetBlockCausal3D:
             module.__class__ = _ResnetBlock
         elif type(module) is HunyuanVideoUpsampleCausal3D:
             module.__class__ = _CausalUpsample
+        elif type(module) is HunyuanVideoMidBlock3D:
+            module.__class__ = _MidBlock
+            module.rows = AttentionRows()
 
 
 def to_native_latent(z: torch.Tensor) -> torch.Tensor:
@@ -354,31 +424,44 @@ class HunyuanVideoVAE(VideoAutoencoder):
         stride = tiling.temporal_stride
         return max(1, -(-(self.decoded_frames(latent_frames) - 1) // stride))
 
-    def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+    def decode_pass_shapes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None,
+                           ) -> list[tuple[int, int, int]]:
+        """Latent ``(frames, height, width)`` of every decoder pass of one batch element, in order:
+        diffusers' spatial tiles (every stride, cut at the edges) within each temporal tile."""
         tiling = self.reference_tiling() if tiling is None else tiling
         _, _, latent_frames, height, width = latent_shape
-        spatial = 1
+        tiles = [(height, width)]
         tile = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
         if tile is not None and (height > tile or width > tile):  # when diffusers' tiled_decode runs
             stride = tiling.spatial_stride // self.spatial_compression
-            spatial = len(range(0, height, stride)) * len(range(0, width, stride))
+            tiles = [(min(tile, height - top), min(tile, width - left))
+                     for top in range(0, height, stride) for left in range(0, width, stride)]
         if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
-            return spatial
-        return spatial * len(self._temporal_tile_starts(latent_frames, tiling))
+            frame_counts = [latent_frames]
+        else:
+            tile_latents = tiling.temporal // self.temporal_compression
+            frame_counts = [min(tile_latents + 1, latent_frames - start)
+                            for start in self._temporal_tile_starts(latent_frames, tiling)]
+        return [(frames, tile_h, tile_w) for frames in frame_counts for tile_h, tile_w in tiles]
+
+    def decode_passes(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        return len(self.decode_pass_shapes(latent_shape, tiling))
 
     def decode_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> int:
+        """Every decoder convolution of every pass, plus the mid-block attention's query blocks (causal
+        chunks: the tail's convolutions once per chunk)."""
         tiling = self.reference_tiling() if tiling is None else tiling
-        if tiling.causal_chunk is None:
-            return super().decode_work(latent_shape, tiling)
-        once, per_chunk = work_per_chunk(self.decoder)
-        tiles = self.decode_passes(latent_shape, tiling)
-        return tiles * (once + per_chunk * self.decode_chunk_count(latent_shape[2], tiling))
+        convolutions = len([module for module in work_modules(self.decoder) if not isinstance(module, WorkUnit)])
+        if tiling.causal_chunk is not None:
+            once, per_chunk = work_per_chunk(self.decoder)
+            convolutions = once + per_chunk * self.decode_chunk_count(latent_shape[2], tiling)
+        return sum(convolutions + attention_blocks(*shape) for shape in self.decode_pass_shapes(latent_shape, tiling))
 
     # ---------------------------------------------------------------------------- memory estimate
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
         """Peak device bytes of decoding one batch element: the larger of the decoder's full-resolution
-        activations for one tile and the mid-block attention over the tile's tokens (mask and scores),
+        activations for one tile and one query block of the mid-block attention over the tile's tokens,
         plus the decoded frames of one temporal chunk kept for blending."""
         _, _, t, h, w = latent_shape
         item = torch.empty((), dtype=dtype).element_size()
@@ -387,25 +470,25 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
         tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
         tile_frames = self.decoded_frames(tile_t)
-        if tiling.causal_chunk is not None:
-            return self._causal_chunk_bytes(latent_shape, tiling, tile_h * tile_w, item)
-        activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
         tokens = tile_t * tile_h * tile_w
-        attention = tokens * tokens * 5 * item  # mask, scores, softmax... on PyTorch's math path
+        attention = 3 * min(tokens, ATTENTION_QUERY_BLOCK) * tokens * 4  # one block's scores, softmax (fp32)
+        if tiling.causal_chunk is not None:
+            return self._causal_chunk_bytes(latent_shape, tiling, tile_h * tile_w, item, attention)
+        activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
         chunk_output = 3 * tile_frames * h * s * w * s * item * 3  # tiles, blended rows, concatenation
         return max(activations, attention) + chunk_output
 
     def _causal_chunk_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, tile_latents: int,
-                            item: int) -> int:
+                            item: int, attention: int) -> int:
         """:meth:`decode_bytes` of a causal-chunk decode: the larger of the head over all frames of a tile
         (its attention, or about four 512-channel activations at twice the latent resolution) and one tail
         chunk with the cache, plus the decoded pixels of the tiles held for blending."""
         _, _, t, h, w = latent_shape
         pixels_per_latent = self.spatial_compression ** 2
-        tokens = t * tile_latents
-        head = max(tokens * tokens * 5, _HEAD_CHANNELS_PER_LATENT_FRAME * t * tile_latents * pixels_per_latent) * item
+        head = max(attention, _HEAD_CHANNELS_PER_LATENT_FRAME * t * tile_latents * pixels_per_latent * item)
         chunk_frames = tiling.causal_chunk * self.temporal_compression
-        tail = (_DECODE_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent * item
+        tail = ((_DECODE_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent
+                * item)
         tiled = tile_latents < h * w
         held = 3 * self.decoded_frames(t) * h * w * pixels_per_latent * item * (2 if tiled else 1)
         return max(head, tail) + held

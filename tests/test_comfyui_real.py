@@ -190,15 +190,14 @@ def test_workflow_runs_in_comfyui(comfy, name):
 
 def test_cancel_during_a_long_decode_takes_effect_within_2_s(comfy):
     """Cancel (POST /interrupt) while VAE Decode runs one long untiled pass stops it within 2 s: the pack
-    checks ComfyUI's interrupt flag after every decoder convolution, not only between chunks."""
+    checks ComfyUI's interrupt flag after every decoder convolution and attention block, not only between chunks."""
     graph = {
         "1": {"class_type": "OpenSoraVAELoader", "inputs": {"vae_name": "hunyuan_vae.safetensors", "dtype": "fp32"}},
         "2": {"class_type": "OpenSoraNoise", "inputs": {
             "autoencoder": "hunyuan_vae", "resolution": "custom", "aspect_ratio": "1:1", "width": 256, "height": 256,
-            # 49 frames: the decode takes several seconds, and its one op without a Cancel check inside (the
-            # mid-block attention over all 13x32x32 tokens, as the reference) stays under a second on a CPU;
-            # at 97 frames untiled that attention alone is ~10 s here (README, VAE Decode).
-            "num_frames": 49, "batch_size": 1, "seed": 1, "noise_device": "cpu", "noise_dtype": "fp32"}},
+            # 97 frames untiled: the mid-block attention over 25x32x32 positions alone was ~10 s on a CPU
+            # before it was split into per-frame query blocks with a Cancel check after each.
+            "num_frames": 97, "batch_size": 1, "seed": 1, "noise_device": "cpu", "noise_dtype": "fp32"}},
         "3": {"class_type": "OpenSoraVAEDecode", "inputs": {"vae": ["1", 0], "samples": ["2", 0], "tiling": "none"}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
     }

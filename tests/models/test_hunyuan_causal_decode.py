@@ -14,7 +14,7 @@ from torch import nn
 from comfyui_opensora.models.autoencoder import NO_TILING, Tiling, choose_tiling, reporting_work, work_modules
 from comfyui_opensora.models.hunyuan_causal_decode import (decode_in_chunks, decoder_stages, default_split, run_chunk,
                                                           work_per_chunk)
-from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE, _CausalUpsample
+from comfyui_opensora.models.hunyuan_vae import HunyuanVideoVAE, _CausalUpsample, attention_blocks
 from comfyui_opensora.tiny_checkpoints.autoencoders import TINY_HUNYUAN_VAE
 
 
@@ -114,6 +114,7 @@ def test_chunks_stream_before_later_ones_are_computed_and_progress_counts_every_
     with reporting_work(work_modules(vae.decoder), lambda: calls.append(1)):
         next(single)
     once, per_chunk = work_per_chunk(vae.decoder)
+    once += attention_blocks(9, 2, 2)  # the head's mid-block attention: one query block per frame here
     assert len(calls) == once + per_chunk
 
     z = _latent(9, 4, 14, seed=3)  # 33 frames, three column tiles of 64 px (8 latents every 6)

@@ -209,3 +209,68 @@ def test_dc_ae_file_is_dispatched_to_the_dc_ae(tmp_path):
     save_file({"decoder.project_in.main.conv.weight": torch.zeros(2, 2)}, str(tmp_path / "broken.safetensors"))
     with pytest.raises(CheckpointError, match="is not a Video DC-AE"):
         load_autoencoder(tmp_path / "broken.safetensors")
+
+
+def _mid_blocks(seed: int = 0):
+    """A diffusers mid block (masked attention over all positions) and the pack's copy of it."""
+    import copy
+
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoMidBlock3D
+
+    from comfyui_opensora.models.hunyuan_vae import _keep_memory_layout
+
+    torch.manual_seed(seed)
+    diffusers_block = HunyuanVideoMidBlock3D(16, resnet_groups=4, attention_head_dim=16).eval()
+    for parameter in diffusers_block.parameters():  # away from the identity-like initialisation
+        parameter.data.add_(0.2 * torch.randn_like(parameter))
+    pack_block = copy.deepcopy(diffusers_block)
+    holder = torch.nn.Sequential(pack_block)
+    _keep_memory_layout(holder)
+    return diffusers_block, pack_block
+
+
+@pytest.mark.parametrize("query_block", [1024, 7, 20])
+def test_frame_causal_attention_equals_the_masked_attention(query_block):
+    """Query blocks against the keys of their own and earlier frames give diffusers' masked attention
+    (blocks inside a frame, one per frame, one for all)."""
+    from comfyui_opensora.models.hunyuan_vae import frame_causal_attention
+
+    diffusers_block, pack_block = _mid_blocks()
+    x = torch.randn(2, 16, 3, 4, 5)
+    with torch.no_grad():
+        expected = diffusers_block(x)
+        hidden = pack_block.resnets[0](x)
+        attended = frame_causal_attention(pack_block.attentions[0], hidden, pack_block.rows, query_block)
+        actual = pack_block.resnets[1](attended)
+        whole = pack_block(x)
+    assert actual.shape == expected.shape == whole.shape
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5), (actual - expected).abs().max()
+    assert torch.allclose(whole, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, diffusers_block.resnets[1](diffusers_block.resnets[0](x)), atol=1e-3)
+
+
+def test_attention_blocks_are_progress_and_cancel_points():
+    """Every query block reports work, and an exception from the callback (Cancel) stops the attention
+    at that block: the output projection never runs."""
+    from comfyui_opensora.models.autoencoder import reporting_work, work_modules
+    from comfyui_opensora.models.hunyuan_vae import AttentionRows, attention_blocks
+
+    _, pack_block = _mid_blocks()
+    x = torch.randn(1, 16, 3, 4, 5)
+    calls = []
+    with torch.no_grad(), reporting_work([pack_block.rows], lambda: calls.append(1)):
+        pack_block(x)
+    assert len(calls) == attention_blocks(3, 4, 5) == 3
+    assert any(isinstance(module, AttentionRows) for module in work_modules(pack_block))
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel() -> None:
+        raise Cancelled
+
+    projections = []
+    pack_block.attentions[0].to_out[0].register_forward_hook(lambda *_: projections.append(1))
+    with torch.no_grad(), reporting_work([pack_block.rows], cancel), pytest.raises(Cancelled):
+        pack_block(x)
+    assert projections == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -295,8 +296,9 @@ def test_latent_preview_projection():
     latent[0, 10, 0] = 1.0  # channel 10 is bright in every colour
     image = preview.latent_preview(latent, latent_space.HUNYUAN_VAE)
     r, g, b = image.getpixel((0, 0))
-    assert (r, g, b) == tuple(int((1 + f + bias) / 2 * 255) for f, bias in zip(preview.HUNYUAN_RGB_FACTORS[10],
-                                                                              preview.HUNYUAN_RGB_BIAS))
+    # rounded half up like saved frames (media/pixels.py), not truncated
+    assert (r, g, b) == tuple(math.floor(min(max((1 + f + bias) / 2, 0), 1) * 255 + 0.5)
+                              for f, bias in zip(preview.HUNYUAN_RGB_FACTORS[10], preview.HUNYUAN_RGB_BIAS))
     assert preview.latent_preview(torch.zeros(1, 128, 1, 2, 2), latent_space.VIDEO_DC_AE) is None
 
 

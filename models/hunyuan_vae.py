@@ -46,6 +46,9 @@ ATTENTION_QUERY_BLOCK = 1024
 # input at the released widths: 1856 channels at full resolution, times 2).
 CAUSAL_CHUNK_LATENTS = 2
 _CAUSAL_CACHE_CHANNELS = 3712
+# A chunk's activations per pixel-frame: above _DECODE_CHANNELS_AT_PEAK for the cache concatenation and
+# padding copies (benchmarks/vae_decode_memory.py live bytes: 1.45 GiB for 33 frames at 192x336, bf16).
+_CHUNK_CHANNELS_AT_PEAK = 1500
 # The head over all frames: about four 512-channel activations at twice the latent resolution, i.e. 128
 # channel-equivalents per output pixel and latent frame.
 _HEAD_CHANNELS_PER_LATENT_FRAME = 128
@@ -487,7 +490,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         pixels_per_latent = self.spatial_compression ** 2
         head = max(attention, _HEAD_CHANNELS_PER_LATENT_FRAME * t * tile_latents * pixels_per_latent * item)
         chunk_frames = tiling.causal_chunk * self.temporal_compression
-        tail = ((_DECODE_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent
+        tail = ((_CHUNK_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent
                 * item)
         tiled = tile_latents < h * w
         held = 3 * self.decoded_frames(t) * h * w * pixels_per_latent * item * (2 if tiled else 1)

@@ -38,17 +38,20 @@ GIB = 2**30
 
 
 def parse_tiling(text: str) -> Tiling:
-    """``none``, ``s256`` (spatial 256 px), ``s256t64`` (spatial 256 px + temporal 64 frames), ``t64``."""
+    """``none``, ``s256`` (spatial 256 px), ``s256t64`` (spatial 256 px + temporal 64 frames), ``t64``,
+    ``s256c2`` (spatial 256 px, causal chunks of 2 latent frames)."""
     if text == "none":
         return NO_TILING
-    spatial = temporal = None
-    rest = text
+    spatial = temporal = chunk = None
+    rest, _, chunk_text = text.partition("c")
+    if chunk_text:
+        chunk = int(chunk_text)
     if rest.startswith("s"):
         digits = rest[1:].split("t")[0]
         spatial, rest = int(digits), rest[1 + len(digits):]
     if rest.startswith("t"):
         temporal = int(rest[1:])
-    return Tiling(spatial=spatial, temporal=temporal)
+    return Tiling(spatial=spatial, temporal=temporal, causal_chunk=chunk)
 
 
 def live_peak(latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> None:
@@ -130,6 +133,10 @@ def main() -> None:
             live_peak((1, 16, 33, 72, 128), Tiling(256), dtype)  # 768px 16:9, 129 frames (reference)
             live_peak((1, 16, 33, 72, 128), Tiling(256, 64), dtype)  # + temporal tiles
             live_peak((1, 16, 33, 72, 128), Tiling(512, 64), dtype)
+            live_peak((1, 16, 9, 24, 42), Tiling(256), dtype)  # 33 frames at 192x336: causal chunks
+            live_peak((1, 16, 9, 24, 42), Tiling(256, causal_chunk=2), dtype)
+            live_peak((1, 16, 33, 24, 42), Tiling(256, causal_chunk=2), dtype)
+            live_peak((1, 16, 33, 72, 128), Tiling(256, causal_chunk=2), dtype)
 
 
 if __name__ == "__main__":

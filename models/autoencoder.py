@@ -20,12 +20,14 @@ class Tiling:
 
     Sizes are in pixels / pixel frames of the decoded video (the reference's ``sample_size`` and
     ``sample_tsize``); ``None`` turns that kind of tiling off. Tiles overlap by ``overlap`` of their size
-    and are blended linearly across the overlap, as the reference does.
+    and are blended linearly across the overlap, as the reference does. ``causal_chunk`` (instead of
+    temporal tiles, for a causal decoder) decodes that many latent frames at a time with a carried cache.
     """
 
     spatial: int | None = None
     temporal: int | None = None
     overlap: float = 0.25
+    causal_chunk: int | None = None
 
     @property
     def spatial_stride(self) -> int | None:
@@ -66,8 +68,6 @@ class VideoAutoencoder(nn.Module):
     # Granularity of tile sizes that keep the tiled output exactly the untiled size.
     spatial_tile_multiple: int = 32
     temporal_tile_multiple: int = 16
-    # Whether :meth:`decode_chunks_shared` hands the decoder passes to its runner (else it decodes here).
-    shares_decoder_passes: ClassVar[bool] = False
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +98,11 @@ class VideoAutoencoder(nn.Module):
         """
         raise NotImplementedError
 
+    def shares_passes(self, tiling: Tiling) -> bool:
+        """Whether :meth:`decode_chunks_shared` hands this tiling's decoder passes to its runner (else
+        every process decodes everything)."""
+        return False
+
     def decode_chunks_shared(self, z: torch.Tensor, tiling: Tiling | None, run_passes: PassRunner
                              ) -> Iterator[torch.Tensor]:
         """:meth:`decode_chunks` with the decoder passes handed to ``run_passes`` (a parallel group spreads
@@ -113,6 +118,11 @@ class VideoAutoencoder(nn.Module):
         """The reference's tile settings (spatial; with ``temporal`` also the temporal tiles of the
         reference's stand-alone VAE config)."""
         raise NotImplementedError
+
+    def causal_chunk_tiling(self) -> Tiling:
+        """The ``causal_chunks`` mode's tiling: only decoders that are causal in time have one."""
+        raise ValueError(f"causal_chunks decoding is for the HunyuanVideo VAE, not the {self.kind.display_name} "
+                         "autoencoder: choose reference tiling.")
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
         """Estimated peak device bytes of decoding one batch element of ``latent_shape`` with ``tiling``."""
@@ -163,7 +173,7 @@ class VideoAutoencoder(nn.Module):
         return candidates[-1]
 
 
-TILING_MODES: tuple[str, ...] = ("reference", "reference_temporal", "none", "memory_budget")
+TILING_MODES: tuple[str, ...] = ("reference", "reference_temporal", "none", "memory_budget", "causal_chunks")
 # Share of the free memory a memory-budget decode plans to use (the rest absorbs allocator overhead).
 BUDGET_SHARE = 0.8
 
@@ -172,7 +182,8 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
                   free_bytes: int | None = None) -> Tiling:
     """The tiling of a decode mode: ``reference`` (the reference's spatial tiles), ``reference_temporal``
     (spatial and temporal tiles of the reference's VAE config), ``none``, or ``memory_budget`` (the
-    least tiling whose estimate fits ``BUDGET_SHARE`` of ``free_bytes``)."""
+    least tiling whose estimate fits ``BUDGET_SHARE`` of ``free_bytes``) or ``causal_chunks`` (the reference's
+    spatial tiles, decoded a few frames at a time with a causal cache)."""
     if mode == "reference":
         return autoencoder.reference_tiling(temporal=False)
     if mode == "reference_temporal":
@@ -183,6 +194,8 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
         if free_bytes is None:
             raise ValueError("memory_budget tiling needs the free device memory.")
         return autoencoder.plan_tiling(latent_shape, int(free_bytes * BUDGET_SHARE))
+    if mode == "causal_chunks":
+        return autoencoder.causal_chunk_tiling()
     raise ValueError(f"Unknown tiling mode {mode!r}; choose one of {list(TILING_MODES)}.")
 
 

@@ -26,6 +26,7 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
 )
 
 from .autoencoder import PassRunner, Tiling, VideoAutoencoder, WorkUnit, work_modules
+from .hunyuan_causal_decode import decode_in_chunks, work_per_chunk
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
 SCALE_FACTOR = 0.476986
@@ -41,6 +42,17 @@ _DECODE_CHANNELS_AT_PEAK = 1200
 # Query rows per block of the mid-block attention: one frame of a reference tile (32x32 latents). Bounds
 # the scores held at once to 1024 x keys and makes every block a progress and Cancel point.
 ATTENTION_QUERY_BLOCK = 1024
+# causal_chunks: latent frames per chunk of the decoder's tail (2: 5 pixel frames, then 8 at a time), and
+# the tail's causal cache in channel-equivalents per output pixel (2 frames of every tail convolution's
+# input at the released widths: 1856 channels at full resolution, times 2).
+CAUSAL_CHUNK_LATENTS = 2
+_CAUSAL_CACHE_CHANNELS = 3712
+# A chunk's activations per pixel-frame: above _DECODE_CHANNELS_AT_PEAK for the cache concatenation and
+# padding copies (benchmarks/vae_decode_memory.py live bytes: 1.45 GiB for 33 frames at 192x336, bf16).
+_CHUNK_CHANNELS_AT_PEAK = 1500
+# The head over all frames: about four 512-channel activations at twice the latent resolution, i.e. 128
+# channel-equivalents per output pixel and latent frame.
+_HEAD_CHANNELS_PER_LATENT_FRAME = 128
 
 
 @dataclass(frozen=True)
@@ -218,7 +230,6 @@ class HunyuanVideoVAE(VideoAutoencoder):
     spatial_compression = HUNYUAN_VAE.spatial_compression
     spatial_tile_multiple = 32  # tiles of 32k px: stride 24k px = 3k latents, blend 8k px
     temporal_tile_multiple = 16  # tiles of 16k frames: stride 12k frames = 3k latents, blend 4k frames
-    shares_decoder_passes = True
 
     def __init__(self, config: HunyuanVAEConfig = HunyuanVAEConfig()):
         super().__init__()
@@ -252,6 +263,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
             overlap=REFERENCE_OVERLAP,
         )
 
+    def causal_chunk_tiling(self) -> Tiling:
+        return Tiling(spatial=REFERENCE_SPATIAL_TILE, overlap=REFERENCE_OVERLAP, causal_chunk=CAUSAL_CHUNK_LATENTS)
+
     def _configure(self, tiling: Tiling, encoding: bool) -> None:
         """Set the diffusers object's tile attributes to ``tiling``. Encodes use diffusers' temporal
         tiling; decodes do their own (:meth:`_temporal_tiled_decode`, which streams)."""
@@ -264,6 +278,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
             raise ValueError(
                 f"Temporal tile size {tiling.temporal} frames is not a multiple of {self.temporal_tile_multiple}."
             )
+        if tiling.causal_chunk is not None and (encoding or tiling.temporal is not None):
+            raise ValueError("Causal chunks are a decode setting and replace temporal tiles.")
         if tiling.overlap != REFERENCE_OVERLAP:
             raise ValueError(f"Only the reference's tile overlap {REFERENCE_OVERLAP} is supported.")
         core = self._core
@@ -298,6 +314,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tiling = self.reference_tiling() if tiling is None else tiling
         self._configure(tiling, encoding=False)
         z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
+        if tiling.causal_chunk is not None:
+            yield from self._causal_chunked_decode(z, tiling)
+            return
         latent_frames = z.shape[2]
         tile_latents = None if tiling.temporal is None else tiling.temporal // self.temporal_compression
         if tile_latents is None or latent_frames <= tile_latents:
@@ -334,15 +353,21 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     # --------------------------------------------------------------------- decode over several ranks
 
+    def shares_passes(self, tiling: Tiling) -> bool:
+        return tiling.causal_chunk is None  # causal chunks carry a cache from pass to pass
+
     @torch.no_grad()
     def decode_chunks_shared(self, z: torch.Tensor, tiling: Tiling | None, run_passes: PassRunner
                              ) -> Iterator[torch.Tensor]:
         """:meth:`decode_chunks` with our own tile loop: the same decoder passes (every spatial tile of
         every temporal tile, at diffusers' ``tiled_decode`` positions) handed to ``run_passes`` in order,
         blended as diffusers' ``tiled_decode`` and :meth:`_temporal_tiled_decode` blend them."""
+        tiling = self.reference_tiling() if tiling is None else tiling
+        if not self.shares_passes(tiling):
+            yield from self.decode_chunks(z, tiling)
+            return
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"Expected a latent [B, {self.latent_channels}, T, H, W], got {tuple(z.shape)}.")
-        tiling = self.reference_tiling() if tiling is None else tiling
         self._configure(tiling, encoding=False)
         z = z.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
         tile_latents = None if tiling.temporal is None else tiling.temporal // self.temporal_compression
@@ -350,11 +375,12 @@ class HunyuanVideoVAE(VideoAutoencoder):
         windows = ([z[:, :, start:start + tile_latents + 1] for start in self._temporal_tile_starts(z.shape[2], tiling)]
                    if temporal else [z])
         outputs = run_passes(partial(self._decode_pass, tile)
-                             for window in windows for row in self._spatial_tiles(window) for tile in row)
+                             for window in windows for row in self._spatial_tiles(window, tiling) for tile in row)
 
         def decode_window(window: torch.Tensor) -> torch.Tensor:
-            grid = [[next(outputs) for _tile in row] for row in self._spatial_tiles(window)]
-            return self._blend_spatial_tiles(grid, window.shape)
+            grid = [[next(outputs) for _tile in row] for row in self._spatial_tiles(window, tiling)]
+            return self._blend_tiles(grid, tiling, window.shape[3] * self.spatial_compression,
+                                     window.shape[4] * self.spatial_compression)
 
         if temporal:
             yield from self._temporal_tiled_decode(z, tiling, decode_window)
@@ -364,39 +390,67 @@ class HunyuanVideoVAE(VideoAutoencoder):
     def _decode_pass(self, latent: torch.Tensor) -> torch.Tensor:
         return self._core.decoder(self._core.post_quant_conv(latent))
 
-    def _spatial_tiles(self, window: torch.Tensor) -> list[list[torch.Tensor]]:
-        """The latent tiles of diffusers' ``tiled_decode`` (rows of tiles of ``tile_sample_min`` px every
-        ``tile_sample_stride`` px), or the whole window when it decodes untiled."""
-        core, s = self._core, self.spatial_compression
-        height, width = window.shape[-2:]
-        tile_h, tile_w = core.tile_sample_min_height // s, core.tile_sample_min_width // s
-        if not core.use_tiling or (height <= tile_h and width <= tile_w):
+    def _spatial_tiles(self, window: torch.Tensor, tiling: Tiling) -> list[list[torch.Tensor]]:
+        """The latent tiles of :meth:`_spatial_tile_offsets`, row by row."""
+        if tiling.spatial is None:
             return [[window]]
-        stride_h, stride_w = core.tile_sample_stride_height // s, core.tile_sample_stride_width // s
-        return [[window[..., top:top + tile_h, left:left + tile_w] for left in range(0, width, stride_w)]
-                for top in range(0, height, stride_h)]
-
-    def _blend_spatial_tiles(self, grid: list[list[torch.Tensor]], latent_shape: torch.Size) -> torch.Tensor:
-        """Decoded tiles -> the window's frames: each tile is cross-faded (in place, in row order) into
-        the tile above and the tile on its left with diffusers' ``blend_v`` / ``blend_h``, then every tile's
-        first stride of pixels is kept, as diffusers' ``tiled_decode`` does."""
-        if len(grid) == 1 and len(grid[0]) == 1:
-            return grid[0][0]
-        core, s = self._core, self.spatial_compression
-        fade_h = core.tile_sample_min_height - core.tile_sample_stride_height
-        fade_w = core.tile_sample_min_width - core.tile_sample_stride_width
-        keep_h, keep_w = core.tile_sample_stride_height, core.tile_sample_stride_width
-        for i, row in enumerate(grid):
-            for j in range(len(row)):
-                if i > 0:
-                    row[j] = core.blend_v(grid[i - 1][j], row[j], fade_h)
-                if j > 0:
-                    row[j] = core.blend_h(row[j - 1], row[j], fade_w)
-        kept = [torch.cat([tile[..., :keep_h, :keep_w] for tile in row], dim=-1) for row in grid]
-        return torch.cat(kept, dim=-2)[..., :latent_shape[-2] * s, :latent_shape[-1] * s]
+        size = tiling.spatial // self.spatial_compression
+        return [[window[..., i:i + size, j:j + size] for i, j in row]
+                for row in self._spatial_tile_offsets(window.shape[3], window.shape[4], tiling)]
 
     def _diffusers_decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self._core.decode(latent, return_dict=False)[0]
+    def _causal_chunked_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
+        """The reference's spatial tiles (where the frame exceeds one), each decoded in causal chunks
+        (:mod:`.hunyuan_causal_decode`). With one tile every chunk streams out; with several, all tiles but
+        the last are decoded to pixels first (the reference also holds every tile's pixels) and the last
+        one streams, each of its chunks blended with the same frames of the others."""
+        rows = self._spatial_tile_offsets(z.shape[3], z.shape[4], tiling)
+        size = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
+
+        def tile_chunks(i: int, j: int) -> Iterator[torch.Tensor]:
+            latent = z if size is None else z[:, :, :, i:i + size, j:j + size]
+            return decode_in_chunks(self.decoder, self.post_quant_conv(latent), tiling.causal_chunk)
+
+        if len(rows) == 1 and len(rows[0]) == 1:
+            yield from tile_chunks(0, 0)
+            return
+        *done_offsets, last = [offset for row in rows for offset in row]
+        done = {offset: torch.cat(list(tile_chunks(*offset)), dim=2) for offset in done_offsets}
+        frame = 0
+        for chunk in tile_chunks(*last):
+            frames = slice(frame, frame + chunk.shape[2])
+            grid = [[chunk if offset == last else done[offset][:, :, frames] for offset in row] for row in rows]
+            yield self._blend_tiles(grid, tiling, z.shape[3] * self.spatial_compression,
+                                    z.shape[4] * self.spatial_compression)
+            frame = frames.stop
+
+    def _spatial_tile_offsets(self, height: int, width: int, tiling: Tiling) -> list[list[tuple[int, int]]]:
+        """Latent ``(row, column)`` of every spatial tile, row by row, where diffusers' ``tiled_decode``
+        would tile (a latent larger than one tile); one tile at ``(0, 0)`` otherwise."""
+        size = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
+        if size is None or (height <= size and width <= size):
+            return [[(0, 0)]]
+        stride = tiling.spatial_stride // self.spatial_compression
+        return [[(i, j) for j in range(0, width, stride)] for i in range(0, height, stride)]
+
+    def _blend_tiles(self, rows: list[list[torch.Tensor]], tiling: Tiling, height: int, width: int) -> torch.Tensor:
+        """Decoded tiles (the same frames of each) -> one picture, blended as diffusers' ``tiled_decode``
+        (in place on the tiles, in the same order, so whole-video tiles give its exact result)."""
+        if len(rows) == 1 and len(rows[0]) == 1:
+            return rows[0][0]
+        stride, blend = tiling.spatial_stride, tiling.spatial - tiling.spatial_stride
+        joined = []
+        for i, row in enumerate(rows):
+            pieces = []
+            for j, tile in enumerate(row):
+                if i > 0:
+                    tile = self._core.blend_v(rows[i - 1][j], tile, blend)
+                if j > 0:
+                    tile = self._core.blend_h(row[j - 1], tile, blend)
+                pieces.append(tile[:, :, :, :stride, :stride])
+            joined.append(torch.cat(pieces, dim=-1))
+        return torch.cat(joined, dim=3)[:, :, :, :height, :width]
 
     def _temporal_tile_starts(self, latent_frames: int, tiling: Tiling) -> list[int]:
         """First latent of every temporal tile :meth:`_temporal_tiled_decode` decodes: every stride,
@@ -422,6 +476,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     def decode_chunk_count(self, latent_frames: int, tiling: Tiling | None = None) -> int:
         tiling = self.reference_tiling() if tiling is None else tiling
+        if tiling.causal_chunk is not None:
+            return -(-latent_frames // tiling.causal_chunk)
         if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
             return 1
         stride = tiling.temporal_stride
@@ -451,8 +507,13 @@ class HunyuanVideoVAE(VideoAutoencoder):
         return len(self.decode_pass_shapes(latent_shape, tiling))
 
     def pass_work(self, latent_shape: tuple[int, ...], tiling: Tiling | None = None) -> list[int]:
-        """Every decoder convolution of each pass, plus its mid-block attention's query blocks."""
+        """Every decoder convolution of each pass, plus its mid-block attention's query blocks (causal
+        chunks: the tail's convolutions once per chunk)."""
+        tiling = self.reference_tiling() if tiling is None else tiling
         convolutions = len([module for module in work_modules(self.decoder) if not isinstance(module, WorkUnit)])
+        if tiling.causal_chunk is not None:
+            once, per_chunk = work_per_chunk(self.decoder)
+            convolutions = once + per_chunk * self.decode_chunk_count(latent_shape[2], tiling)
         return [convolutions + attention_blocks(*shape) for shape in self.decode_pass_shapes(latent_shape, tiling)]
 
     # ---------------------------------------------------------------------------- memory estimate
@@ -468,8 +529,25 @@ class HunyuanVideoVAE(VideoAutoencoder):
         tile_h = h if tiling.spatial is None else min(h, tiling.spatial // s)
         tile_w = w if tiling.spatial is None else min(w, tiling.spatial // s)
         tile_frames = self.decoded_frames(tile_t)
-        activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
         tokens = tile_t * tile_h * tile_w
         attention = 3 * min(tokens, ATTENTION_QUERY_BLOCK) * tokens * 4  # one block's scores, softmax (fp32)
+        if tiling.causal_chunk is not None:
+            return self._causal_chunk_bytes(latent_shape, tiling, tile_h * tile_w, item, attention)
+        activations = _DECODE_CHANNELS_AT_PEAK * tile_frames * tile_h * s * tile_w * s * item
         chunk_output = 3 * tile_frames * h * s * w * s * item * 3  # tiles, blended rows, concatenation
         return max(activations, attention) + chunk_output
+
+    def _causal_chunk_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, tile_latents: int,
+                            item: int, attention: int) -> int:
+        """:meth:`decode_bytes` of a causal-chunk decode: the larger of the head over all frames of a tile
+        (its attention, or about four 512-channel activations at twice the latent resolution) and one tail
+        chunk with the cache, plus the decoded pixels of the tiles held for blending."""
+        _, _, t, h, w = latent_shape
+        pixels_per_latent = self.spatial_compression ** 2
+        head = max(attention, _HEAD_CHANNELS_PER_LATENT_FRAME * t * tile_latents * pixels_per_latent * item)
+        chunk_frames = tiling.causal_chunk * self.temporal_compression
+        tail = ((_CHUNK_CHANNELS_AT_PEAK * chunk_frames + _CAUSAL_CACHE_CHANNELS) * tile_latents * pixels_per_latent
+                * item)
+        tiled = tile_latents < h * w
+        held = 3 * self.decoded_frames(t) * h * w * pixels_per_latent * item * (2 if tiled else 1)
+        return max(head, tail) + held

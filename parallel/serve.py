@@ -110,7 +110,7 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         if isinstance(work, DecodeJob):
             work.check_vae()
             vae = cache[1].get(work.vae, work.dtype, partial(load_autoencoder, work.vae, work.dtype, device))
-            if not vae.shares_decoder_passes:
+            if not vae.shares_passes(work.tiling):
                 raise ValueError(f"{work.vae} holds the {vae.kind.display_name}, not the HunyuanVideo VAE, whose "
                                  "decode alone is spread over the group: disconnect 'parallel' from the VAE Decode "
                                  "node.")

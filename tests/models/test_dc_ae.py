@@ -259,3 +259,11 @@ def test_bf16_single_frame_encode_follows_fp32():
     expected = full.encode(x.to(torch.bfloat16).float(), tiling=NO_TILING)
     got = half.encode(x, tiling=NO_TILING).float()
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_causal_chunks_mode_is_refused_with_a_remedy(tiny):
+    """The DC-AE is not causal in time: the causal_chunks decode mode names the mode to use instead."""
+    from comfyui_opensora.models.autoencoder import choose_tiling
+
+    with pytest.raises(ValueError, match="choose reference tiling"):
+        choose_tiling(tiny, "causal_chunks", (1, 16, 2, 1, 1))

@@ -84,6 +84,27 @@ def test_decode_gives_all_frames_in_unit_range(loaded_vae, standalone_host):
         assert torch.equal(torch.cat(other), frames), mode  # small latents: no tile is needed in any mode
 
 
+def test_decode_in_causal_chunks_moves_progress_per_convolution(loaded_vae, standalone_host):
+    """The causal_chunks mode (two chunks here): progress reaches its total exactly, one step per decoder
+    convolution, and the frames are the model's causal-chunk decode (close to, not equal to, untiled)."""
+    latent = _latent(batch=1)
+    module = loaded_vae.module
+    updates = []
+    remove = standalone_host.add_progress_listener(lambda value, total: updates.append((value, total)))
+    try:
+        (videos,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, latent, "causal_chunks")
+    finally:
+        remove()
+    tiling = module.causal_chunk_tiling()
+    total = module.decode_work(tuple(latent["samples"].shape), tiling)
+    assert module.decode_chunk_count(3, tiling) == 2 and updates == [(v, total) for v in range(1, total + 1)]
+    decoded = module.decode(latent["samples"], tiling)
+    expected = ((decoded.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 3, 0)
+    assert torch.equal(videos[0], expected)
+    (untiled,) = vae_nodes.OpenSoraVAEDecode().execute(loaded_vae, latent, "none")
+    assert not torch.equal(videos[0], untiled[0]) and (videos[0] - untiled[0]).abs().mean() < 0.05
+
+
 def test_decode_streams_temporal_tiles_and_cuts_frames(loaded_vae):
     from comfyui_opensora.models.autoencoder import Tiling
 

@@ -108,3 +108,17 @@ def test_pass_shares_cover_every_pass_once():
     for passes in range(0, 9):
         for size in (1, 2, 3, 4):
             assert sorted(index for rank in range(size) for index in local_passes(passes, rank, size)) == list(range(passes))
+
+
+def test_causal_chunks_are_not_shared(tmp_path):
+    """Causal chunks carry a cache from pass to pass: a group's ranks each decode them whole, the runner unused."""
+    vae = load_autoencoder(write_tiny_hunyuan_vae(tmp_path / "vae.safetensors", seed=3), dtype=torch.float32)
+    z = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(2))
+    tiling = Tiling(32, causal_chunk=2)
+    assert not vae.shares_passes(tiling) and vae.shares_passes(Tiling(32))
+
+    def refuse(passes):
+        raise AssertionError("causal chunks were handed to the pass runner")
+
+    shared = torch.cat(list(vae.decode_chunks_shared(z, tiling, refuse)), dim=2)
+    assert torch.equal(shared, vae.decode(z, tiling))

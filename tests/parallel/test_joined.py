@@ -6,17 +6,12 @@ and the decode's progress counts the passes each rank runs.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from factories_mmdit import write_tiny_mmdit
 from factories_vae import write_tiny_hunyuan_vae
+from torchrun_launch import run_ranks
 from workflow_doubles import PACK_ROOT
 
 pytest.importorskip("yunchang", reason="sequence-parallel sampling needs yunchang: pip install -r requirements-test.txt")
@@ -65,12 +60,6 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_nodes_in_a_joined_group_shard_the_tokens_and_match_in_process(tmp_path):
     models = tmp_path / "models"
     for folder in ("diffusion_models", "vae"):
@@ -78,21 +67,7 @@ def test_nodes_in_a_joined_group_shard_the_tokens_and_match_in_process(tmp_path)
     write_tiny_mmdit(models / "diffusion_models" / "tiny.safetensors")
     write_tiny_hunyuan_vae(models / "vae" / "vae.safetensors", seed=3)
     (tmp_path / "worker.py").write_text(WORKER)
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        environment.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(RANKS),
-         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(tmp_path / "worker.py"),
-         str(PACK_ROOT / "__main__.py"), str(models), str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, start_new_session=True)
-    try:
-        log = launch.communicate(timeout=TIMEOUT_S)[0]
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.wait()
-    assert launch.returncode == 0, log[-4000:]
+    run_ranks(tmp_path / "worker.py", [str(PACK_ROOT / "__main__.py"), str(models), str(tmp_path)], RANKS, TIMEOUT_S)
 
     for rank in range(RANKS):
         results = torch.load(tmp_path / f"rank{rank}.pt")

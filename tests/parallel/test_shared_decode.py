@@ -7,12 +7,6 @@ of the passes only.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -20,6 +14,7 @@ from comfyui_opensora.loaders.autoencoders import load_autoencoder
 from comfyui_opensora.models.autoencoder import Tiling
 from comfyui_opensora.parallel.shared_decode import local_passes
 from factories_vae import write_tiny_hunyuan_vae
+from torchrun_launch import run_ranks
 from workflow_doubles import PACK_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,33 +48,13 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_ranks_decode_the_frames_of_one_process(tmp_path):
     path = write_tiny_hunyuan_vae(tmp_path / "vae.safetensors", seed=3)
     vae = load_autoencoder(path, dtype=torch.float32)
     z = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(0))
     torch.save(z, tmp_path / "z.pt")
     (tmp_path / "worker.py").write_text(WORKER)
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        environment.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(RANKS),
-         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(tmp_path / "worker.py"),
-         str(PACK_ROOT / "__main__.py"), str(path), str(tmp_path / "z.pt"), str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, start_new_session=True)
-    try:
-        log = launch.communicate(timeout=TIMEOUT_S)[0]
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.wait()
-    assert launch.returncode == 0, log[-4000:]
+    run_ranks(tmp_path / "worker.py", [str(PACK_ROOT / "__main__.py"), str(path), str(tmp_path / "z.pt"), str(tmp_path)], RANKS, TIMEOUT_S)
 
     for name, tiling in TILINGS.items():
         single = list(vae.decode_chunks(z, tiling))

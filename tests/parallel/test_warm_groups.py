@@ -8,7 +8,6 @@ file the ranks refuse is a clear error, and the Video DC-AE decodes in this proc
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from comfyui_opensora.samplers.geometry import VideoGeometry
 from comfyui_opensora.samplers.latent import make_latent
 from comfyui_opensora.tiny_checkpoints.autoencoders import tiny_dc_ae_config, write_tiny_dc_ae
 from factories_vae import write_tiny_hunyuan_vae
+from torchrun_launch import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,15 +34,9 @@ TOLERANCE = 1e-6
 GEOMETRY = VideoGeometry(height=32, width=448, num_frames=9)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks():
-    settings = ParallelSettings(GroupSettings(2, "cpu", _free_port()), 0, "split")
+    settings = ParallelSettings(GroupSettings(2, "cpu", free_port()), 0, "split")
     yield settings
     warm_groups.shutdown_worker_groups()
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from comfyui_opensora.standalone import cli, inference_plan
 from comfyui_opensora.standalone.data_parallel import RankLayout, layout_from_environment
 from comfyui_opensora.standalone.manifest import MANIFEST_NAME, append_record, read_manifest
 
+from torchrun_launch import free_port, loopback_environment
 from workflow_doubles import PACK_ROOT, read_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,12 +31,6 @@ ROWS = ("a red fox", "a blue boat", "a green tree", "a yellow car")
 TINY_RUN = ["--steps", "2", "--num-frames", "9", "--width", "48", "--height", "32", "--seed", "3",
             "--weight-dtype", "fp32", "--device", "cpu"]
 SUBPROCESS_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _generate_arguments(table: Path, models: Path, output: Path) -> list[str]:
@@ -56,10 +50,8 @@ def table_and_models(tmp_path_factory) -> tuple[Path, Path]:
 def _torchrun(table: Path, models: Path, output: Path, hosts: int, ranks_per_host: int, *options: str) -> list[str]:
     """Run ``generate`` on ``hosts`` simulated hosts (concurrent ``torchrun --nnodes`` launches on 127.0.0.1)
     of ``ranks_per_host`` ranks each; returns each launch's output after checking that all succeeded."""
-    port = _free_port()
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        environment.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over the loopback interface only
+    port = free_port()
+    environment = loopback_environment()
     launches = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(hosts), "--node-rank", str(node),

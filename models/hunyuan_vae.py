@@ -400,27 +400,27 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     def _diffusers_decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self._core.decode(latent, return_dict=False)[0]
+
     def _causal_chunked_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
         """The reference's spatial tiles (where the frame exceeds one), each decoded in causal chunks
         (:mod:`.hunyuan_causal_decode`). With one tile every chunk streams out; with several, all tiles but
         the last are decoded to pixels first (the reference also holds every tile's pixels) and the last
         one streams, each of its chunks blended with the same frames of the others."""
-        rows = self._spatial_tile_offsets(z.shape[3], z.shape[4], tiling)
-        size = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
+        rows = self._spatial_tiles(z, tiling)
 
-        def tile_chunks(i: int, j: int) -> Iterator[torch.Tensor]:
-            latent = z if size is None else z[:, :, :, i:i + size, j:j + size]
-            return decode_in_chunks(self.decoder, self.post_quant_conv(latent), tiling.causal_chunk)
+        def chunks_of(tile: torch.Tensor) -> Iterator[torch.Tensor]:
+            return decode_in_chunks(self.decoder, self.post_quant_conv(tile), tiling.causal_chunk)
 
         if len(rows) == 1 and len(rows[0]) == 1:
-            yield from tile_chunks(0, 0)
+            yield from chunks_of(rows[0][0])
             return
-        *done_offsets, last = [offset for row in rows for offset in row]
-        done = {offset: torch.cat(list(tile_chunks(*offset)), dim=2) for offset in done_offsets}
+        *held, last = [tile for row in rows for tile in row]
+        done = [torch.cat(list(chunks_of(tile)), dim=2) for tile in held]
         frame = 0
-        for chunk in tile_chunks(*last):
+        for chunk in chunks_of(last):
             frames = slice(frame, frame + chunk.shape[2])
-            grid = [[chunk if offset == last else done[offset][:, :, frames] for offset in row] for row in rows]
+            pieces = iter([pixels[:, :, frames] for pixels in done] + [chunk])
+            grid = [[next(pieces) for _tile in row] for row in rows]
             yield self._blend_tiles(grid, tiling, z.shape[3] * self.spatial_compression,
                                     z.shape[4] * self.spatial_compression)
             frame = frames.stop
@@ -489,12 +489,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
         diffusers' spatial tiles (every stride, cut at the edges) within each temporal tile."""
         tiling = self.reference_tiling() if tiling is None else tiling
         _, _, latent_frames, height, width = latent_shape
-        tiles = [(height, width)]
-        tile = None if tiling.spatial is None else tiling.spatial // self.spatial_compression
-        if tile is not None and (height > tile or width > tile):  # when diffusers' tiled_decode runs
-            stride = tiling.spatial_stride // self.spatial_compression
-            tiles = [(min(tile, height - top), min(tile, width - left))
-                     for top in range(0, height, stride) for left in range(0, width, stride)]
+        size = max(height, width) if tiling.spatial is None else tiling.spatial // self.spatial_compression
+        tiles = [(min(size, height - top), min(size, width - left))
+                 for row in self._spatial_tile_offsets(height, width, tiling) for top, left in row]
         if tiling.temporal is None or latent_frames <= tiling.temporal // self.temporal_compression:
             frame_counts = [latent_frames]
         else:

@@ -24,7 +24,7 @@ from torch import nn
 from ..models.autoencoder import PassRunner
 from .attention import SequenceParallelGroups
 from .layout import ParallelLayout
-from .shared_decode import local_passes, run_passes_over_group
+from .shared_decode import local_work, run_passes_over_group
 from .sharded_model import ShardedMMDiT
 
 
@@ -60,7 +60,7 @@ class JoinedGroup:
 
     def local_work(self, pass_work: list[int]) -> int:
         """The work units of the decoder passes this rank runs, of all passes' ``pass_work``."""
-        return sum(pass_work[index] for index in local_passes(len(pass_work), self.rank, self.size))
+        return local_work(pass_work, self.rank, self.size)
 
 
 _joined: JoinedGroup | None = None

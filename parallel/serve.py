@@ -153,6 +153,15 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         store.set(done_key(job), encode({"status": OK, timing: seconds, "peak_memory_bytes": peak}))
 
 
+def _cancel_agreed(store: dist.Store, job: int, rank: int, flag: torch.Tensor) -> bool:
+    """Whether the job is cancelled, the same answer on every rank: rank 0 reads the flag in the store and
+    broadcasts it (``flag``: a one-element int tensor on this rank's device)."""
+    if rank == 0:
+        flag.fill_(int(store.check([cancel_key(job)])))
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def _sample(model: torch.nn.Module, work: WorkerJob, store: dist.Store, job: int, rank: int, device: torch.device,
             groups: SequenceParallelGroups) -> torch.Tensor:
     """Denoise together; after every step rank 0 publishes progress (and the preview) and all ranks learn
@@ -164,9 +173,7 @@ def _sample(model: torch.nn.Module, work: WorkerJob, store: dist.Store, job: int
             if work.preview:  # first frame of element 0, written before the progress that announces it
                 store.set(preview_key(job), tensor_bytes(result.denoised()[:1, :, :1]))
             store.set(progress_key(job), str(result.step + 1))
-            cancel.fill_(int(store.check([cancel_key(job)])))
-        dist.broadcast(cancel, 0)
-        if cancel.item():
+        if _cancel_agreed(store, job, rank, cancel):
             raise SamplingCancelled(result.step + 1)
 
     return run_sampling(ShardedMMDiT(model, work.layout, groups), work.sampling, device, work.setup.compute_dtype,
@@ -188,12 +195,8 @@ def _decode(vae: VideoAutoencoder, work: DecodeJob, store: dist.Store, job: int,
 
     def checked(passes: Iterable[Callable[[], torch.Tensor]]) -> Iterator[Callable[[], torch.Tensor]]:
         for index, one in enumerate(passes):
-            if index % world == 0:  # every rank takes a round's passes together
-                if rank == 0:
-                    cancel.fill_(int(store.check([cancel_key(job)])))
-                dist.broadcast(cancel, 0)
-                if cancel.item():
-                    raise SamplingCancelled(done)
+            if index % world == 0 and _cancel_agreed(store, job, rank, cancel):  # before each round of passes
+                raise SamplingCancelled(done)
             yield one
 
     def run_passes(passes: Iterable[Callable[[], torch.Tensor]]) -> Iterator[torch.Tensor]:

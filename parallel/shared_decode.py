@@ -39,6 +39,11 @@ def local_passes(passes: int, rank: int, size: int) -> range:
     return range(rank, passes, size)
 
 
+def local_work(pass_work: list[int], rank: int, size: int) -> int:
+    """The work units (of each pass's ``pass_work``) of the passes rank ``rank`` runs: its progress total."""
+    return sum(pass_work[index] for index in local_passes(len(pass_work), rank, size))
+
+
 def _all_gather_tiles(own: torch.Tensor | None, count: int, group: dist.ProcessGroup, size: int,
                       device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     """The first ``count`` ranks' tiles (shapes may differ), on every rank."""

@@ -21,7 +21,7 @@ from .group import GroupSettings, WorkerGroup, WorkerGroupDied
 from .layout import check_sequence_fits
 from .protocol import DecodeJob, SamplingCancelled, WorkerJob
 from .settings import ParallelSettings
-from .shared_decode import local_passes
+from .shared_decode import local_work
 
 _GROUPS: dict[GroupSettings, WorkerGroup] = {}
 _log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ def decode_on_warm_group(settings: ParallelSettings, vae: str, dtype: torch.dtyp
     stop before their next round of passes and that exception is re-raised). Returns the frames
     ``[B*num_frames, height, width, 3]`` in 0..1, float32 on the CPU.
     """
-    share = sum(pass_work[index] for index in local_passes(len(pass_work), 0, settings.group.world_size))
-    total = latent.shape[0] * share
+    total = latent.shape[0] * local_work(pass_work, 0, settings.group.world_size)
     job = DecodeJob(vae, dtype, latent, tiling, num_frames, height, width, total, os.path.getsize(vae))
     frames = _run_on_warm_group(settings.group, job, lambda done, _preview: on_progress(done, total), check_interrupt)
     return frames.float()

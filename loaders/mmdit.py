@@ -186,6 +186,12 @@ def _refuse_other_kinds(raw_keys: set[str], header: Mapping[str, TensorInfo], pa
         )
 
 
+def read_mmdit_config(path: str | os.PathLike) -> MMDiTConfig:
+    """The architecture of an MMDiT file, read off its header and metadata (no tensor is read)."""
+    header = {strip_comfy_prefix(k): v for k, v in read_header(path).items()}
+    return infer_mmdit_config(header, read_metadata(path))
+
+
 def load_mmdit(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu") -> MMDiT:
     """Build the MMDiT a safetensors file describes and load its weights, cast to ``dtype``.

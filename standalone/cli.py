@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import host
-from ..loaders.checkpoint import read_header, read_metadata
-from ..loaders.mmdit import infer_mmdit_config
+from ..loaders.mmdit import read_mmdit_config
 from ..models import latent_space
 from ..parallel import joined
 from ..parallel.attention import yunchang_installed
@@ -457,7 +456,7 @@ def diffusion_model_heads(prompt: dict[str, dict]) -> list[int]:
             name = node["inputs"].get(input_name) if node["class_type"] == class_type else None
             if isinstance(name, str):
                 path = host.resolve_file(host.DIFFUSION_MODELS, name)
-                heads.append(infer_mmdit_config(read_header(path), read_metadata(path)).num_heads)
+                heads.append(read_mmdit_config(path).num_heads)
     return heads
 
 

@@ -9,7 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_opensora.loaders.checkpoint import CheckpointError, TensorInfo
-from comfyui_opensora.loaders.mmdit import COMFY_PREFIX, default_axes_dim, infer_mmdit_config, load_mmdit
+from comfyui_opensora.loaders.mmdit import (
+    COMFY_PREFIX,
+    default_axes_dim,
+    infer_mmdit_config,
+    load_mmdit,
+    read_mmdit_config,
+)
 from comfyui_opensora.models.mmdit import MMDiTConfig
 
 from factories_mmdit import (
@@ -56,6 +62,7 @@ def test_unsupported_dtype_is_refused(tmp_path):
 def test_comfyui_prefixed_flux_file_loads(tmp_path):
     path = tmp_path / "flux_prefixed.safetensors"
     write_tiny_mmdit(path, TINY_FLUX_CONFIG, comfy_prefix=True, with_metadata=False)
+    assert read_mmdit_config(path) == TINY_FLUX_CONFIG  # what the command line reads for --sp-size layouts
     model = load_mmdit(path, dtype=torch.float32)
     assert model.config == TINY_FLUX_CONFIG
     assert torch.equal(model.guidance_in.in_layer.weight,

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .protocol import (
-    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob, bytes_tensor,
+    CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob, loaded,
     cancel_key, decode, delete_bytes, done_key, error_key, failed_ranks_key, get_bytes, job_key, pack_version,
     preview_key, progress_key, put_bytes, ready_key, request_key, result_key,
 )
@@ -372,7 +372,7 @@ class WorkerGroup:
                 raise WorkerGroupError(f"Unexpected worker outcome {outcome}.")
             if on_progress is not None and reported < job.progress_total:
                 on_progress(job.progress_total, self._preview(number, job))
-            return bytes_tensor(get_bytes(self.store, result_key(number)))
+            return loaded(get_bytes(self.store, result_key(number)))
         finally:
             if self.store is not None:  # the job's data would otherwise stay in this process's memory
                 for key in (request_key(number), result_key(number)):
@@ -381,7 +381,7 @@ class WorkerGroup:
                     self.store.delete_key(key)
 
     def _preview(self, job: int, work: WorkerJob | DecodeJob) -> torch.Tensor | None:
-        return bytes_tensor(self.store.get(preview_key(job))) if work.preview else None
+        return loaded(self.store.get(preview_key(job))) if work.preview else None
 
     def _death_message(self, job: int) -> str:
         code = self.process.poll()

@@ -26,7 +26,6 @@ import torch.distributed as dist
 
 from ..loaders.mmdit_setup import MMDiTSetup
 from ..models.autoencoder import Tiling
-from ..models.dtypes import FLOAT_DTYPES
 from ..samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from ..samplers.geometry import VideoGeometry
 from ..samplers.image_condition import ImageCondition
@@ -110,13 +109,15 @@ def delete_bytes(store: dist.Store, key: str) -> None:
         store.delete_key(key)
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
+def saved_bytes(value: Any) -> bytes:
+    """``value`` (plain tensors on the CPU, numbers, strings, dtypes, lists and dicts of them) as bytes."""
     buffer = io.BytesIO()
-    torch.save(tensor.cpu(), buffer)
+    torch.save(value, buffer)
     return buffer.getvalue()
 
 
-def bytes_tensor(data: bytes) -> torch.Tensor:
+def loaded(data: bytes) -> Any:
+    """What :func:`saved_bytes` saved (``weights_only``: no code is run)."""
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
@@ -199,8 +200,7 @@ class WorkerJob:
             condition = {"cond_type": c.cond_type, "geometry": asdict(c.geometry), "mask": c.mask,
                          "masked_ref": c.masked_ref}
         text = request.text
-        buffer = io.BytesIO()
-        torch.save({
+        return saved_bytes({
             "kind": SAMPLE,
             "checkpoint": self.checkpoint, "checkpoint_bytes": self.checkpoint_bytes, "setup": asdict(self.setup),
             "layout": asdict(self.layout),
@@ -209,12 +209,7 @@ class WorkerJob:
             "timesteps": [float(t) for t in request.timesteps], "guidance": asdict(request.guidance),
             "distilled_guidance": float(request.distilled_guidance), "policy": asdict(request.policy),
             "condition": condition, "cache": asdict(request.cache),
-        }, buffer)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "WorkerJob":
-        return cls.from_dict(torch.load(io.BytesIO(data), weights_only=True))
+        })
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WorkerJob":
@@ -255,16 +250,13 @@ class DecodeJob:
     preview = False  # decodes send no previews
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        dtype = next(name for name, value in FLOAT_DTYPES.items() if value == self.dtype)
-        torch.save({"kind": DECODE, "vae": self.vae, "vae_bytes": self.vae_bytes, "dtype": dtype,
-                    "latent": self.latent.cpu(), "tiling": asdict(self.tiling), "num_frames": self.num_frames,
-                    "height": self.height, "width": self.width, "progress_total": self.progress_total}, buffer)
-        return buffer.getvalue()
+        return saved_bytes({"kind": DECODE, "vae": self.vae, "vae_bytes": self.vae_bytes, "dtype": self.dtype,
+                            "latent": self.latent.cpu(), "tiling": asdict(self.tiling), "num_frames": self.num_frames,
+                            "height": self.height, "width": self.width, "progress_total": self.progress_total})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DecodeJob":
-        return cls(data["vae"], FLOAT_DTYPES[data["dtype"]], data["latent"], Tiling(**data["tiling"]),
+        return cls(data["vae"], data["dtype"], data["latent"], Tiling(**data["tiling"]),
                    data["num_frames"], data["height"], data["width"], data["progress_total"], data["vae_bytes"])
 
     def check_vae(self) -> None:
@@ -278,7 +270,7 @@ SAMPLE, DECODE = "sample", "decode"
 
 def job_from_bytes(data: bytes) -> WorkerJob | DecodeJob:
     """The job a request holds, of either kind."""
-    fields: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
+    fields: dict[str, Any] = loaded(data)
     return {SAMPLE: WorkerJob, DECODE: DecodeJob}[fields["kind"]].from_dict(fields)
 
 

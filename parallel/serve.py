@@ -38,7 +38,7 @@ from .attention import SequenceParallelGroups
 from .protocol import (
     CANCELLED, FAILED, LEFT, OK, POLL_SECONDS, PROCESS_GROUP_PREFIX, SHUTDOWN, DecodeJob, SamplingCancelled, WorkerJob,
     cancel_key, done_key, encode, error_key, failed_ranks_key, get_bytes, job_from_bytes, job_key, preview_key,
-    progress_key, put_bytes, rank_facts, ready_key, request_key, result_key, tensor_bytes,
+    progress_key, put_bytes, rank_facts, ready_key, request_key, result_key, saved_bytes,
 )
 from .shared_decode import run_passes_over_group
 from .sharded_model import ShardedMMDiT
@@ -147,7 +147,7 @@ def _run_job(store: dist.Store, job: int, rank: int, world: int, device: torch.d
         os._exit(1)
     seconds = time.perf_counter() - started
     if rank == 0:
-        put_bytes(store, result_key(job), tensor_bytes(result))
+        put_bytes(store, result_key(job), saved_bytes(result.cpu()))
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         timing = "decode_seconds" if isinstance(work, DecodeJob) else "sampling_seconds"
         store.set(done_key(job), encode({"status": OK, timing: seconds, "peak_memory_bytes": peak}))
@@ -171,7 +171,7 @@ def _sample(model: torch.nn.Module, work: WorkerJob, store: dist.Store, job: int
     def on_step(result: StepResult) -> None:
         if rank == 0:
             if work.preview:  # first frame of element 0, written before the progress that announces it
-                store.set(preview_key(job), tensor_bytes(result.denoised()[:1, :, :1]))
+                store.set(preview_key(job), saved_bytes(result.denoised()[:1, :, :1].cpu()))
             store.set(progress_key(job), str(result.step + 1))
         if _cancel_agreed(store, job, rank, cancel):
             raise SamplingCancelled(result.step + 1)

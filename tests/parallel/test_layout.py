@@ -16,7 +16,7 @@ from comfyui_opensora.nodes import parallel as parallel_node
 from comfyui_opensora.parallel.attention import block_attention
 from comfyui_opensora.parallel.group import GroupSettings
 from comfyui_opensora.parallel.layout import ParallelLayout, TokenSplit, check_sequence_fits
-from comfyui_opensora.parallel.protocol import WorkerJob
+from comfyui_opensora.parallel.protocol import WorkerJob, job_from_bytes
 from comfyui_opensora.parallel.settings import ParallelSettings
 from comfyui_opensora.samplers.denoisers import BranchPolicy, Guidance, TextInputs
 from comfyui_opensora.samplers.geometry import VideoGeometry
@@ -94,7 +94,7 @@ def test_request_round_trips_through_bytes():
                               Guidance(5.0, 2.0, False), 3.5, BranchPolicy(False, True), condition)
     setup = MMDiTSetup("fp8_e4m3fn", "sdpa", 7, True)
     sent = WorkerJob("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), request, True, 1234)
-    job = WorkerJob.from_bytes(sent.to_bytes())
+    job = job_from_bytes(sent.to_bytes())
     assert (job.checkpoint, job.setup, job.layout, job.preview, job.checkpoint_bytes) == \
         ("/models/x.safetensors", setup, ParallelLayout(1, 2, "replicated"), True, 1234)
     loaded = job.sampling

@@ -22,7 +22,7 @@ import json
 import torch
 
 import common  # noqa: F401  (imports the pack as comfyui_opensora)
-from comfyui_opensora.models import hunyuan_causal_decode
+from comfyui_opensora.models import hunyuan_causal_chunks
 from comfyui_opensora.models.autoencoder import NO_TILING, Tiling
 from comfyui_opensora.models.dtypes import dtypes_named
 from comfyui_opensora.models.hunyuan_vae import SCALE_FACTOR, HunyuanVAEConfig, HunyuanVideoVAE
@@ -36,14 +36,14 @@ def split_index(vae: HunyuanVideoVAE, name: str) -> int | None:
     """``default`` -> None (the module's choice); ``mid`` -> the first stage after the mid block."""
     if name == "default":
         return None
-    stages = hunyuan_causal_decode.decoder_stages(vae.decoder)
+    stages = hunyuan_causal_chunks.decoder_stages(vae.decoder)
     return stages.index(vae.decoder.mid_block) + 1
 
 
 def decode_untiled_chunks(vae: HunyuanVideoVAE, z: torch.Tensor, chunk: int, split: int | None) -> torch.Tensor:
     """The causal-chunk decode of the whole frame (no spatial tiles) with the head/tail split at ``split``."""
     latent = vae.post_quant_conv(z.to(vae.dtype) / SCALE_FACTOR)
-    return torch.cat(list(hunyuan_causal_decode.decode_in_chunks(vae.decoder, latent, chunk, split)), dim=2)
+    return torch.cat(list(hunyuan_causal_chunks.decode_in_chunks(vae.decoder, latent, chunk, split)), dim=2)
 
 
 def deviation(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

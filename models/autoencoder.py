@@ -21,7 +21,8 @@ class Tiling:
     Sizes are in pixels / pixel frames of the decoded video (the reference's ``sample_size`` and
     ``sample_tsize``); ``None`` turns that kind of tiling off. Tiles overlap by ``overlap`` of their size
     and are blended linearly across the overlap, as the reference does. ``causal_chunk`` (instead of
-    temporal tiles, for a causal decoder) decodes that many latent frames at a time with a carried cache.
+    temporal tiles, for a VAE causal in time) decodes or encodes that many latent frames at a time with a
+    carried cache.
     """
 
     spatial: int | None = None
@@ -120,8 +121,8 @@ class VideoAutoencoder(nn.Module):
         raise NotImplementedError
 
     def causal_chunk_tiling(self) -> Tiling:
-        """The ``causal_chunks`` mode's tiling: only decoders that are causal in time have one."""
-        raise ValueError(f"causal_chunks decoding is for the HunyuanVideo VAE, not the {self.kind.display_name} "
+        """The ``causal_chunks`` mode's tiling: only autoencoders that are causal in time have one."""
+        raise ValueError(f"causal_chunks tiling is for the HunyuanVideo VAE, not the {self.kind.display_name} "
                          "autoencoder: choose reference tiling.")
 
     def decode_bytes(self, latent_shape: tuple[int, ...], tiling: Tiling, dtype: torch.dtype) -> int:
@@ -174,16 +175,19 @@ class VideoAutoencoder(nn.Module):
 
 
 TILING_MODES: tuple[str, ...] = ("reference", "reference_temporal", "none", "memory_budget", "causal_chunks")
+# The modes an encode offers: memory_budget plans decodes only, and the reference encodes without temporal tiles.
+ENCODE_TILING_MODES: tuple[str, ...] = ("reference", "none", "causal_chunks")
 # Share of the free memory a memory-budget decode plans to use (the rest absorbs allocator overhead).
 BUDGET_SHARE = 0.8
 
 
-def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[int, ...],
+def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[int, ...] | None = None,
                   free_bytes: int | None = None) -> Tiling:
-    """The tiling of a decode mode: ``reference`` (the reference's spatial tiles), ``reference_temporal``
-    (spatial and temporal tiles of the reference's VAE config), ``none``, or ``memory_budget`` (the
-    least tiling whose estimate fits ``BUDGET_SHARE`` of ``free_bytes``) or ``causal_chunks`` (the reference's
-    spatial tiles, decoded a few frames at a time with a causal cache)."""
+    """The tiling of a mode: ``reference`` (the reference's spatial tiles), ``reference_temporal``
+    (spatial and temporal tiles of the reference's VAE config), ``none``, ``memory_budget`` (the least
+    tiling whose decode estimate for ``latent_shape`` fits ``BUDGET_SHARE`` of ``free_bytes``) or
+    ``causal_chunks`` (the reference's spatial tiles, run a few latent frames at a time with a causal
+    cache)."""
     if mode == "reference":
         return autoencoder.reference_tiling(temporal=False)
     if mode == "reference_temporal":
@@ -191,8 +195,8 @@ def choose_tiling(autoencoder: VideoAutoencoder, mode: str, latent_shape: tuple[
     if mode == "none":
         return NO_TILING
     if mode == "memory_budget":
-        if free_bytes is None:
-            raise ValueError("memory_budget tiling needs the free device memory.")
+        if latent_shape is None or free_bytes is None:
+            raise ValueError("memory_budget tiling needs the latent's shape and the free device memory.")
         return autoencoder.plan_tiling(latent_shape, int(free_bytes * BUDGET_SHARE))
     if mode == "causal_chunks":
         return autoencoder.causal_chunk_tiling()

@@ -3,9 +3,10 @@
 The network is diffusers' ``AutoencoderKLHunyuanVideo``, whose state dict has exactly the keys of the
 official ``hunyuan_vae.safetensors``. This module owns only the glue the reference adds around it
 (docs/reference.md#hunyuan-vae): the latent scaling ``0.476986 * (z - 0)``, the reference's tile settings
-(spatial 256 px, temporal 64+1 frames, overlap 0.25), frame-chunked decoding, the configuration
-read off a checkpoint's tensor shapes, and two thin subclasses that keep the activations' memory layout
-(the same results as diffusers' blocks, faster on the CPU).
+(spatial 256 px, temporal 64+1 frames, overlap 0.25), streamed decoding, the configuration read off a
+checkpoint's tensor shapes, and thin subclasses of diffusers' blocks: same parameters, a forward that
+keeps the activations' memory layout (faster on the CPU), attends in frame-causal query blocks, or runs
+in causal chunks (:mod:`.hunyuan_causal_chunks`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLHunyuanVideo
 from diffusers.models.attention_processor import Attention
 from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
+    HunyuanVideoEncoder3D,
     HunyuanVideoMidBlock3D,
     HunyuanVideoResnetBlockCausal3D,
     HunyuanVideoUpsampleCausal3D,
 )
 
 from .autoencoder import PassRunner, Tiling, VideoAutoencoder, WorkUnit, work_modules
-from .hunyuan_causal_decode import decode_in_chunks, work_per_chunk
+from .hunyuan_causal_chunks import decode_in_chunks, encode_in_chunks, work_per_chunk
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
 SCALE_FACTOR = 0.476986
@@ -175,7 +177,7 @@ def attention_blocks(frames: int, height: int, width: int, query_block: int = AT
 
 class _MidBlock(HunyuanVideoMidBlock3D):
     """diffusers' mid block with :func:`frame_causal_attention` in place of the masked attention
-    (``rows`` is attached by :func:`_keep_memory_layout`; it holds no parameters)."""
+    (``rows`` is attached by :func:`_use_pack_blocks`; it holds no parameters)."""
 
     rows: AttentionRows
 
@@ -188,11 +190,26 @@ class _MidBlock(HunyuanVideoMidBlock3D):
         return hidden_states
 
 
-def _keep_memory_layout(network: torch.nn.Module) -> None:
-    """Swap diffusers' resnet, upsampler and mid-block classes in ``network`` for the ones above (same
-    parameters and state-dict keys; only ``forward`` differs)."""
+class _Encoder(HunyuanVideoEncoder3D):
+    """diffusers' encoder; with ``causal_chunk`` latent frames set (by the VAE's tiling, like diffusers'
+    own tile attributes) it runs in causal chunks (:func:`.hunyuan_causal_chunks.encode_in_chunks`), also
+    inside diffusers' spatial tile loop."""
+
+    causal_chunk: int | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.causal_chunk is None:
+            return super().forward(hidden_states)
+        return encode_in_chunks(self, hidden_states, self.causal_chunk)
+
+
+def _use_pack_blocks(network: torch.nn.Module) -> None:
+    """Swap diffusers' encoder, resnet, upsampler and mid-block classes in ``network`` for the ones above
+    (same parameters and state-dict keys; only ``forward`` differs)."""
     for module in list(network.modules()):
-        if type(module) is HunyuanVideoResnetBlockCausal3D:
+        if type(module) is HunyuanVideoEncoder3D:
+            module.__class__ = _Encoder
+        elif type(module) is HunyuanVideoResnetBlockCausal3D:
             module.__class__ = _ResnetBlock
         elif type(module) is HunyuanVideoUpsampleCausal3D:
             module.__class__ = _CausalUpsample
@@ -247,7 +264,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
             temporal_compression_ratio=self.temporal_compression,
             mid_block_add_attention=True,
         )
-        _keep_memory_layout(core)
+        _use_pack_blocks(core)
         self.encoder = core.encoder
         self.decoder = core.decoder
         self.quant_conv = core.quant_conv
@@ -267,8 +284,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
         return Tiling(spatial=REFERENCE_SPATIAL_TILE, overlap=REFERENCE_OVERLAP, causal_chunk=CAUSAL_CHUNK_LATENTS)
 
     def _configure(self, tiling: Tiling, encoding: bool) -> None:
-        """Set the diffusers object's tile attributes to ``tiling``. Encodes use diffusers' temporal
-        tiling; decodes do their own (:meth:`_temporal_tiled_decode`, which streams)."""
+        """Set the diffusers object's tile attributes (and the encoder's causal chunk) to ``tiling``.
+        Encodes use diffusers' temporal tiling; decodes do their own (:meth:`_temporal_tiled_decode`,
+        which streams) and their own causal chunks (:meth:`_causal_chunked_decode`)."""
         if tiling.spatial is not None and tiling.spatial % self.spatial_tile_multiple:
             raise ValueError(
                 f"Spatial tile size {tiling.spatial} px is not a multiple of {self.spatial_tile_multiple}; "
@@ -278,8 +296,8 @@ class HunyuanVideoVAE(VideoAutoencoder):
             raise ValueError(
                 f"Temporal tile size {tiling.temporal} frames is not a multiple of {self.temporal_tile_multiple}."
             )
-        if tiling.causal_chunk is not None and (encoding or tiling.temporal is not None):
-            raise ValueError("Causal chunks are a decode setting and replace temporal tiles.")
+        if tiling.causal_chunk is not None and tiling.temporal is not None:
+            raise ValueError("Causal chunks replace temporal tiles: set one of the two.")
         if tiling.overlap != REFERENCE_OVERLAP:
             raise ValueError(f"Only the reference's tile overlap {REFERENCE_OVERLAP} is supported.")
         core = self._core
@@ -291,6 +309,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
         temporal_encode = encoding and tiling.temporal is not None
         # diffusers 0.32 reads use_framewise_decoding in its encode: set both for encodes, neither for decodes.
         core.use_framewise_encoding = core.use_framewise_decoding = temporal_encode
+        self.encoder.causal_chunk = tiling.causal_chunk if encoding else None
         if tiling.temporal is not None:
             core.tile_sample_min_num_frames = tiling.temporal
             core.tile_sample_stride_num_frames = tiling.temporal_stride
@@ -403,7 +422,7 @@ class HunyuanVideoVAE(VideoAutoencoder):
 
     def _causal_chunked_decode(self, z: torch.Tensor, tiling: Tiling) -> Iterator[torch.Tensor]:
         """The reference's spatial tiles (where the frame exceeds one), each decoded in causal chunks
-        (:mod:`.hunyuan_causal_decode`). With one tile every chunk streams out; with several, all tiles but
+        (:mod:`.hunyuan_causal_chunks`). With one tile every chunk streams out; with several, all tiles but
         the last are decoded to pixels first (the reference also holds every tile's pixels) and the last
         one streams, each of its chunks blended with the same frames of the others."""
         rows = self._spatial_tiles(z, tiling)

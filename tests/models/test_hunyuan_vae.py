@@ -217,7 +217,7 @@ def _mid_blocks(seed: int = 0):
 
     from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoMidBlock3D
 
-    from comfyui_opensora.models.hunyuan_vae import _keep_memory_layout
+    from comfyui_opensora.models.hunyuan_vae import _use_pack_blocks
 
     torch.manual_seed(seed)
     diffusers_block = HunyuanVideoMidBlock3D(16, resnet_groups=4, attention_head_dim=16).eval()
@@ -225,7 +225,7 @@ def _mid_blocks(seed: int = 0):
         parameter.data.add_(0.2 * torch.randn_like(parameter))
     pack_block = copy.deepcopy(diffusers_block)
     holder = torch.nn.Sequential(pack_block)
-    _keep_memory_layout(holder)
+    _use_pack_blocks(holder)
     return diffusers_block, pack_block
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.autoencoder import reporting_work, work_modules
+from ..models.autoencoder import ENCODE_TILING_MODES, choose_tiling, reporting_work, work_modules
 from ..samplers import image_condition
 from ..samplers.latent import read_latent
 from .. import host
@@ -39,6 +39,12 @@ class OpenSoraImageCondition:
                   tooltip="Seed of the posterior sample (posterior 'sample' only)."),
             Input("last_image", "IMAGE", optional=True,
                   tooltip="Optional frames whose last frame is the end frame for i2v_loop and i2v_tail."),
+            Input("tiling", choices=ENCODE_TILING_MODES, default="reference", optional=True,
+                  tooltip="How the encoder is split to bound its memory. reference: the official spatial tiles "
+                          "(256 px, results as the official code). none: whole frames. causal_chunks "
+                          "(HunyuanVideo VAE): the reference's spatial tiles, and a video's full-frame-rate "
+                          "layers a few frames at a time with a causal cache; a fraction of the reference's "
+                          "memory for v2v clips, a single image encodes exactly as with reference."),
         ),
         outputs=(Output("OPENSORA_IMAGE_COND", "image_condition",
                         "Masks and reference latents for 'Open-Sora Sampler' (image_condition input)."),),
@@ -50,7 +56,8 @@ class OpenSoraImageCondition:
     )
 
     def execute(self, vae, image: torch.Tensor, noise: dict, cond_type: str, posterior: str, seed: int,
-                last_image: torch.Tensor | None = None) -> tuple[image_condition.ImageCondition]:
+                last_image: torch.Tensor | None = None, tiling: str = "reference"
+                ) -> tuple[image_condition.ImageCondition]:
         samples, geometry = read_latent(noise)
         if vae.kind.name != geometry.kind.name:
             raise ValueError(
@@ -59,6 +66,9 @@ class OpenSoraImageCondition:
             )
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, not {posterior!r}.")
+        if tiling not in ENCODE_TILING_MODES:
+            raise ValueError(f"tiling must be one of {list(ENCODE_TILING_MODES)}, not {tiling!r}.")
+        plan = None if tiling == "reference" else choose_tiling(vae.module, tiling)  # None: the encode's default
         generator: list[torch.Generator] = []
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -70,7 +80,7 @@ class OpenSoraImageCondition:
             # Cancel is honoured after every encoder convolution, not only between references.
             with torch.inference_mode(), reporting_work(work_modules(module), host.check_interrupt):
                 latent = module.encode(pixels.to(module.device, module.dtype), sample=posterior == "sample",
-                                       generator=generator[0] if generator else None)
+                                       generator=generator[0] if generator else None, tiling=plan)
             check_finite(latent, "Open-Sora Image Condition (VAE encode)", vae.dtype, module.device,
                          precision_remedy(vae.dtype, "dtype on the Open-Sora VAE Loader"))
             return latent

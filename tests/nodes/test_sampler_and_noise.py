@@ -49,7 +49,7 @@ def test_nodes_are_registered_with_frozen_inputs():
                                                               "cache_start", "cache_end"]
     assert list(OpenSoraImageCondition.INPUT_TYPES()["required"]) == [
         "vae", "image", "noise", "cond_type", "posterior", "seed"]
-    assert list(OpenSoraImageCondition.INPUT_TYPES()["optional"]) == ["last_image"]
+    assert list(OpenSoraImageCondition.INPUT_TYPES()["optional"]) == ["last_image", "tiling"]
 
 
 # --------------------------------------------------------------------------------------- noise node

@@ -91,11 +91,14 @@ def _causal_conv(conv: HunyuanVideoCausalConv3d, x: torch.Tensor, cache: CausalC
 
 
 def _resnet(block: HunyuanVideoResnetBlockCausal3D, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-    """The pack's resnet forward (``hunyuan_vae._ResnetBlock``) with cached convolutions; GroupNorm over
-    the chunk."""
+    """The pack's resnet forward (``hunyuan_vae._ResnetBlock``, one layer per statement so each activation
+    is freed once the next exists) with cached convolutions; GroupNorm over the chunk."""
     residual = x if block.conv_shortcut is None else _causal_conv(block.conv_shortcut, x, cache)
-    hidden = _causal_conv(block.conv1, block.nonlinearity(block.norm1(x)), cache)
-    hidden = _causal_conv(block.conv2, block.dropout(block.nonlinearity(block.norm2(hidden))), cache)
+    hidden = block.nonlinearity(block.norm1(x))
+    hidden = _causal_conv(block.conv1, hidden, cache)
+    hidden = block.norm2(hidden)
+    hidden = block.dropout(block.nonlinearity(hidden))
+    hidden = _causal_conv(block.conv2, hidden, cache)
     return hidden + residual
 
 
@@ -152,15 +155,16 @@ def decode_in_chunks(decoder: HunyuanVideoDecoder3D, z: torch.Tensor, chunk_late
         yield run_chunk(stages[split:], hidden[:, :, start:start + chunk_latents], cache, first=start == 0)
 
 
+def convolutions_in(stages: list[nn.Module]) -> int:
+    """Convolution modules inside ``stages`` (each runs once per pass over them)."""
+    return sum(isinstance(m, (nn.Conv2d, nn.Conv3d)) for stage in stages for m in stage.modules())
+
+
 def work_per_chunk(decoder: HunyuanVideoDecoder3D, split: int | None = None) -> tuple[int, int]:
     """Convolutions run ``(once per tile, once per chunk)``: the head's and the tail's."""
     stages = decoder_stages(decoder)
     split = decoder_split(stages) if split is None else split
-
-    def convolutions(modules: list[nn.Module]) -> int:
-        return sum(isinstance(m, (nn.Conv2d, nn.Conv3d)) for stage in modules for m in stage.modules())
-
-    return convolutions(stages[:split]), convolutions(stages[split:])
+    return convolutions_in(stages[:split]), convolutions_in(stages[split:])
 
 
 def encoder_stages(encoder: HunyuanVideoEncoder3D) -> list[nn.Module]:

@@ -110,9 +110,16 @@ class _ResnetBlock(HunyuanVideoResnetBlockCausal3D):
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # One layer per statement: rebinding frees each activation as soon as the next exists (a nested
+        # call would keep conv1's output alive through conv2: one more full-size activation at the peak).
         residual = hidden_states if self.conv_shortcut is None else self.conv_shortcut(hidden_states)
-        hidden_states = self.conv1(self.nonlinearity(self.norm1(hidden_states)))
-        hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
+        hidden_states = self.norm1(hidden_states)
+        hidden_states = self.nonlinearity(hidden_states)
+        hidden_states = self.conv1(hidden_states)
+        hidden_states = self.norm2(hidden_states)
+        hidden_states = self.nonlinearity(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = self.conv2(hidden_states)
         return hidden_states + residual
 
 

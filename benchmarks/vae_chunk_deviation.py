@@ -1,5 +1,5 @@
-"""How far tiled HunyuanVideo VAE decodes are from the untiled decode: the reference's spatial tiles
-against the ``causal_chunks`` mode (and variants of it), on the same random weights and latent.
+"""How far tiled HunyuanVideo VAE decodes (or encodes) are from the untiled ones: the reference's spatial
+tiles against the ``causal_chunks`` mode (and variants of it), on the same random weights and latent.
 
 Both approximate the untiled decode through GroupNorm: the reference's tiles normalise each tile with
 its own statistics, causal chunks additionally each chunk of the decoder's tail. Pixels are clamped to
@@ -10,6 +10,10 @@ Models: ``tiny`` (the test models' widths 8/16/16/16) and ``released`` (128/256/
 (``default``: the tail starts at the first temporal upsampler; ``mid``: right after the mid block, so
 the up blocks at the latent frame rate are chunked too, with their GroupNorms).
 
+``--stage encode``: the pixels of that latent size (uniform in [-1, 1]) through the encoder; latents
+(scaled, posterior mean) are compared unclamped, and the untiled latent's mean magnitude is printed
+for scale. ``--splits`` applies to decodes only.
+
 Run: ``python3 benchmarks/vae_chunk_deviation.py --model tiny --latent 9 24 42`` (seconds) and
 ``python3 benchmarks/vae_chunk_deviation.py --model released --latent 9 8 40 --dtypes fp32`` (minutes).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 import torch
 
@@ -46,14 +51,38 @@ def decode_untiled_chunks(vae: HunyuanVideoVAE, z: torch.Tensor, chunk: int, spl
     return torch.cat(list(hunyuan_causal_chunks.decode_in_chunks(vae.decoder, latent, chunk, split)), dim=2)
 
 
-def deviation(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    difference = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)).abs()
+def deviation(a: torch.Tensor, b: torch.Tensor, clamp: bool) -> tuple[float, float]:
+    if clamp:
+        a, b = a.clamp(-1, 1), b.clamp(-1, 1)
+    difference = (a.float() - b.float()).abs()
     return difference.max().item(), difference.mean().item()
+
+
+def decode_settings(args, vae: HunyuanVideoVAE, z: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    settings = {"reference tiling": lambda: vae.decode(z, vae.reference_tiling())}
+    for chunk in args.chunks:
+        settings[f"causal_chunks, chunk {chunk}"] = lambda chunk=chunk: vae.decode(
+            z, Tiling(spatial=vae.reference_tiling().spatial, causal_chunk=chunk))
+        for split in args.splits:
+            settings[f"chunk {chunk}, split {split}, no spatial tiles"] = (
+                lambda chunk=chunk, split=split: decode_untiled_chunks(vae, z, chunk, split_index(vae, split)))
+    return settings
+
+
+def encode_settings(args, vae: HunyuanVideoVAE, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    settings = {"reference tiling": lambda: vae.encode(x, tiling=vae.reference_tiling())}
+    for chunk in args.chunks:
+        settings[f"causal_chunks, chunk {chunk}"] = lambda chunk=chunk: vae.encode(
+            x, tiling=Tiling(spatial=vae.reference_tiling().spatial, causal_chunk=chunk))
+        settings[f"chunk {chunk}, no spatial tiles"] = lambda chunk=chunk: vae.encode(
+            x, tiling=Tiling(causal_chunk=chunk))
+    return settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=list(MODELS), default="tiny")
+    parser.add_argument("--stage", choices=("decode", "encode"), default="decode")
     parser.add_argument("--latent", type=int, nargs=3, default=(9, 24, 42), metavar=("T", "H", "W"))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--chunks", type=int, nargs="+", default=[2])
@@ -67,24 +96,28 @@ def main() -> None:
     for seed in args.seeds:
         torch.manual_seed(seed)
         base = HunyuanVideoVAE(MODELS[args.model]).eval()
-        z = torch.randn(1, 16, *args.latent, generator=torch.Generator().manual_seed(seed + 1))
+        generator = torch.Generator().manual_seed(seed + 1)
+        if args.stage == "encode":
+            frames, height, width = 4 * (args.latent[0] - 1) + 1, 8 * args.latent[1], 8 * args.latent[2]
+            source = torch.rand(1, 3, frames, height, width, generator=generator) * 2 - 1
+        else:
+            source = torch.randn(1, 16, *args.latent, generator=generator)
         for dtype_name in args.dtypes:
             vae = base.to(DTYPES[dtype_name])
             with torch.no_grad():
-                untiled = vae.decode(z, NO_TILING)
-            settings = {"reference tiling": lambda: vae.decode(z, vae.reference_tiling())}
-            for chunk in args.chunks:
-                settings[f"causal_chunks, chunk {chunk}"] = lambda chunk=chunk: vae.decode(
-                    z, Tiling(spatial=vae.reference_tiling().spatial, causal_chunk=chunk))
-                for split in args.splits:
-                    settings[f"chunk {chunk}, split {split}, no spatial tiles"] = (
-                        lambda chunk=chunk, split=split: decode_untiled_chunks(vae, z, chunk, split_index(vae, split)))
-            for name, decode in settings.items():
+                if args.stage == "encode":
+                    untiled = vae.encode(source, tiling=NO_TILING)
+                    settings = encode_settings(args, vae, source)
+                    print(f"untiled latent mean abs {untiled.float().abs().mean().item():.5f}")
+                else:
+                    untiled = vae.decode(source, NO_TILING)
+                    settings = decode_settings(args, vae, source)
+            for name, run in settings.items():
                 with torch.no_grad():
-                    decoded = decode()
-                worst, mean = deviation(decoded, untiled)
-                row = {"model": args.model, "latent": list(args.latent), "dtype": dtype_name, "seed": seed,
-                       "setting": name, "max_abs": worst, "mean_abs": mean}
+                    result = run()
+                worst, mean = deviation(result, untiled, clamp=args.stage == "decode")
+                row = {"model": args.model, "stage": args.stage, "latent": list(args.latent), "dtype": dtype_name,
+                       "seed": seed, "setting": name, "max_abs": worst, "mean_abs": mean}
                 rows.append(row)
                 print(f"{args.model:8} {str(tuple(args.latent)):13} {dtype_name:5} seed {seed}  {name:42} "
                       f"vs untiled: max abs {worst:.4f}  mean abs {mean:.5f}", flush=True)

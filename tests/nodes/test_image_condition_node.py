@@ -1,5 +1,6 @@
-"""The Image Condition node's encode tiling (its last input): reaches the VAE's encode, keeps a single
-image exact, is refused with a remedy where the autoencoder has no causal chunks."""
+"""The Image Condition node's encode tiling (its last input): reaches the VAE's encode, keeps a single image
+exact, is refused with a remedy where the autoencoder has no causal chunks. (Named ``_node``: pytest
+imports test files by basename, and tests/samplers/test_image_condition.py covers the sampler module.)"""
 
 from __future__ import annotations
 

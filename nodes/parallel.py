@@ -12,7 +12,7 @@ from ..parallel.attention import ParallelUnavailable, yunchang_installed
 from ..parallel.group import DEVICE_TYPES, GroupSettings
 from ..parallel.layout import TEXT_MODES, TEXT_SPLIT
 from ..parallel.settings import ParallelSettings
-from ..parallel.warm_groups import decode_on_warm_group, sample_on_warm_group
+from ..parallel.warm_groups import decode_on_warm_group, group_decode_work, sample_on_warm_group
 from ..samplers.geometry import VideoGeometry
 from ..samplers.request import SamplingRequest
 from .spec import Input, NodeSpec, Output, register
@@ -104,20 +104,14 @@ def sample_in_workers(settings: ParallelSettings, model, request: SamplingReques
                                 host.check_interrupt, preview is not None)
 
 
-
 def decode_in_workers(settings: ParallelSettings, vae: "OpenSoraVAE", latent: torch.Tensor, geometry: VideoGeometry,
                       tiling: Tiling) -> torch.Tensor:
     """Decode ``latent`` on the worker group (each rank loads ``vae.path`` in ``vae.dtype``) with the host's
     progress bar (rank 0's work units) and Cancel; returns the frames ``[B*F, H, W, 3]`` in 0..1 on the
     host's intermediate device."""
-    progress: list[host.Progress] = []
-
-    def on_progress(done: int, total: int) -> None:
-        if not progress:
-            progress.append(host.Progress(total))
-        progress[0].update(done - progress[0].value)
-
+    total = group_decode_work(settings, latent.shape[0], vae.module.pass_work(tuple(latent.shape), tiling))
+    progress = host.Progress(total)
     frames = decode_on_warm_group(settings, vae.path, vae.dtype, latent, tiling, geometry.num_frames,
-                                  geometry.height, geometry.width, vae.module.pass_work(tuple(latent.shape), tiling),
-                                  on_progress, host.check_interrupt)
+                                  geometry.height, geometry.width, total,
+                                  lambda done: progress.update(done - progress.value), host.check_interrupt)
     return frames.to(host.intermediate_device())

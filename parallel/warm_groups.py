@@ -66,20 +66,25 @@ def sample_on_warm_group(settings: ParallelSettings, checkpoint: str, setup: MMD
     return _run_on_warm_group(settings.group, job, on_progress, check_interrupt)
 
 
+def group_decode_work(settings: ParallelSettings, batch: int, pass_work: list[int]) -> int:
+    """The progress total of a group decode of ``batch`` elements whose decoder passes do ``pass_work``
+    work units each: rank 0's share of the passes, the rank whose progress is reported."""
+    return batch * local_work(pass_work, 0, settings.group.world_size)
+
+
 def decode_on_warm_group(settings: ParallelSettings, vae: str, dtype: torch.dtype, latent: torch.Tensor,
-                         tiling: Tiling, num_frames: int, height: int, width: int, pass_work: list[int],
-                         on_progress: Callable[[int, int], None], check_interrupt: Callable[[], None]) -> torch.Tensor:
+                         tiling: Tiling, num_frames: int, height: int, width: int, total_work: int,
+                         on_progress: Callable[[int], None], check_interrupt: Callable[[], None]) -> torch.Tensor:
     """Decode ``latent`` with the HunyuanVideo VAE file ``vae`` in ``dtype`` on the warm group for ``settings``
     (the sampler's group when the settings are the same), its decoder passes spread over the ranks.
 
-    ``pass_work``: the work units of each decoder pass of one batch element. ``on_progress(done, total)``
-    counts rank 0's work units (its share of the passes); ``check_interrupt()`` raises to cancel (the ranks
-    stop before their next round of passes and that exception is re-raised). Returns the frames
-    ``[B*num_frames, height, width, 3]`` in 0..1, float32 on the CPU.
+    ``on_progress(done)`` counts rank 0's work units, of ``total_work`` (:func:`group_decode_work`);
+    ``check_interrupt()`` raises to cancel (the ranks stop before their next round of passes and that
+    exception is re-raised). Returns the frames ``[B*num_frames, height, width, 3]`` in 0..1, float32 on
+    the CPU.
     """
-    total = latent.shape[0] * local_work(pass_work, 0, settings.group.world_size)
-    job = DecodeJob(vae, dtype, latent, tiling, num_frames, height, width, total, os.path.getsize(vae))
-    frames = _run_on_warm_group(settings.group, job, lambda done, _preview: on_progress(done, total), check_interrupt)
+    job = DecodeJob(vae, dtype, latent, tiling, num_frames, height, width, total_work, os.path.getsize(vae))
+    frames = _run_on_warm_group(settings.group, job, lambda done, _preview: on_progress(done), check_interrupt)
     return frames.float()
 
 

@@ -27,7 +27,7 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
     HunyuanVideoUpsampleCausal3D,
 )
 
-from .autoencoder import PassRunner, Tiling, VideoAutoencoder, WorkUnit, work_modules
+from .autoencoder import PassRunner, Tiling, VideoAutoencoder, WorkUnit
 from .hunyuan_causal_chunks import decode_in_chunks, encode_in_chunks, work_per_chunk
 from .latent_space import HUNYUAN_VAE, decoded_num_frames
 
@@ -533,10 +533,9 @@ class HunyuanVideoVAE(VideoAutoencoder):
         """Every decoder convolution of each pass, plus its mid-block attention's query blocks (causal
         chunks: the tail's convolutions once per chunk)."""
         tiling = self.reference_tiling() if tiling is None else tiling
-        convolutions = len([module for module in work_modules(self.decoder) if not isinstance(module, WorkUnit)])
-        if tiling.causal_chunk is not None:
-            once, per_chunk = work_per_chunk(self.decoder)
-            convolutions = once + per_chunk * self.decode_chunk_count(latent_shape[2], tiling)
+        once, per_chunk = work_per_chunk(self.decoder)  # head and tail: together every convolution
+        chunks = 1 if tiling.causal_chunk is None else self.decode_chunk_count(latent_shape[2], tiling)
+        convolutions = once + per_chunk * chunks
         return [convolutions + attention_blocks(*shape) for shape in self.decode_pass_shapes(latent_shape, tiling)]
 
     # ---------------------------------------------------------------------------- memory estimate

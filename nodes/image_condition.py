@@ -68,7 +68,7 @@ class OpenSoraImageCondition:
             raise ValueError(f"posterior must be one of {POSTERIORS}, not {posterior!r}.")
         if tiling not in ENCODE_TILING_MODES:
             raise ValueError(f"tiling must be one of {list(ENCODE_TILING_MODES)}, not {tiling!r}.")
-        plan = None if tiling == "reference" else choose_tiling(vae.module, tiling)  # None: the encode's default
+        plan = choose_tiling(vae.module, tiling)
         generator: list[torch.Generator] = []
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.models import latent_space
-from comfyui_opensora.models.autoencoder import VideoAutoencoder
+from comfyui_opensora.models.autoencoder import NO_TILING, VideoAutoencoder
 from comfyui_opensora.nodes.noise import OpenSoraNoise
 from comfyui_opensora.nodes.vae import OpenSoraVAE
 from comfyui_opensora.samplers.conditioning import TextConditioning
@@ -54,6 +54,9 @@ class FixedLatentVAE(VideoAutoencoder):
         self.latents = list(latents)
         self.pixels: list[torch.Tensor] = []
         self.samples: list[bool] = []
+
+    def reference_tiling(self, temporal=False):
+        return NO_TILING  # nothing to tile: the latent is given
 
     def encode(self, x, sample=False, generator=None, tiling=None):
         self.pixels.append(x)

@@ -44,7 +44,7 @@ def test_a_single_image_encodes_the_same_with_causal_chunks(hunyuan_vae):
     (chunked,) = OpenSoraImageCondition().execute(hunyuan_vae, image, noise, "i2v_head", "mean", 0, None,
                                                   "causal_chunks")
     module = hunyuan_vae.module
-    assert module.tilings == [None, module.causal_chunk_tiling()]  # None: encode's reference tiling
+    assert module.tilings == [module.reference_tiling(), module.causal_chunk_tiling()]
     assert torch.equal(chunked.head, reference.head)
 
 
